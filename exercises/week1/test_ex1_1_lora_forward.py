@@ -1,0 +1,33 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from exercises.conftest import exercise
+
+pytestmark = pytest.mark.ex1_1
+ex = exercise("ex1_1_lora_forward")
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 7), d_in=st.integers(1, 33), d_out=st.integers(1, 33), r=st.integers(1, 8),
+       alpha=st.floats(0.5, 64))
+def test_lora_forward_matches_definition(n, d_in, d_out, r, alpha):
+    g = torch.Generator().manual_seed(n * 1000 + d_in)
+    x, W = torch.randn(n, d_in, generator=g), torch.randn(d_out, d_in, generator=g)
+    A, B = torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
+    expected = x @ W.T + alpha / r * x @ (B @ A).T
+    torch.testing.assert_close(ex.lora_forward(x, W, A, B, alpha, r), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_merged_weight_gives_same_output():
+    g = torch.Generator().manual_seed(0)
+    x, W = torch.randn(5, 12, generator=g), torch.randn(9, 12, generator=g)
+    A, B = torch.randn(4, 12, generator=g), torch.randn(9, 4, generator=g)
+    merged = ex.merged_weight(W, A, B, 16, 4)
+    assert merged.shape == W.shape
+    torch.testing.assert_close(x @ merged.T, x @ W.T + 4 * x @ A.T @ B.T, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_B_leaves_the_base_output():
+    x, W, A = torch.randn(3, 6), torch.randn(4, 6), torch.randn(2, 6)
+    torch.testing.assert_close(ex.lora_forward(x, W, A, torch.zeros(4, 2), 16, 2), x @ W.T)

@@ -1,0 +1,1 @@
+"""Subcommands of the `minilora` command (see minilora/cli.py)."""

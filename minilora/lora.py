@@ -1,0 +1,128 @@
+"""LoRA from scratch: a frozen base layer plus a trainable low-rank update.
+
+$h = W x + \\frac{\\alpha}{r} B A x$ with A (r, in) and B (out, r). Only A and B train: r·(in + out) numbers per layer
+instead of in·out, and no gradient or optimizer state for W. B starts at zero, so training starts from the base
+model exactly. rsLoRA scales by $\\alpha / \\sqrt{r}$ instead, which keeps the update's size steady as r grows.
+Attribute names (base_layer, lora_A, lora_B) match PEFT's, so adapters map onto PEFT's files key for key.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraLinear(nn.Module):
+    def __init__(self, base_layer: nn.Module, r: int = 16, lora_alpha: float = 16, lora_dropout: float = 0.0,
+                 use_rslora: bool = False):
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be a positive integer, got {r}")
+        if not 0.0 <= lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
+        self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        weight = _base_weight(base_layer)
+        dtype = weight.dtype if weight.is_floating_point() else torch.float32  # NF4 bases store uint8 codes
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=dtype)
+        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as nn.Linear initializes its weight
+        nn.init.zeros_(self.lora_B.weight)  # ΔW = BA = 0: the adapted model starts as the base model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.merged:
+            return out
+        dx = self.lora_dropout(x).to(self.lora_A.weight.dtype)
+        return out + (self.lora_B(self.lora_A(dx)) * self.scaling).to(out.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """$\\Delta W = \\frac{\\alpha}{r} B A$, shape (out, in)."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ΔW into the base weight: inference then costs one matmul, like the original model."""
+        if not self.merged:
+            w = _base_weight(self.base_layer)
+            w += self.delta_weight().to(w.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            w = _base_weight(self.base_layer)
+            w -= self.delta_weight().to(w.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:.4g}, use_rslora={self.use_rslora}"
+
+
+def _base_weight(layer: nn.Module) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return layer.weight.data
+    weight = getattr(layer, "weight", None)
+    if weight is None:
+        raise TypeError(f"cannot wrap {type(layer).__name__} in LoRA: it has no weight")
+    return weight.data if isinstance(weight, torch.Tensor) else weight
+
+
+def lora_layers(model: nn.Module):
+    """(name, LoraLinear) for every adapted layer."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLinear)]
+
+
+def get_peft_model(model: nn.Module, r: int = 16, target_modules=None, lora_alpha: float = 16,
+                   lora_dropout: float = 0.0, bias: str = "none", use_rslora: bool = False,
+                   random_state: int | None = 3407, verbose: bool = True) -> nn.Module:
+    """Wrap every targeted linear layer in LoraLinear and freeze all other parameters (in place; returns model)."""
+    if bias != "none":
+        raise ValueError(f"bias={bias!r}: minilora trains LoRA weights only; use bias='none' (as Unsloth recommends)")
+    targets = list(TARGET_MODULES if target_modules is None else target_modules)
+    if lora_layers(model):
+        raise ValueError("this model already has LoRA adapters; load a fresh base model before adding new ones")
+    found = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in found]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "in_features")})
+        raise ValueError(f"target_modules {missing} do not exist in this model; its linear layers are {linear}")
+    if random_state is not None:
+        torch.manual_seed(random_state)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in targets:
+                setattr(module, child_name, LoraLinear(child, r, lora_alpha, lora_dropout, use_rslora))
+    model.peft_config = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                             bias=bias, use_rslora=use_rslora)
+    if verbose:
+        print(trainable_summary(model))
+    return model
+
+
+def trainable_summary(model: nn.Module) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+def merge_lora(model: nn.Module) -> None:
+    for _, layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for _, layer in lora_layers(model):
+        layer.unmerge()

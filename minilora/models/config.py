@@ -1,0 +1,69 @@
+"""ModelConfig: every number that shapes a Llama-family model, in one dataclass (nanoGPT style)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads (no grouped-query attention)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama-3's "llama3" frequency scaling, or None
+    hidden_act: str = "silu"  # silu -> SwiGLU MLP; gelu / gelu_pytorch_tanh -> GeGLU MLP
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q, k, v and o (Llama's option)
+    qkv_bias: bool = False  # bias on q, k, v only (Qwen2)
+    sliding_window: int | None = None  # Mistral: a token sees at most this many previous tokens
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = None
+    extra: dict = field(default_factory=dict, repr=False)  # HF keys minilora does not use, kept for saving
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}: each KV head must serve a whole "
+                             "group of query heads")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even: RoPE rotates pairs of dimensions")
+
+    @property
+    def n_rep(self) -> int:
+        """How many query heads share one key/value head (grouped-query attention)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Build from a Hugging Face ``config.json`` dict (unknown keys go to ``extra``)."""
+        d = dict(d)
+        rope = d.pop("rope_parameters", None)  # transformers 5 moved rope_theta and rope_scaling here
+        if isinstance(rope, dict):
+            d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+            if rope.get("rope_type", "default") != "default":
+                d.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+        if d.get("model_type") == "qwen2":
+            d.setdefault("qkv_bias", True)
+        if d.get("model_type") == "qwen2" and not d.get("use_sliding_window", False):
+            d["sliding_window"] = None  # Qwen2 configs carry a window size but switch it off
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in d.items() if k in names and k != "extra"}
+        extra = {k: v for k, v in d.items() if k not in names}
+        return cls(**known, extra=extra)

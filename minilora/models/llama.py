@@ -1,0 +1,208 @@
+"""A Llama-style decoder: RMSNorm, rotate-half RoPE, grouped-query attention through SDPA, SwiGLU MLP.
+
+Parameter names follow Hugging Face's (``model.layers.0.self_attn.q_proj.weight`` …) so checkpoints load by name.
+Every op goes through `minilora.ops`, which picks Triton kernels or PyTorch references.
+Shapes: B batch, T new tokens, S = cached + new tokens, C hidden size, hd head dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .checkpointing import run_layer
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .rotary import RotaryEmbedding
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor | None  # (B, T, V)
+    loss: torch.Tensor | None = None
+    past_key_values: KVCache | None = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x):
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        nh, nkv, hd, C = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.hidden_size
+        qkv_bias = config.qkv_bias or config.attention_bias
+        self.q_proj = nn.Linear(C, nh * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(C, nkv * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(C, nkv * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(nh * hd, C, bias=config.attention_bias)
+
+    def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None):
+        B, T, _ = x.shape
+        hd = self.config.head_dim
+        q = self.q_proj(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = ops.rope(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd)
+        # grouped-query attention: each KV head serves n_rep query heads
+        k = k.repeat_interleave(self.config.n_rep, dim=1)
+        v = v.repeat_interleave(self.config.n_rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        C, I = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, I, bias=False)
+        self.up_proj = nn.Linear(C, I, bias=False)
+        self.down_proj = nn.Linear(I, C, bias=False)
+        if config.hidden_act not in ("silu", "gelu", "gelu_pytorch_tanh"):
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported: use silu, gelu or gelu_pytorch_tanh")
+        self.act = config.hidden_act
+
+    def forward(self, x):
+        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, I) each
+        if self.act == "silu":
+            h = ops.swiglu(gate, up)
+        else:
+            h = ops.geglu(gate, up, "tanh" if self.act == "gelu_pytorch_tanh" else "none")
+        return self.down_proj(h)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, attention_cls=LlamaAttention):
+        super().__init__()
+        self.self_attn = attention_cls(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask=None, is_causal=True, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, attention_cls=LlamaAttention):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, attention_cls) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The model learners hold: ``model(input_ids, labels=None)`` returns `CausalLMOutput`."""
+
+    attention_cls = LlamaAttention
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, self.attention_cls)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight  # one matrix serves input and output
+        self.gradient_checkpointing: bool | str = False  # False, True/"recompute", or "offload"
+
+    # --- attention masks -------------------------------------------------------------------------------------
+    def allowed_positions(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Which key positions each query position may attend to: causal (no peeking at the future)."""
+        return k_pos <= q_pos
+
+    def plain_causal_suffices(self, total_len: int) -> bool:
+        """True when SDPA's built-in causal mask is exactly `allowed_positions` (no extra rule applies)."""
+        return True
+
+    def attention_mask(self, T: int, past: int, attention_mask: torch.Tensor | None, device):
+        """Return (mask, is_causal) for SDPA. mask is bool (B or 1, 1, T, S), True = may attend.
+
+        attention_mask may be (B, S) with 1 for real tokens and 0 for padding, or a ready (B, 1, T, S) bool mask
+        (packed sequences use one that is block-diagonal, so examples never see each other).
+        """
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask.to(torch.bool), False
+        S = past + T
+        if attention_mask is None and self.plain_causal_suffices(S):
+            if past == 0:
+                return None, True
+            if T == 1:
+                return None, False  # one new token may see every cached one
+        q_pos = torch.arange(past, S, device=device)[:, None]
+        k_pos = torch.arange(S, device=device)[None, :]
+        allowed = self.allowed_positions(q_pos, k_pos)[None, None]  # (1, 1, T, S)
+        if attention_mask is not None:
+            if attention_mask.shape[-1] != S:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions but the input "
+                                 f"and cache hold {S}: pass a (B, cached + new) mask")
+            allowed = allowed & attention_mask[:, None, None, :].bool()
+            allowed = allowed | (q_pos == k_pos)  # a padding query sees itself, so no row is empty (NaN)
+        return allowed, False
+
+    # --- forward ---------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                past_key_values: KVCache | None = None, use_cache: bool = False,
+                num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutput:
+        """input_ids (B, T) → logits (B, T, V); with labels (B, T) also the next-token loss.
+
+        labels use -100 for tokens that carry no loss; the shift by one happens here. ``num_items_in_batch``
+        divides the summed loss (gradient accumulation passes the token count of the whole accumulated batch).
+        """
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got "
+                             f"{input_ids.dtype} {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if use_cache and past_key_values is None:
+            past_key_values = KVCache(self.config.num_hidden_layers)
+        past = len(past_key_values) if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, T, hd)
+        mask, is_causal = self.attention_mask(T, past, attention_mask, input_ids.device)
+        checkpointing = self.gradient_checkpointing if (self.training and torch.is_grad_enabled()) else False
+        for layer in self.model.layers:
+            x = run_layer(layer, checkpointing, x, cos, sin, mask, is_causal, past_key_values)
+        x = self.model.norm(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = self.loss(logits, labels, num_items_in_batch)
+        return CausalLMOutput(logits=logits, loss=loss, past_key_values=past_key_values)
+
+    def loss(self, logits, labels, num_items_in_batch=None):
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
+        V = logits.shape[-1]
+        shift_logits = logits[:, :-1].reshape(-1, V)  # token t predicts token t + 1
+        shift_labels = labels[:, 1:].reshape(-1)
+        return ops.cross_entropy(shift_logits, shift_labels, num_items=num_items_in_batch)
+
+    @torch.no_grad()
+    def generate(self, input_ids, **kwargs):
+        """Sample a continuation; see `minilora.models.generate.generate` for the arguments."""
+        from .generate import generate
+        return generate(self, input_ids, **kwargs)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        seen, total = set(), 0
+        for p in self.parameters():  # tied weights are counted once
+            if id(p) not in seen and (p.requires_grad or not trainable_only):
+                seen.add(id(p))
+                total += p.numel()
+        return total
