@@ -1,0 +1,222 @@
+"""Read a GGUF file (llama.cpp's format) into a Hugging Face-style config, a state dict and the tokenizer metadata.
+
+A GGUF file is one self-describing blob: key/value metadata (architecture numbers, the tokenizer's vocabulary and
+merges, the chat template) followed by tensors, each possibly block-quantized (Q4_1, Q8_0, …). Three things differ
+from a Hugging Face checkpoint, and this module undoes each:
+
+1. **Names.** ``blk.3.attn_q.weight`` is ``model.layers.3.self_attn.q_proj.weight`` (see `TENSOR_NAMES`).
+2. **Shapes** are written fastest-varying dimension first, i.e. reversed: GGUF's ``[576, 1536]`` is PyTorch's
+   ``(1536, 576)``. The `gguf` package hands us the data already in PyTorch order; the listed shape stays reversed.
+3. **RoPE layout.** llama.cpp rotates *adjacent pairs* of a head's dimensions ``(x0, x1), (x2, x3), …`` while
+   Hugging Face Llama code rotates the *two halves* ``(x_i, x_{i + hd/2})`` ("rotate-half"). Both are the same
+   rotation if the rows of W_q and W_k are reordered, so the converter permutes those rows when it writes a Llama
+   GGUF. `unpermute_qk` puts them back, so the file runs in our rotate-half model.
+
+The `gguf` package (gguf-py, from llama.cpp) does the parsing and the dequantization; nothing here runs pickle.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GGUF_MAGIC = b"GGUF"
+
+# GGUF architecture -> Hugging Face model_type. llama.cpp writes Mistral models as "llama" too.
+ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+
+# Architectures whose converter interleaved the q/k rows (Qwen2 files use rotate-half already: NEOX-style RoPE).
+PERMUTED_QK = {"llama", "mistral"}
+
+TENSOR_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+class GGUFError(ValueError):
+    """The file is not a GGUF minilora can read (corrupt, truncated, or an unsupported architecture)."""
+
+
+# --- the RoPE row permutation ----------------------------------------------------------------------------------
+def permute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rotate-half row order -> interleaved-pair row order (what a GGUF converter does to W_q and W_k).
+
+    Within each head, row ``half * hd/2 + i`` moves to row ``2 * i + half``. Works for weights (rows, in) and
+    biases (rows,).
+    """
+    hd = w.shape[0] // n_heads
+    return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Interleaved-pair row order (GGUF) -> rotate-half row order (Hugging Face): the inverse of `permute_qk`."""
+    hd = w.shape[0] // n_heads
+    return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+def open_gguf(path: str | os.PathLike):
+    """A `gguf.GGUFReader` for ``path``, with a clear error for a missing, foreign or damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise GGUFError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:  # pragma: no cover - gguf is a runtime dependency
+        raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf") from e
+    try:
+        return GGUFReader(path, "r")
+    except Exception as e:  # the reader fails in many ways on a cut-off file (struct, index, reshape errors)
+        raise GGUFError(f"{str(path)!r} is damaged or truncated ({type(e).__name__}: {e}); "
+                        f"it is {path.stat().st_size:,} bytes long: download or reinstall it again") from e
+
+
+def field_value(field):
+    """One metadata value as Python: str, int, float, bool, or a list of them."""
+    from gguf import GGUFValueType
+
+    if not field.types:
+        return None
+    if field.types[0] == GGUFValueType.ARRAY:
+        if field.types[-1] == GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+        if not field.data:
+            return []
+        return np.concatenate([field.parts[i] for i in field.data]).tolist()
+    if field.types[0] == GGUFValueType.STRING:
+        return bytes(field.parts[-1]).decode("utf-8")
+    return field.parts[-1].tolist()[0]
+
+
+def read_metadata(reader) -> dict:
+    """Every key/value pair of the file (the GGUF.* bookkeeping fields left out)."""
+    return {name: field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -> dict:
+    """A Hugging Face ``config.json``-style dict from the ``{arch}.*`` metadata keys."""
+    arch = metadata.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise GGUFError(f"GGUF architecture {arch!r} is not supported; minilora reads "
+                        f"{', '.join(sorted(ARCHITECTURES))}")
+
+    def get(key, default=None, required=True):
+        full = f"{arch}.{key}"
+        if full not in metadata:
+            if required:
+                raise GGUFError(f"GGUF metadata lacks {full!r}, which a {arch} model needs")
+            return default
+        return metadata[full]
+
+    if get("rope.scaling.type", None, required=False) not in (None, "none"):
+        raise GGUFError(f"this GGUF uses RoPE scaling {get('rope.scaling.type', required=False)!r}, which minilora "
+                        "does not read from GGUF; load the Hugging Face safetensors directory instead")
+    if tensor_names is not None and "rope_freqs.weight" in tensor_names:
+        raise GGUFError("this GGUF carries a rope_freqs tensor (Llama-3.1-style frequency scaling), which minilora "
+                        "does not read from GGUF; load the Hugging Face safetensors directory instead")
+    n_heads = get("attention.head_count")
+    hidden = get("embedding_length")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    vocab_size = get("vocab_size", len(tokens) if tokens else None, required=tokens is None)
+    config = {
+        "model_type": ARCHITECTURES[arch],
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": get("attention.head_count_kv", n_heads, required=False),
+        "head_dim": get("attention.key_length", hidden // n_heads, required=False),
+        "max_position_embeddings": get("context_length", 2048, required=False),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-5, required=False),
+        "rope_theta": get("rope.freq_base", 10000.0, required=False),
+        "tie_word_embeddings": tensor_names is not None and "output.weight" not in tensor_names,
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
+    }
+    window = get("attention.sliding_window", None, required=False)
+    if window:
+        config["sliding_window"] = window
+        config["model_type"] = "mistral"
+    if arch == "qwen2" and tensor_names is not None:
+        config["qkv_bias"] = "blk.0.attn_q.bias" in tensor_names
+    return config
+
+
+def hf_name(gguf_name: str) -> str:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``."""
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
+    if m:
+        layer, part, kind = m.groups()
+        if part in TENSOR_NAMES:
+            return f"model.layers.{layer}.{TENSOR_NAMES[part]}.{kind}"
+    else:
+        m = re.fullmatch(r"(\w+)\.(weight|bias)", gguf_name)
+        if m and m.group(1) in TENSOR_NAMES:
+            return f"{TENSOR_NAMES[m.group(1)]}.{m.group(2)}"
+    raise GGUFError(f"GGUF tensor {gguf_name!r} has no counterpart in minilora's Llama-family model")
+
+
+def dequantize(tensor) -> torch.Tensor:
+    """One GGUF tensor -> float32 torch tensor in PyTorch's (out, in) order."""
+    from gguf.quants import dequantize as gguf_dequantize
+
+    try:
+        array = gguf_dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError as e:
+        raise GGUFError(f"tensor {tensor.name!r} uses quantization {tensor.tensor_type.name}, which the installed "
+                        "gguf package cannot dequantize; upgrade it (pip install -U gguf)") from e
+    expected = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dimensions fastest-first
+    if array.shape != expected:
+        array = array.reshape(expected)
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not array.flags.writeable:  # F32 tensors come straight from the read-only memory map of the file
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Read a GGUF file: (HF-style config dict, float32 state dict with HF names, metadata).
+
+    Quantized tensors are dequantized to float32; q/k rows are put back in rotate-half order.
+    """
+    reader = open_gguf(path)
+    metadata = read_metadata(reader)
+    names = {t.name for t in reader.tensors}
+    config = config_from_metadata(metadata, names)
+    permuted = metadata.get("general.architecture") in PERMUTED_QK
+    state_dict: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        name = hf_name(tensor.name)
+        try:
+            w = dequantize(tensor)
+        except GGUFError:
+            raise
+        except Exception as e:  # a tensor whose bytes run past the end of the file
+            raise GGUFError(f"{str(path)!r}: tensor {tensor.name!r} cannot be read ({type(e).__name__}: {e}); "
+                            "the file looks truncated: download or reinstall it again") from e
+        if permuted and ".self_attn.q_proj." in name:
+            w = unpermute_qk(w, config["num_attention_heads"])
+        elif permuted and ".self_attn.k_proj." in name:
+            w = unpermute_qk(w, config["num_key_value_heads"])
+        state_dict[name] = w
+    return config, state_dict, metadata

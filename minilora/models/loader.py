@@ -1,0 +1,242 @@
+"""`FastLanguageModel`: the entry point that mirrors Unsloth's, so a learner can map one onto the other.
+
+    model, tokenizer = FastLanguageModel.from_pretrained("smollm2")          # the bundled GGUF, offline
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16)     # LoRA on the 7 projections
+    FastLanguageModel.for_inference(model)                                   # eval mode for chatting
+
+Unsloth's `FastLanguageModel` (unsloth/models/loader.py) dispatches a model name to an architecture class
+(FastLlamaModel, FastMistralModel, …) and patches it; here the registry (`minilora.models.registry`) does the
+dispatch and the classes are minilora's own, so there is nothing to patch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..lora import TARGET_MODULES
+from .checkpointing import check_mode
+from .config import ModelConfig
+from .registry import catalogue_config, model_class
+from .rotary import RotaryEmbedding
+
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_NAMES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """None -> bfloat16 on a CUDA GPU that supports it, else float32; strings and torch dtypes are checked."""
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower().removeprefix("torch.") in DTYPES:
+            return DTYPES[dtype.lower().removeprefix("torch.")]
+    elif dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return dtype
+    raise ValueError(f"dtype={dtype!r} is not supported: use None (automatic), 'float32', 'bfloat16', 'float16' "
+                     "or the torch dtype itself")
+
+
+def resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
+    return device
+
+
+def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
+                          device: torch.device, source: str = "checkpoint"):
+    """Build config's model class without allocating random weights, then adopt the checkpoint's tensors.
+
+    The model is first built on the "meta" device (shapes only, no memory, no random init), and each parameter
+    is then replaced by the checkpoint tensor. Every parameter must be present, and nothing extra.
+    """
+    with torch.device("meta"):
+        model = model_class(config.model_type)(config)
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}  # old HF files
+    expected = dict(model.state_dict())
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        state_dict.pop("lm_head.weight", None)  # a tied checkpoint may store the shared matrix twice
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        msg = [f"the {source} does not fit a {config.model_type} model built from its config:"]
+        if missing:
+            msg.append(f"{len(missing)} missing tensors (first: {missing[:3]})")
+        if unexpected:
+            msg.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[:3]})")
+        raise ValueError(" ".join(msg))
+    for name, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)} but the config implies "
+                             f"{tuple(expected[name].shape)}")
+    converted = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    model.load_state_dict(converted, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # buffers computed in __init__ (RoPE's inverse frequencies) are not in checkpoints: compute them for real
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, RotaryEmbedding):
+                with torch.device(device):
+                    setattr(module, child_name, RotaryEmbedding(config))
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{source}: {left[:3]} were not filled from the checkpoint")
+    return model
+
+
+class FastLanguageModel:
+    """Load, adapt and switch modes, with Unsloth's method names and arguments."""
+
+    @staticmethod
+    def from_pretrained(model_name: str | os.PathLike = "smollm2", max_seq_length: int = 2048, dtype=None,
+                        load_in_4bit: bool = False, device=None):
+        """Return (model, tokenizer).
+
+        model_name: "smollm2" (or "HuggingFaceTB/SmolLM2-135M-Instruct") for the bundled GGUF; a path to a .gguf
+        file; a Hugging Face safetensors directory; or a LoRA adapter directory (adapter_config.json), whose base
+        model is loaded first. dtype None picks bfloat16 on a CUDA GPU that supports it, else float32.
+        load_in_4bit stores the linear layers' weights as NF4 (QLoRA). device None: CUDA if available, else CPU.
+        """
+        if not isinstance(max_seq_length, int) or max_seq_length <= 0:
+            raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        path = Path(model_name)
+        if path.is_dir() and (path / "adapter_config.json").is_file():
+            return _load_adapter_dir(path, max_seq_length, dtype, load_in_4bit, device)
+        if path.is_file():
+            model, tokenizer = _load_gguf(path, dtype, device)
+            name_or_path = str(path.resolve())
+        elif path.is_dir():
+            model, tokenizer = _load_hf_dir(path, dtype, device)
+            name_or_path = str(path.resolve())
+        elif str(model_name).lower() in SMOLLM2_NAMES:
+            from ..io import find_smollm2_gguf
+            model, tokenizer = _load_gguf(find_smollm2_gguf(), dtype, device)
+            name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
+        else:
+            _unknown_name(str(model_name))
+        model.name_or_path = name_or_path
+        model.max_seq_length = max_seq_length
+        if tokenizer is not None:
+            tokenizer.model_max_length = max_seq_length
+        if load_in_4bit:
+            from ..quant import quantize_model  # imported here: only QLoRA users pay for it
+            model = quantize_model(model) or model
+        model.eval()
+        return model, tokenizer
+
+    @staticmethod
+    def get_peft_model(model, r: int = 16, target_modules=None, lora_alpha: float = 16, lora_dropout: float = 0.0,
+                       bias: str = "none", use_gradient_checkpointing: bool | str = "unsloth",
+                       random_state: int | None = 3407, use_rslora: bool = False, max_seq_length: int | None = None,
+                       loftq_config=None, verbose: bool = True):
+        """Add LoRA adapters (see `minilora.lora.get_peft_model`), freeze the base, set gradient checkpointing.
+
+        use_gradient_checkpointing: False, True (recompute each layer in backward) or "unsloth" (also keep the
+        saved layer inputs in CPU memory, as Unsloth's default does).
+        """
+        from ..lora import get_peft_model
+        mode = check_mode(use_gradient_checkpointing)
+        if loftq_config:
+            raise ValueError("loftq_config is not supported by minilora: leave it None")
+        if max_seq_length is not None:
+            if not isinstance(max_seq_length, int) or max_seq_length <= 0:
+                raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+        targets = list(TARGET_MODULES if target_modules is None else target_modules)
+        model = get_peft_model(model, r=r, target_modules=targets, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                               bias=bias, use_rslora=use_rslora, random_state=random_state, verbose=verbose)
+        model.gradient_checkpointing = mode
+        if max_seq_length is not None:
+            model.max_seq_length = max_seq_length
+        return model
+
+    @staticmethod
+    def for_inference(model):
+        """Evaluation mode: no dropout, no gradient checkpointing (generation uses the KV cache)."""
+        model.eval()
+        return model
+
+    @staticmethod
+    def for_training(model):
+        """Training mode: dropout and gradient checkpointing (if set by get_peft_model) are active."""
+        model.train()
+        return model
+
+
+def _load_gguf(path: Path, dtype, device):
+    from ..io.gguf import load_gguf
+    from ..io.tokenizer import Tokenizer
+    config_dict, state_dict, metadata = load_gguf(path)
+    config = ModelConfig.from_dict(config_dict)
+    model = model_from_state_dict(config, state_dict, dtype, device, source=f"GGUF file {str(path)!r}")
+    if "tokenizer.ggml.model" in metadata:
+        tokenizer = Tokenizer.from_gguf(metadata)
+    else:
+        import warnings
+        warnings.warn(f"{str(path)!r} carries no tokenizer metadata: the tokenizer returned is None", stacklevel=3)
+        tokenizer = None
+    return model, tokenizer
+
+
+def _load_hf_dir(path: Path, dtype, device):
+    from ..io.safetensors_dir import load_safetensors_dir, read_config
+    from ..io.tokenizer import Tokenizer
+    ggufs = sorted(path.glob("*.gguf"))
+    if not (path / "config.json").is_file() and len(ggufs) == 1:
+        return _load_gguf(ggufs[0], dtype, device)
+    config = ModelConfig.from_dict(read_config(path))
+    model_class(config.model_type)  # an unknown model_type fails here, before any weights are read
+    _, state_dict = load_safetensors_dir(path)
+    model = model_from_state_dict(config, state_dict, dtype, device, source=f"checkpoint in {str(path)!r}")
+    tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
+    if tokenizer is None:
+        import warnings
+        warnings.warn(f"{str(path)!r} has no tokenizer.json: the tokenizer returned is None", stacklevel=3)
+    return model, tokenizer
+
+
+def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device):
+    from ..io.safetensors_dir import read_json
+    adapter_config = read_json(path / "adapter_config.json")
+    base = adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{str(path / 'adapter_config.json')!r} does not name its base model "
+                         "(base_model_name_or_path); load the base model yourself and call "
+                         "minilora.io.adapters.load_adapter(model, dir)")
+    if not Path(base).exists() and (path / base).exists():
+        base = str(path / base)  # a base path written relative to the adapter directory
+    model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
+                                                         load_in_4bit=load_in_4bit, device=device)
+    from ..io.adapters import load_adapter  # imported here: written beside the adapter saver
+    loaded = load_adapter(model, path)
+    if isinstance(loaded, torch.nn.Module):
+        model = loaded
+    return model, tokenizer
+
+
+def _unknown_name(name: str):
+    try:
+        catalogue_config(name)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{name!r} is a catalogue configuration without downloadable weights here; build it with "
+                         f"random weights via minilora.models.from_catalogue({name!r}), or pass a path to its "
+                         "Hugging Face safetensors directory or GGUF file")
+    raise FileNotFoundError(f"{name!r} is neither a file nor a directory, nor a known model name; use 'smollm2' "
+                            "(the bundled SmolLM2-135M-Instruct), a path to a .gguf file, or a Hugging Face "
+                            "model directory (config.json + safetensors)")
+
+
+__all__ = ["FastLanguageModel", "model_from_state_dict", "resolve_dtype", "resolve_device"]
