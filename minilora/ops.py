@@ -100,9 +100,54 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, num_items=None,
-                  logit_scale: float | None = None, softcap: float | None = None) -> torch.Tensor:
-    """Sum of token losses over non-ignored labels divided by ``num_items`` (default: their count)."""
+                  logit_scale: float | None = None, softcap: float | None = None, *,
+                  inplace_grad: bool = True) -> torch.Tensor:
+    """Sum of token losses over non-ignored labels divided by ``num_items`` (default: their count).
+
+    The Triton path writes the gradient into ``logits`` during backward unless ``inplace_grad=False``.
+    """
     if use_triton(logits):
         from .kernels.cross_entropy import cross_entropy_fast
-        return cross_entropy_fast(logits, labels, ignore_index, num_items, logit_scale, softcap)
+        return cross_entropy_fast(logits, labels, ignore_index, num_items, logit_scale, softcap,
+                                  inplace_grad=inplace_grad)
     return cross_entropy_reference(logits, labels, ignore_index, num_items, logit_scale, softcap)
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                               ignore_index: int = -100, num_items=None, logit_scale: float | None = None,
+                               softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """cross_entropy(hidden (N, H) @ weight (V, H).T + bias, labels); the Triton path never holds all logits."""
+    if use_triton(hidden):
+        from .kernels.fused_linear_ce import fused_linear_cross_entropy_fast
+        return fused_linear_cross_entropy_fast(hidden, weight, labels, ignore_index, num_items, logit_scale,
+                                               softcap, bias)
+    return cross_entropy_reference(torch.nn.functional.linear(hidden, weight, bias), labels, ignore_index,
+                                   num_items, logit_scale, softcap)
+
+
+# --- fast LoRA: hand-written backward for whole blocks of LoRA projections --------------------------------------
+def use_fast_lora(x: torch.Tensor, *layers) -> bool:
+    """True when the fast LoRA Functions should run: the Triton path is on for x and every layer is a LoraLinear
+    with dropout 0, not merged, over a frozen base. Otherwise the model calls the layers one by one."""
+    if _mode == "reference" or (_mode == "auto" and not x.is_cuda):
+        return False  # checked first so CPU runs never import the kernel module
+    from .kernels.fast_lora import fast_lora_supported
+    return fast_lora_supported(*layers) and use_triton(x)
+
+
+def lora_mlp(x: torch.Tensor, gate, up, down) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) for LoraLinear gate/up/down, through `minilora.kernels.fast_lora.LoRA_MLP`."""
+    from .kernels.fast_lora import apply_lora_mlp
+    return apply_lora_mlp(x, gate, up, down)
+
+
+def lora_qkv(x: torch.Tensor, q_proj, k_proj, v_proj):
+    """(q_proj(x), k_proj(x), v_proj(x)) through one `LoRA_QKV` Function (one backward, one dx buffer)."""
+    from .kernels.fast_lora import apply_lora_qkv
+    return apply_lora_qkv(x, q_proj, k_proj, v_proj)
+
+
+def lora_o(x: torch.Tensor, o_proj) -> torch.Tensor:
+    """o_proj(x) through `LoRA_O`."""
+    from .kernels.fast_lora import apply_lora_o
+    return apply_lora_o(x, o_proj)

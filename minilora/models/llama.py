@@ -50,9 +50,13 @@ class LlamaAttention(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None):
         B, T, _ = x.shape
         hd = self.config.head_dim
-        q = self.q_proj(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if ops.use_fast_lora(x, self.q_proj, self.k_proj, self.v_proj):  # LoRA on q/k/v: one hand-written backward
+            q, k, v = ops.lora_qkv(x, self.q_proj, self.k_proj, self.v_proj)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, -1, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = ops.rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd)
@@ -60,7 +64,8 @@ class LlamaAttention(nn.Module):
         k = k.repeat_interleave(self.config.n_rep, dim=1)
         v = v.repeat_interleave(self.config.n_rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hd)
+        return ops.lora_o(y, self.o_proj) if ops.use_fast_lora(y, self.o_proj) else self.o_proj(y)
 
 
 class LlamaMLP(nn.Module):
@@ -75,6 +80,8 @@ class LlamaMLP(nn.Module):
         self.act = config.hidden_act
 
     def forward(self, x):
+        if self.act == "silu" and ops.use_fast_lora(x, self.gate_proj, self.up_proj, self.down_proj):
+            return ops.lora_mlp(x, self.gate_proj, self.up_proj, self.down_proj)  # LoRA MLP, hand-written backward
         gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, I) each
         if self.act == "silu":
             h = ops.swiglu(gate, up)
@@ -157,12 +164,17 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = False,
-                num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutput:
+                num_items_in_batch: int | torch.Tensor | None = None,
+                return_logits: bool = True) -> CausalLMOutput:
         """input_ids (B, T) → logits (B, T, V); with labels (B, T) also the next-token loss.
 
         labels use -100 for tokens that carry no loss; the shift by one happens here. ``num_items_in_batch``
         divides the summed loss (gradient accumulation passes the token count of the whole accumulated batch).
+        ``return_logits=False`` (with labels) skips the (B, T, V) logits: the loss comes from the fused linear +
+        cross-entropy, chunked over tokens on the Triton path, and ``.logits`` is None.
         """
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False needs labels: without a loss there is nothing to return")
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
@@ -179,6 +191,9 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             x = run_layer(layer, checkpointing, x, cos, sin, mask, is_causal, past_key_values)
         x = self.model.norm(x)
+        if not return_logits:
+            return CausalLMOutput(logits=None, loss=self.fused_loss(x, labels, num_items_in_batch),
+                                  past_key_values=past_key_values)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if labels is not None:
@@ -191,7 +206,21 @@ class LlamaForCausalLM(nn.Module):
         V = logits.shape[-1]
         shift_logits = logits[:, :-1].reshape(-1, V)  # token t predicts token t + 1
         shift_labels = labels[:, 1:].reshape(-1)
-        return ops.cross_entropy(shift_logits, shift_labels, num_items=num_items_in_batch)
+        # the logits go back to the caller: the kernel may write its gradient in place only into a copy of them
+        # (reshape copies when B > 1; for B = 1 shift_logits is a view of the returned logits)
+        is_copy = shift_logits.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr()
+        return ops.cross_entropy(shift_logits, shift_labels, num_items=num_items_in_batch, inplace_grad=is_copy)
+
+    def fused_loss(self, hidden, labels, num_items_in_batch=None):
+        """The same loss from the final hidden states (B, T, C), without materializing all logits at once."""
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(hidden.shape[:2])}")
+        if not isinstance(self.lm_head, nn.Linear):  # e.g. a LoRA-wrapped head: take the plain route
+            return self.loss(self.lm_head(hidden), labels, num_items_in_batch)
+        shift_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(T-1), C): token t predicts t + 1
+        shift_labels = labels[:, 1:].reshape(-1)
+        return ops.fused_linear_cross_entropy(shift_hidden, self.lm_head.weight, shift_labels,
+                                              num_items=num_items_in_batch, bias=self.lm_head.bias)
 
     @torch.no_grad()
     def generate(self, input_ids, **kwargs):

@@ -1,0 +1,44 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from exercises.conftest import exercise
+
+pytestmark = pytest.mark.ex3_3
+ex = exercise("ex3_3_online_logsumexp")
+
+
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 5), V=st.integers(1, 300), block=st.integers(1, 64), spread=st.floats(0.1, 50))
+def test_matches_logsumexp_for_any_block_size(N, V, block, spread):
+    z = torch.randn(N, V, generator=torch.Generator().manual_seed(V * 7 + block)) * spread
+    torch.testing.assert_close(ex.online_logsumexp(z, block), torch.logsumexp(z, dim=1), rtol=1e-5, atol=1e-5)
+
+
+def test_no_overflow_with_large_logits():
+    z = torch.tensor([[1000.0, 1001.0, 999.0], [-1000.0, -1000.0, -1000.0]])
+    out = ex.online_logsumexp(z, 2)
+    assert torch.isfinite(out).all(), "exp(1000) overflows: subtract the running max before exp"
+    torch.testing.assert_close(out, torch.logsumexp(z, dim=1))
+
+
+def test_masked_columns_at_minus_infinity():
+    z = torch.tensor([[float("-inf"), float("-inf"), 2.0, 3.0, float("-inf")]])
+    for block in (1, 2, 5):  # the first block of this row is all -inf
+        torch.testing.assert_close(ex.online_logsumexp(z, block), torch.logsumexp(z, dim=1))
+
+
+def test_one_update_step_rescales_the_old_sum():
+    m, s = torch.tensor([2.0]), torch.tensor([1.5])  # columns seen so far: sum exp(z - 2) = 1.5
+    m_new, s_new = ex.lse_update(m, s, torch.tensor([[5.0, 1.0]]))
+    assert m_new.item() == 5.0
+    expected = 1.5 * torch.exp(torch.tensor(-3.0)) + torch.exp(torch.tensor(0.0)) + torch.exp(torch.tensor(-4.0))
+    torch.testing.assert_close(s_new, expected.reshape(1))
+
+
+def test_combine_chunks_equals_whole_row():
+    z = torch.randn(3, 100) * 30
+    parts = torch.stack([torch.logsumexp(z[:, :40], 1), torch.logsumexp(z[:, 40:], 1)], dim=1)
+    torch.testing.assert_close(ex.combine_chunks(parts), torch.logsumexp(z, dim=1))
+    big = torch.tensor([[800.0, 801.0]])
+    assert torch.isfinite(ex.combine_chunks(big)).all()

@@ -1,0 +1,356 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Week 5 — Triton deep dive and the fused LoRA backward
+#
+# Two things make Unsloth's LoRA layers fast: small Triton kernels for the elementwise steps, and a backward pass
+# written by hand for whole blocks of LoRA projections (the MLP, Q/K/V together, O) instead of leaving it to
+# autograd. This lesson first takes the Triton programming model apart — program ids, blocks, masks, the launch
+# grid — on a kernel small enough to trace by hand. Then it derives the LoRA backward (dX, dA, dB) on paper, checks
+# it against autograd, and measures what writing it by hand saves.
+#
+# **Goals.** By the end you can
+#
+# 1. say which elements a Triton program touches, given its program id, block size and mask;
+# 2. choose a launch grid (1-D for flat elementwise work, 2-D for rows × column blocks);
+# 3. derive dX, dA and dB for $y = xW^\top + s\,(xA^\top)B^\top$ and check them against autograd;
+# 4. explain which buffers the fused MLP backward reuses and measure the memory that saves.
+#
+# **Where this lives in Unsloth, and in minilora.**
+#
+# | Unsloth (the learning plan's Phases 3 and 5) | what it does | minilora |
+# |---|---|---|
+# | `unsloth/kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_W`, `apply_lora_mlp_swiglu`, `apply_lora_qkv`, `apply_lora_o` | autograd Functions with a hand-written backward | `minilora/kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_O`, `apply_lora_mlp`, `apply_lora_qkv`, `apply_lora_o` |
+# | `unsloth/kernels/utils.py` → `get_lora_parameters`, `matmul_lora`, `fast_dequantize` | pull W, A, B, s out of a PEFT layer; x W + s x A B; NF4 → 16-bit just in time | `lora_params`, `_lora_forward`, `dense_weight` in the same file |
+# | `unsloth/kernels/swiglu.py` → the in-place backward | h, de, dg written over the input buffers | `_swiglu_backward_inplace_kernel` |
+# | the model patching that routes layers to these | | `minilora/ops.py` → `use_fast_lora`, `lora_mlp`, `lora_qkv`, `lora_o`; `LlamaMLP.forward`, `LlamaAttention.forward` |
+
+# %%
+import ast
+import copy
+import glob
+import inspect
+import json
+import os
+import pathlib
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+for path in ["minilora/kernels/fast_lora.py", "minilora/ops.py", "minilora/lora.py"]:
+    doc = ast.get_docstring(ast.parse(pathlib.Path(path).read_text())) or ""
+    print(f"{path:32s} {doc.splitlines()[0]}")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %% [markdown]
+# ## 1. The Triton model: many copies of one small program
+#
+# A Triton kernel is a function that many *program instances* run at once. Each instance asks `tl.program_id(axis)`
+# which one it is, computes the block of offsets it owns, and loads/stores whole blocks at a time. The launch
+# `kernel[grid](...)` says how many instances run: `grid` is a tuple with one count per axis. Because the last block
+# usually hangs over the end of the data, every load and store carries a **mask**; masked-off lanes read `other`
+# and write nothing.
+#
+# The kernel below is a toy written for this lesson: each instance records which elements it handled, so we can
+# *see* the grid. (The `@triton.jit` function must live at module level of a real file for compiled Triton; in the
+# interpreter a notebook cell is fine.)
+
+# %%
+@triton.jit
+def who_does_what_kernel(owner_ptr, n_elements, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)  # which instance am I: 0, 1, 2, ...
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)  # the BLOCK elements I own
+    mask = offsets < n_elements  # the last block hangs over the end
+    tl.store(owner_ptr + offsets, pid + tl.zeros([BLOCK], dtype=tl.int32), mask=mask)
+
+
+n, BLOCK = 10, 4
+grid = (triton.cdiv(n, BLOCK),)  # ceil(10 / 4) = 3 instances
+owner = torch.full((n,), -1, dtype=torch.int32, device=DEVICE)
+who_does_what_kernel[grid](owner, n, BLOCK=BLOCK)
+print(f"n = {n}, BLOCK = {BLOCK}, grid = {grid}")
+print("element :", list(range(n)))
+print("program :", owner.tolist())
+print(f"the last program's mask is {[(2 * BLOCK + i) < n for i in range(BLOCK)]}: "
+      f"it writes {n - 2 * BLOCK} elements and leaves the rest alone")
+
+# %% [markdown]
+# Every elementwise kernel in minilora follows this pattern. Here is the one fast LoRA uses for the SwiGLU step of
+# the MLP backward — a 1-D grid over the flattened (tokens × intermediate) arrays. Note the numbered steps: pick
+# offsets (int64, since tokens × intermediate passes 2³¹ at real sizes), load and upcast to fp32, compute, cast on
+# store.
+
+# %%
+from minilora.kernels import fast_lora  # noqa: E402
+
+print(inspect.getsource(fast_lora._swiglu_backward_inplace_kernel.fn))
+print(inspect.getsource(fast_lora.swiglu_backward_inplace))
+
+# %% [markdown]
+# A **2-D grid** fits work shaped like rows × columns. The cross-entropy backward (week 3) launches
+# `(rows, cdiv(V, BLOCK))`: `program_id(0)` picks the row, `program_id(1)` the block of columns, and a row's
+# length need not be a multiple of BLOCK thanks to the mask. The cell shows the grid it would use for a few shapes:
+
+# %%
+from minilora.kernels import cross_entropy as ce  # noqa: E402
+
+for rows, vocab in [(3, 423), (8192, 128_256)]:
+    block = min(ce.BACKWARD_BLOCK, triton.next_power_of_2(vocab))
+    print(f"logits {rows} x {vocab}: BLOCK {block} → grid ({rows}, {triton.cdiv(vocab, block)}) = "
+          f"{rows * triton.cdiv(vocab, block):,} programs; the last column block has "
+          f"{vocab - (triton.cdiv(vocab, block) - 1) * block} live lanes of {block}")
+
+# %% [markdown]
+# ## 2. Where the LoRA time goes — the matmuls, so keep them thin
+#
+# One LoRA projection computes $y = xW^\top + s\,(xA^\top)B^\top$ with x (N, in), W (out, in), A (r, in),
+# B (out, r) and $s = \alpha / r$. The order of the products matters: $(xA^\top)$ is (N, r), tiny, and then
+# $(xA^\top)B^\top$ is (N, out). Never form $BA$ (out × in, as big as W). minilora's forward helper adds the
+# low-rank term *into* the base output with `addmm_` — no second (N, out) buffer:
+
+# %%
+print(inspect.getsource(fast_lora._lora_forward))
+print(inspect.getsource(fast_lora.dense_weight))
+
+# %% [markdown]
+# `dense_weight` is where QLoRA plugs in: for an `nn.Linear` it hands over the 16-bit weight; for a 4-bit layer
+# (`minilora.quant.linear4bit.Linear4bit`) it dequantizes **now** — in the forward, and again in the backward —
+# so the 16-bit copy exists only while its matmul runs.
+#
+# ## 3. Deriving dX, dA, dB by hand
+#
+# For a matmul $Y = XM^\top$ the chain rule gives $dX = dY\,M$ and $dM = dY^\top X$ (shapes check it: dY is
+# (N, out), M is (out, in)). Apply it to the two paths of the LoRA projection:
+#
+# - base path $xW^\top$: $dx \mathrel{+}= dy\,W$ (and no dW: W is frozen);
+# - low-rank path: let $u = xA^\top$ (N, r) and $y_{lr} = s\,uB^\top$. Then $dB = s\,dy^\top u$ (out, r) and
+#   $du = s\,dy\,B$ (N, r); from $u = xA^\top$: $dA = du^\top x = s\,(dy\,B)^\top x$ (r, in) and
+#   $dx \mathrel{+}= du\,A = s\,(dy\,B)\,A$.
+#
+# $$ dx = dy\,W + s\,(dy\,B)\,A, \qquad dA = s\,(dy\,B)^\top x, \qquad dB = s\,dy^\top (x A^\top) $$
+#
+# Every intermediate is (N, r) or smaller except dx itself. minilora's backward helper is those three lines, with
+# dx accumulated in place (`addmm_`) so that Q, K and V — or gate and up — all add into **one** dx buffer:
+
+# %%
+print(inspect.getsource(fast_lora._lora_backward))
+
+# %% [markdown]
+# Checked against autograd, in float64 so that any difference is a mistake, not rounding:
+
+# %%
+torch.manual_seed(0)
+N, d_in, d_out, r, s = 7, 11, 13, 3, 2.0
+x = torch.randn(N, d_in, dtype=torch.float64, requires_grad=True)
+W = torch.randn(d_out, d_in, dtype=torch.float64)
+A = torch.randn(r, d_in, dtype=torch.float64, requires_grad=True)
+B = torch.randn(d_out, r, dtype=torch.float64, requires_grad=True)
+dy = torch.randn(N, d_out, dtype=torch.float64)
+
+(x @ W.T + s * (x @ A.T) @ B.T).backward(dy)  # autograd's answer
+
+base = torch.nn.Linear(d_in, d_out, bias=False, dtype=torch.float64)
+with torch.no_grad():
+    base.weight.copy_(W)
+with torch.no_grad():
+    dx, dA, dB = fast_lora._lora_backward(dy, x, x @ A.T, base, A, B, s, None)  # ours, by hand
+for name, mine, theirs in [("dx", dx, x.grad), ("dA", dA, A.grad), ("dB", dB, B.grad)]:
+    print(f"{name}: shape {tuple(mine.shape)}, max |ours - autograd| = {(mine - theirs).abs().max().item():.1e}")
+
+# %% [markdown]
+# ## 4. The MLP: three projections, one SwiGLU, one backward
+#
+# The Llama MLP is $\mathrm{out} = \mathrm{down}(h)$, $h = \mathrm{silu}(e) \odot g$, $e = \mathrm{gate}(x)$,
+# $g = \mathrm{up}(x)$, each projection a LoRA projection. Going backward:
+#
+# 1. down: $dh = d\mathrm{out}\,W_d + s_d (d\mathrm{out}\,B_d) A_d$ — the only new (N, I) buffer;
+# 2. SwiGLU: $dg = dh \odot \mathrm{silu}(e)$, $de = dh \odot g \odot \sigma(e)(1 + e(1 - \sigma(e)))$; and
+#    $h = \mathrm{silu}(e) \odot g$ is **recomputed** (it is needed for $dA_d = s_d (d\mathrm{out}\,B_d)^\top h$)
+#    rather than kept alive since the forward. The kernel writes $h$, $de$, $dg$ over $dh$, $e$, $g$ — three
+#    results, zero new buffers;
+# 3. gate and up: two `_lora_backward` calls that add into one dx.
+#
+# Unsloth's `LoRA_MLP` does the same; here is minilora's:
+
+# %%
+print(inspect.getsource(fast_lora.LoRA_MLP.backward))
+
+# %% [markdown]
+# Does it equal autograd on the plain composition (what PEFT runs)? Here in float32 with the Triton kernel in the
+# interpreter, on odd sizes:
+
+# %%
+from minilora import ops  # noqa: E402
+from minilora.lora import LoraLinear  # noqa: E402
+
+
+def make_lora(d_in, d_out, r=4, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    layer = LoraLinear(torch.nn.Linear(d_in, d_out, bias=False), r=r, lora_alpha=2 * r).to(DEVICE, dtype)
+    torch.nn.init.normal_(layer.lora_B.weight, std=0.1)  # as after some training: B = 0 would hide terms
+    layer.base_layer.requires_grad_(False)
+    return layer
+
+
+def peft_style_mlp(x, gate, up, down):
+    return down(torch.nn.functional.silu(gate(x)) * up(x))
+
+
+def lora_grads(layers):
+    grads = [g for l in layers for g in (l.lora_A.weight.grad, l.lora_B.weight.grad)]
+    for l in layers:
+        l.zero_grad(set_to_none=True)
+    return grads
+
+
+C, I = 37, 91
+layers = [make_lora(C, I, seed=1), make_lora(C, I, seed=2), make_lora(I, C, seed=3)]
+x0 = torch.randn(2, 13, C, device=DEVICE)
+d_out = torch.randn(2, 13, C, device=DEVICE)
+xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+with ops.use_kernels("triton"):
+    fast_lora.apply_lora_mlp(xa, *layers).backward(d_out)
+fast_grads = lora_grads(layers)
+peft_style_mlp(xb, *layers).backward(d_out)
+auto_grads = lora_grads(layers)
+print(f"dx: max |fast - autograd| = {(xa.grad - xb.grad).abs().max().item():.1e}")
+for name, a, b in zip(["gate A", "gate B", "up A", "up B", "down A", "down B"], fast_grads, auto_grads):
+    print(f"d{name:7s} max |fast - autograd| = {(a - b).abs().max().item():.1e}")
+
+# %% [markdown]
+# ## 5. Memory saved by reusing buffers, measured
+#
+# Two things decide a training step's memory here: what the forward **saves** for the backward (it lives from the
+# forward until its backward runs — for every layer at once), and what the backward **allocates**. Both can be
+# measured on a CPU: `torch.autograd.graph.saved_tensors_hooks` sees every tensor saved for backward (including
+# those of custom Functions), and a `TorchDispatchMode` sees every new tensor an op returns.
+
+# %%
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+
+class AllocationCounter(TorchDispatchMode):
+    """Adds up the bytes of new tensors PyTorch ops return (outputs sharing memory with an input don't count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.bytes += t.untyped_storage().nbytes()
+        return out
+
+
+def measure(run_forward, layers):
+    """(MiB saved for backward, excluding weights; MiB allocated by the backward)."""
+    weights = {p.untyped_storage().data_ptr() for l in layers for p in l.parameters()}
+    saved = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run_forward()
+    with AllocationCounter() as counter:
+        out.backward(torch.ones_like(out))
+    return sum(saved.values()) / 2**20, counter.bytes / 2**20
+
+
+N_tok, C, I = 512, 256, 688  # a scaled-down MLP (Llama-3-8B's ratio I / C = 3.5)
+layers = [make_lora(C, I, 8, 1), make_lora(C, I, 8, 2), make_lora(I, C, 8, 3)]
+x0 = torch.randn(N_tok, C, device=DEVICE)
+one_NI = N_tok * I * 4 / 2**20
+results = {}
+for name, fn, mode in [("PEFT-style (autograd)", lambda x: peft_style_mlp(x, *layers), "reference"),
+                       ("fast LoRA_MLP", lambda x: fast_lora.apply_lora_mlp(x, *layers), "triton")]:
+    with ops.use_kernels(mode):
+        results[name] = measure(lambda: fn(x0.clone().requires_grad_()), layers)
+    lora_grads(layers)
+print(f"one (tokens x intermediate) fp32 buffer = {one_NI:.2f} MiB")
+for name, (saved, allocated) in results.items():
+    print(f"{name:22s} saved for backward {saved:6.2f} MiB ({saved / one_NI:4.1f} buffers), "
+          f"backward allocated {allocated:6.2f} MiB ({allocated / one_NI:4.1f} buffers)")
+(peft_saved, peft_alloc), (fast_saved, fast_alloc) = results.values()
+print(f"saved: {100 * (1 - fast_saved / peft_saved):.0f}% less; "
+      f"allocated in backward: {100 * (1 - fast_alloc / peft_alloc):.0f}% less")
+
+# %% [markdown]
+# The cell above counts in units of one (tokens × intermediate) buffer, the size that matters. Autograd keeps the
+# gate and up outputs, silu(e), h, and the inputs of each LoRA branch; the hand-written Function keeps e, g, x and
+# three (N, r) products. In the backward, autograd allocates a fresh buffer for every gradient it forms, while the
+# fused backward allocates dh once and overwrites dead buffers for everything else.
+#
+# ## 6. On a real GPU
+#
+# The recorded benchmark (`benchmarks/bench_ce_lora.py`, Llama-3-8B MLP shapes: C 4096, I 14336, r 16, 8192
+# tokens, bf16) times forward + backward of the PEFT-style composition and of `LoRA_MLP` and records the peak
+# memory above what was allocated before the call. With a GPU the cell runs it live; otherwise it loads the record.
+
+# %%
+if torch.cuda.is_available():
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "benchmarks/bench_ce_lora.py", "--only", "lora", "--out", "/tmp/lora-bench"],
+                   check=True)
+    result_path = sorted(glob.glob("/tmp/lora-bench/ce-lora-*.json"))[-1]
+else:
+    result_path = sorted(p for p in glob.glob("benchmarks/results/ce-lora-*.json") if "small" not in p)[-1]
+result = json.loads(pathlib.Path(result_path).read_text())
+env = result["environment"]
+rows = [r for r in result["rows"] if r["group"] == "LoRA MLP" and "ms" in r]
+print(f"{result_path}: {env.get('card')}, torch {env['torch']}, triton {env['triton']}, {env['date']}")
+for r in rows:
+    print(f"{r['name']:32s} {r['ms']:7.2f} ms  {r['peak_extra_gib']:6.3f} GiB peak extra")
+peft, fast = rows
+print(f"fast LoRA MLP: {peft['ms'] / fast['ms']:.2f}x the speed, "
+      f"{100 * (1 - fast['peak_extra_gib'] / peft['peak_extra_gib']):.0f}% less peak memory "
+      f"(target: faster at lower peak memory — met: {fast['ms'] < peft['ms'] and fast['peak_extra_gib'] < peft['peak_extra_gib']})")
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+for ax, key, label in [(axes[0], "ms", "ms, forward + backward"), (axes[1], "peak_extra_gib", "peak extra GiB")]:
+    ax.barh([r["name"] for r in rows], [r[key] for r in rows], color=["tab:gray", "tab:orange"])
+    ax.set_xlabel(label)
+fig.suptitle(f"LoRA MLP, {result['shapes']['LoRA MLP']} — {env.get('card')}, {env['date'][:10]}", fontsize=10)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The time saved is modest — both versions run the same matmuls, which dominate — but the memory is the point:
+# every layer of a real model keeps its saved tensors alive until its backward runs, so the difference per MLP
+# is multiplied by the number of layers.
+#
+# ## Exercises
+#
+# - **Exercise 5.1 — the LoRA backward** (`exercises/week5/ex5_1_lora_backward.py`): write dx, dA, dB for one
+#   projection and check them against autograd with `pytest -m ex5_1`.
+#
+# ## Journal prompt
+#
+# Write the MLP backward on paper as a list of matmuls with their shapes (N, C, I, r). Which products are cheap
+# (involve r), which are expensive, and which buffer would you overwrite at each step? Compare your list with
+# `LoRA_MLP.backward` above and with Unsloth's `LoRA_MLP.backward` in `unsloth/kernels/fast_lora.py`.
