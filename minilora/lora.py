@@ -54,15 +54,21 @@ class LoraLinear(nn.Module):
     def merge(self) -> None:
         """Fold ΔW into the base weight: inference then costs one matmul, like the original model."""
         if not self.merged:
-            w = _base_weight(self.base_layer)
-            w += self.delta_weight().to(w.dtype)
+            if hasattr(self.base_layer, "add_to_weight"):  # a 4-bit base: dequantize, add, requantize (lossy)
+                self.base_layer.add_to_weight(self.delta_weight())
+            else:
+                w = _base_weight(self.base_layer)
+                w += self.delta_weight().to(w.dtype)
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            w = _base_weight(self.base_layer)
-            w -= self.delta_weight().to(w.dtype)
+            if hasattr(self.base_layer, "add_to_weight"):
+                self.base_layer.add_to_weight(-self.delta_weight())
+            else:
+                w = _base_weight(self.base_layer)
+                w -= self.delta_weight().to(w.dtype)
             self.merged = False
 
     def extra_repr(self) -> str:
@@ -89,6 +95,10 @@ def get_peft_model(model: nn.Module, r: int = 16, target_modules=None, lora_alph
     """Wrap every targeted linear layer in LoraLinear and freeze all other parameters (in place; returns model)."""
     if bias != "none":
         raise ValueError(f"bias={bias!r}: minilora trains LoRA weights only; use bias='none' (as Unsloth recommends)")
+    if not isinstance(r, int) or r <= 0:
+        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+    if not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
     targets = list(TARGET_MODULES if target_modules is None else target_modules)
     if lora_layers(model):
         raise ValueError("this model already has LoRA adapters; load a fresh base model before adding new ones")

@@ -1,0 +1,161 @@
+"""Linear4bit: a frozen linear layer whose weight lives as NF4 codes and is dequantized just in time.
+
+QLoRA's memory trick in one class. The weight (out, in) is stored as 4-bit codes + block scales (~4.13 bits a
+parameter with double quantization instead of 16). Each forward rebuilds the dense weight, uses it for one matmul
+and drops it. The backward needs the weight again for the input gradient
+
+    dX = dY · W          (W is frozen: no dW is ever computed, so X need not be saved either)
+
+and rebuilds it a second time rather than keeping the first copy alive between forward and backward: 16 bits
+a parameter of activation-like memory avoided, at the price of one more dequantization (a fast, bandwidth-bound
+kernel on the GPU). `_DequantMatmul` below is that custom autograd Function; it saves no tensor at all.
+
+For LoRA on top, `minilora.lora.LoraLinear(Linear4bit(...))` works unchanged: `in_features`/`out_features` are
+here, and `.weight` is the packed uint8 code tensor (like bitsandbytes' Params4bit), frozen.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blockwise import DoubleQuantState, NF4State, check_blocksize, check_state, quantize_nf4
+from .nf4 import shared_dynamic_map
+
+_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:
+    from ..kernels.nf4_dequant import dequantize_nf4 as dispatch  # Triton on CUDA, the reference on CPU
+    return dispatch(state, dtype)
+
+
+class _DequantMatmul(torch.autograd.Function):
+    """y = x Wᵀ + b with W rebuilt from its NF4 state in forward AND backward (nothing saved for backward)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, state: NF4State):
+        W = dequantize_nf4(state, x.dtype)  # (out, in), lives only for this matmul
+        ctx.state = state  # the quantized tensors: alive anyway as the layer's own weight
+        ctx.has_bias = bias is not None
+        return F.linear(x, W, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            W = dequantize_nf4(ctx.state, grad_out.dtype)  # dequantize again instead of keeping W since forward
+            grad_x = grad_out @ W  # (..., out) @ (out, in) → (..., in)
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return grad_x, grad_bias, None
+
+
+class Linear4bit(nn.Module):
+    """A frozen nn.Linear stored in NF4. Build one with `Linear4bit.from_linear(linear)`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, blocksize: int = 64,
+                 double_quant: bool = True, compute_dtype: torch.dtype | None = None, device=None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        check_blocksize(blocksize)
+        if compute_dtype is not None and compute_dtype not in _COMPUTE_DTYPES:
+            raise TypeError(f"compute_dtype must be float32, float16, bfloat16 or None (use the input's dtype), "
+                            f"got {compute_dtype}")
+        self.in_features, self.out_features = in_features, out_features
+        self.blocksize, self.double_quant, self.compute_dtype = blocksize, double_quant, compute_dtype
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype), requires_grad=False) \
+            if bias else None
+        self.weight: nn.Parameter  # set by _store
+        self._store(quantize_nf4(torch.zeros(out_features, in_features, device=device, dtype=dtype), blocksize,
+                                 double_quant))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = True,
+                    compute_dtype: torch.dtype | None = None) -> "Linear4bit":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"Linear4bit.from_linear needs an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        check_blocksize(blocksize)
+        if compute_dtype is not None and compute_dtype not in _COMPUTE_DTYPES:
+            raise TypeError(f"compute_dtype must be float32, float16, bfloat16 or None, got {compute_dtype}")
+        layer.in_features, layer.out_features = linear.in_features, linear.out_features
+        layer.blocksize, layer.double_quant, layer.compute_dtype = blocksize, double_quant, compute_dtype
+        layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        layer._store(quantize_nf4(w, blocksize, double_quant))
+        return layer
+
+    # --- the quantized state, kept as module tensors so .to(device) and state_dict see it ----------------------
+    def _store(self, state: NF4State) -> None:
+        check_state(state)
+        if tuple(state.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"an NF4 state of shape {tuple(state.shape)} does not fit Linear4bit("
+                             f"in={self.in_features}, out={self.out_features}): expected (out, in)")
+        self.weight = nn.Parameter(state.codes, requires_grad=False)  # uint8 (out·in/2,)
+        self.weight_dtype = state.dtype
+        for name in ("absmax", "absmax_codes", "absmax_scales", "absmax_offset"):
+            self._buffers.pop(name, None)
+        if state.double_quant is None:
+            self.register_buffer("absmax", state.absmax)
+        else:
+            dq = state.double_quant
+            self.register_buffer("absmax_codes", dq.absmax_codes)
+            self.register_buffer("absmax_scales", dq.scales)
+            self.register_buffer("absmax_offset", dq.offset)
+            self.double_quant_blocksize = dq.blocksize
+
+    @property
+    def quant_state(self) -> NF4State:
+        shape = torch.Size((self.out_features, self.in_features))
+        if "absmax" in self._buffers:
+            return NF4State(self.weight.data, self.absmax, self.blocksize, shape, self.weight_dtype)
+        dq = DoubleQuantState(self.absmax_codes, self.absmax_scales, self.absmax_offset,
+                              self.double_quant_blocksize, shared_dynamic_map(self.weight.device))
+        return NF4State(self.weight.data, None, self.blocksize, shape, self.weight_dtype, dq)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / model.to(bfloat16) must not touch the float32 scales of the NF4 state (the uint8 codes
+        # are safe: dtype casts skip integer tensors). The scales follow only the DEVICE the cast asks for.
+        scales = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        for k in scales:
+            del self._buffers[k]
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for k, b in scales.items():
+                target = fn(torch.empty(0, dtype=b.dtype, device=b.device)).device  # where the cast sends tensors
+                self.register_buffer(k, b.to(target))
+        return self
+
+    # --- use ---------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"Linear4bit needs a floating-point input, got {x.dtype}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input's last dimension is {x.shape[-1]}, but this layer takes {self.in_features}")
+        in_dtype = x.dtype
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return _DequantMatmul.apply(x, bias, self.quant_state).to(in_dtype)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense (out, in) weight this layer computes with."""
+        return dequantize_nf4(self.quant_state, dtype)
+
+    @torch.no_grad()
+    def add_to_weight(self, delta: torch.Tensor) -> None:
+        """W ← quantize(dequantize(W) + delta): how a LoRA update merges into a 4-bit base (lossy: requantized)."""
+        if delta.shape != (self.out_features, self.in_features):
+            raise ValueError(f"delta of shape {tuple(delta.shape)} does not match the weight "
+                             f"({self.out_features}, {self.in_features})")
+        w = self.dequantize(torch.float32) + delta.float()
+        self._store(quantize_nf4(w.to(self.weight_dtype), self.blocksize, self.double_quant))
+
+    def extra_repr(self) -> str:
+        state = self.quant_state
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"blocksize={self.blocksize}, double_quant={self.double_quant}, "
+                f"bits_per_param={state.bits_per_param():.3f}")
