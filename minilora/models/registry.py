@@ -111,10 +111,11 @@ def from_catalogue(name: str, dtype: torch.dtype | None = None, device="cpu", se
 
 @torch.no_grad()
 def init_weights(model: LlamaForCausalLM, std: float = 0.02, seed: int = 0) -> None:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)  # drawn where the weights live: fast on a GPU
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            w = torch.empty(module.weight.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
+            w = torch.empty(module.weight.shape, dtype=torch.float32, device=device).normal_(0.0, std, generator=gen)
             module.weight.copy_(w)
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
