@@ -14,23 +14,10 @@ import torch
 from hypothesis import Phase, given, settings, strategies as st
 
 from minilora import ops
+from tests.ulp import DEVICES, DTYPES, assert_within_ulp
 from minilora.kernels.rope import rope_fast, rope_reference
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
-TINY = {torch.float32: 2.0**-126, torch.float16: 2.0**-14, torch.bfloat16: 2.0**-126}
 
-
-def assert_within_ulp(actual, truth, dtype, ulps=1.0, slack=1e-5):
-    actual, truth = actual.detach().double().cpu(), truth.detach().double().cpu()
-    mag = truth.abs().clamp_min(TINY[dtype])
-    ulp = torch.exp2(torch.floor(torch.log2(mag)) - MANTISSA[dtype]) if dtype != torch.float32 else 1e-5 * mag
-    bound = ulps * ulp + slack * float(truth.abs().max() if truth.numel() else 0) + 1e-30
-    err = (actual - truth).abs()
-    bad = err > bound
-    assert not bad.any(), (f"{int(bad.sum())} of {bad.numel()} elements off by more than {ulps} ulp; worst "
-                           f"{float((err / bound).max()):.2f}x the bound")
 
 
 def tables(B, T, hd, dtype, per_sequence, gen):

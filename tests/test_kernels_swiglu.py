@@ -14,30 +14,14 @@ import torch
 from hypothesis import Phase, given, settings, strategies as st
 
 from minilora import ops
+from tests.ulp import DEVICES, DTYPES, assert_within_ulp
 from minilora.kernels.swiglu import geglu_fast, geglu_reference, swiglu_fast, swiglu_reference
 
 # The interpreter evaluates sigmoid as 1 / (1 + exp(-x)) in numpy: exp overflows to inf for very negative x and the
 # result is still the correct 0. numpy warns about it; that warning says nothing about the kernel.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
-TINY = {torch.float32: 2.0**-126, torch.float16: 2.0**-14, torch.bfloat16: 2.0**-126}
 
-
-def assert_within_ulp(actual, truth, dtype, ulps=1.0, slack=1e-5):
-    """|actual - truth| <= ulps * ulp_dtype(|truth|) + slack * max|truth|, elementwise."""
-    actual, truth = actual.detach().double().cpu(), truth.detach().double().cpu()
-    mag = truth.abs().clamp_min(TINY[dtype])
-    ulp = torch.exp2(torch.floor(torch.log2(mag)) - MANTISSA[dtype])
-    if dtype == torch.float32:
-        ulp = ulp * 0 + 1e-5 * mag  # fp32: rtol 1e-5
-    bound = ulps * ulp + slack * float(truth.abs().max() if truth.numel() else 0) + 1e-30
-    err = (actual - truth).abs()
-    bad = err > bound
-    assert not bad.any(), (f"{int(bad.sum())} of {bad.numel()} elements off by more than {ulps} ulp; worst "
-                           f"{float((err / bound).max()):.2f}x the bound")
 
 
 ACTS = {
