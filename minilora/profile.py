@@ -1,0 +1,157 @@
+"""Measure activation memory for real: the bytes a forward pass leaves behind for the backward.
+
+Two places hold them, and a measurement must look at both:
+
+1. **Autograd's saved tensors** — everything an op (or a custom Function, through ``ctx.save_for_backward``)
+   keeps for its backward. ``torch.autograd.graph.saved_tensors_hooks`` calls a *pack* hook on each of them as it
+   is saved; `SavedTensorMeter` records the underlying storage of each one. Counting storages, not tensors, is what
+   makes the number real: a view, a transpose or the same tensor saved by three ops costs its storage once.
+   Gradient checkpointing shows up correctly: a checkpointed layer's inner saves go through the checkpoint's own
+   hooks (they are replaced by placeholders and recomputed), so only the layer's saved *input* reaches ours.
+2. **Attributes of custom autograd Functions** — a Function may keep tensors as plain ``ctx`` attributes instead
+   of saving them (minilora's offloaded checkpoint keeps the layer input in CPU memory as ``ctx.x_cpu``; the fused
+   linear + cross-entropy keeps its already computed gradients). Hooks never see those. `function_held_bytes`
+   walks the autograd graph from the loss and adds them up, by Function.
+
+Parameters and buffers of the model are excluded (they are weights, alive anyway); so is anything counted once
+already. The meter works on any device, so the lesson can measure activation memory on a laptop CPU::
+
+    report = measure_activations(model, lambda: model(ids, labels=ids))
+    report.loss.backward()
+    report.saved, report.held  # bytes saved for backward; {Function name: bytes} kept by custom Functions
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def storage_key(t: torch.Tensor) -> tuple:
+    """Identifies the memory a tensor lives in: views and aliases of one storage share a key."""
+    storage = t.untyped_storage()
+    return (t.device.type, t.device.index, storage.data_ptr(), storage.nbytes())
+
+
+def module_storage_keys(*modules: nn.Module) -> set:
+    """Storage keys of every parameter and buffer of `modules` (the weights: excluded from activations)."""
+    keys = set()
+    for module in modules:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"expected nn.Module objects whose weights to exclude, got {type(module).__name__}")
+        for t in list(module.parameters()) + list(module.buffers()):
+            keys.add(storage_key(t))
+    return keys
+
+
+def _identity(t):
+    return t
+
+
+class SavedTensorMeter:
+    """Context manager: bytes of the distinct storages autograd saves for backward while it is active.
+
+    ``with SavedTensorMeter(model) as meter: loss = model(ids, labels=ids).loss`` then ``meter.bytes``.
+    Tensors stored in the parameters and buffers of the modules passed in are not counted.
+    """
+
+    def __init__(self, *exclude: nn.Module):
+        self.excluded = module_storage_keys(*exclude)
+        self.storages: dict[tuple, int] = {}  # storage key -> bytes
+        self.saves = 0  # how many tensors were saved (before de-duplication)
+        self._hooks = None
+
+    def _pack(self, t: torch.Tensor):
+        self.saves += 1
+        key = storage_key(t)
+        if key not in self.excluded:
+            self.storages.setdefault(key, key[3])
+        return t  # keep the tensor itself: the measurement must not change what the backward sees
+
+    def __enter__(self) -> "SavedTensorMeter":
+        if self._hooks is not None:
+            raise RuntimeError("this SavedTensorMeter is already active: use a new one for each measurement")
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _identity)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def bytes_by_device(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (dev_type, dev_index, _, _), n in self.storages.items():
+            name = dev_type if dev_index is None else f"{dev_type}:{dev_index}"
+            out[name] = out.get(name, 0) + n
+        return out
+
+
+def _tensors_in(value, depth: int = 0) -> Iterable[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)) and depth < 3:
+        for v in value:
+            yield from _tensors_in(v, depth + 1)
+
+
+def function_held_bytes(output: torch.Tensor, exclude: set | None = None) -> dict[str, int]:
+    """Bytes of tensors that custom autograd Functions in `output`'s graph keep as ``ctx`` attributes.
+
+    Returns {Function backward-node name: bytes}, de-duplicated by storage across the whole graph; storages whose
+    key is in `exclude` (weights, tensors already counted) are skipped. Modules kept on a ctx are not looked into.
+    """
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"function_held_bytes needs the output tensor (e.g. the loss), got {type(output).__name__}")
+    seen_keys = set(exclude or ())
+    held: dict[str, int] = {}
+    seen_nodes, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        attrs = getattr(node, "__dict__", None)  # only Python-defined Functions carry a __dict__
+        if attrs:
+            for value in attrs.values():
+                for t in _tensors_in(value):
+                    key = storage_key(t)
+                    if key not in seen_keys:
+                        seen_keys.add(key)
+                        name = type(node).__name__
+                        held[name] = held.get(name, 0) + key[3]
+        stack.extend(fn for fn, _ in node.next_functions)
+    return held
+
+
+@dataclass
+class ActivationReport:
+    """What one forward pass keeps for its backward. `loss` is the forward's loss: call .backward() on it."""
+    saved: int  # bytes of distinct storages saved through autograd (saved-tensor hooks)
+    held: dict[str, int] = field(default_factory=dict)  # {custom Function: bytes kept as ctx attributes}
+    saves: int = 0  # tensors saved, counting repeats
+    loss: torch.Tensor | None = None
+
+    @property
+    def total(self) -> int:
+        return self.saved + sum(self.held.values())
+
+
+def measure_activations(model: nn.Module, forward: Callable[[], object]) -> ActivationReport:
+    """Run ``forward()`` (which must return a tensor loss or an output with ``.loss``) and measure what it keeps.
+
+    The model's own parameters and buffers are excluded. Call ``report.loss.backward()`` afterwards to train.
+    """
+    with SavedTensorMeter(model) as meter:
+        out = forward()
+    loss = out if isinstance(out, torch.Tensor) else getattr(out, "loss", None)
+    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
+        raise ValueError("forward() must return a loss that needs a gradient (a tensor or an output with .loss): "
+                         "pass labels, put the model in train mode and make sure some parameter requires grad")
+    held = function_held_bytes(loss, exclude=set(meter.storages) | meter.excluded)
+    return ActivationReport(saved=meter.bytes, held=held, saves=meter.saves, loss=loss)
