@@ -24,6 +24,7 @@ The base layer can be an ``nn.Linear`` (16-bit weight) or anything that can hand
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import torch
 from torch import nn
@@ -49,13 +50,35 @@ def dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         fn = getattr(base, name, None)
         if callable(fn):
             # minilora.quant.Linear4bit.dequantize(dtype) takes the dtype; other layers may take nothing
-            takes_dtype = len(inspect.signature(fn).parameters) >= 1
-            w = fn(dtype) if takes_dtype else fn()
+            w = fn(dtype) if _takes_dtype(fn) else fn()
             if not isinstance(w, torch.Tensor) or w.dim() != 2:
                 raise TypeError(f"{type(base).__name__}.{name}() must return a 2-D (out, in) tensor")
             return w if w.dtype == dtype else w.to(dtype)
     raise TypeError(f"fast LoRA cannot get a dense weight from {type(base).__name__}: give it a floating-point "
                     "`weight` or a `dequantize()` method returning the (out, in) weight")
+
+
+# Whether a dequantize method takes the dtype, remembered per function: `inspect.signature` costs ~15 µs, and this
+# question is asked for every projection three times a step (forward, recomputed forward, backward). Keyed weakly
+# by the function object (for a bound method: the class's function), so a method defined later is looked at anew.
+_TAKES_DTYPE = {True: weakref.WeakKeyDictionary(), False: weakref.WeakKeyDictionary()}
+
+
+def _takes_dtype(fn) -> bool:
+    func = getattr(fn, "__func__", None)
+    bound = func is not None  # a bound method's signature leaves out `self`
+    key = func if bound else fn
+    cache = _TAKES_DTYPE[bound]
+    try:
+        return cache[key]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable (e.g. a builtin)
+        pass
+    takes = len(inspect.signature(fn).parameters) >= 1
+    try:
+        cache[key] = takes
+    except TypeError:
+        pass
+    return takes
 
 
 def _bias(base: nn.Module, dtype):
@@ -82,8 +105,8 @@ def _lora_forward(x, base, A, B, s):
 def _lora_backward(dy, x, xA, base, A, B, s, dx):
     """Add this projection's share of dx (N, in) into `dx` in place (or start it when dx is None); return dA, dB."""
     dyB = dy @ B  # (N, r)
-    dA = (dyB.T @ x).mul_(s)  # (r, in)
-    dB = (dy.T @ xA).mul_(s)  # (out, r)
+    dA = _scaled(dyB.T @ x, s)  # (r, in)
+    dB = _scaled(dy.T @ xA, s)  # (out, r)
     W = dense_weight(base, dy.dtype)  # dequantized again, just in time
     if dx is None:
         dx = dy @ W  # (N, in)
@@ -92,6 +115,11 @@ def _lora_backward(dy, x, xA, base, A, B, s, dx):
     del W
     dx.addmm_(dyB, A, alpha=s)
     return dx, dA, dB
+
+
+def _scaled(t: torch.Tensor, s: float) -> torch.Tensor:
+    """t * s in place; skipped when s == 1 (lora_alpha == r), where it would change nothing but cost a launch."""
+    return t if s == 1 else t.mul_(s)
 
 
 def _as_compute(t, dtype):
@@ -183,7 +211,10 @@ class LoRA_MLP(torch.autograd.Function):
         g, xAu = _lora_forward(x, up_base, uA, uB, up_s)  # (N, I)
         h = swiglu_forward(e, g, _use_kernel(x))  # (N, I); not saved: the backward recomputes it from e and g
         out, hAd = _lora_forward(h, down_base, dA_, dB_, down_s)  # (N, C)
-        ctx.save_for_backward(x, e, g, xAg, xAu, hAd, gate_A, gate_B, up_A, up_B, down_A, down_B)
+        # the A/B copies in the compute dtype are saved (a few r × features values each) so the backward does not
+        # cast them again; when the dtypes already match they are the parameters themselves
+        ctx.save_for_backward(x, e, g, xAg, xAu, hAd, gA, gB, uA, uB, dA_, dB_)
+        ctx.param_dtypes = tuple(t.dtype for t in (gate_A, gate_B, up_A, up_B, down_A, down_B))
         ctx.bases, ctx.scales, ctx.used = (gate_base, up_base, down_base), (gate_s, up_s, down_s), False
         return out
 
@@ -193,16 +224,15 @@ class LoRA_MLP(torch.autograd.Function):
             raise RuntimeError("LoRA_MLP's backward reuses its saved buffers in place and can run only once: "
                                "don't use retain_graph=True with the fast LoRA path (use_kernels('reference'))")
         ctx.used = True
-        x, e, g, xAg, xAu, hAd, gate_A, gate_B, up_A, up_B, down_A, down_B = ctx.saved_tensors
+        x, e, g, xAg, xAu, hAd, gA, gB, uA, uB, dA_, dB_ = ctx.saved_tensors  # A/B already in x's dtype
         gate_base, up_base, down_base = ctx.bases
         gs, us, ds = ctx.scales
         dt = x.dtype
-        gA, gB, uA, uB, dA_, dB_ = (_as_compute(t, dt) for t in (gate_A, gate_B, up_A, up_B, down_A, down_B))
         d_out = d_out.contiguous()
 
         # down projection: dh = d_out Wd + s (d_out Bd) Ad — the only new (N, I) buffer of the backward
         doutB = d_out @ dB_  # (N, r)
-        d_down_B = (d_out.T @ hAd).mul_(ds)  # (C, r)
+        d_down_B = _scaled(d_out.T @ hAd, ds)  # (C, r)
         Wd = dense_weight(down_base, dt)
         dh = d_out @ Wd  # (N, I)
         del Wd
@@ -210,12 +240,12 @@ class LoRA_MLP(torch.autograd.Function):
         # SwiGLU: h, de, dg overwrite dh, e, g
         h, de, dg = swiglu_backward_inplace(dh, e, g, _use_kernel(x))
         # dA_down needs h = silu(e) up, recomputed above rather than stored through the forward
-        d_down_A = (doutB.T @ h).mul_(ds)  # (r, I)
+        d_down_A = _scaled(doutB.T @ h, ds)  # (r, I)
         # gate and up: both add into one dx buffer
         dx, d_up_A, d_up_B = _lora_backward(dg, x, xAu, up_base, uA, uB, us, None)
         dx, d_gate_A, d_gate_B = _lora_backward(de, x, xAg, gate_base, gA, gB, gs, dx)
-        grads = [d.to(p.dtype) for d, p in ((d_gate_A, gate_A), (d_gate_B, gate_B), (d_up_A, up_A),
-                                            (d_up_B, up_B), (d_down_A, down_A), (d_down_B, down_B))]
+        grads = [d.to(pdt) for d, pdt in zip((d_gate_A, d_gate_B, d_up_A, d_up_B, d_down_A, d_down_B),
+                                             ctx.param_dtypes)]
         return (dx, None, grads[0], grads[1], None, None, grads[2], grads[3], None,
                 None, grads[4], grads[5], None)
 
@@ -226,12 +256,16 @@ class _LoRA_Projections(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, *params):
         groups = [params[i:i + 4] for i in range(0, len(params), 4)]
-        outs, xAs = [], []
+        outs, xAs, ABs = [], [], []
         for base, A, B, s in groups:
-            y, xA = _lora_forward(x, base, _as_compute(A, x.dtype), _as_compute(B, x.dtype), s)
+            Ac, Bc = _as_compute(A, x.dtype), _as_compute(B, x.dtype)
+            y, xA = _lora_forward(x, base, Ac, Bc, s)
             outs.append(y)
             xAs.append(xA)
-        ctx.save_for_backward(x, *xAs, *(t for _, A, B, _ in groups for t in (A, B)))
+            ABs += (Ac, Bc)
+        # A/B are saved in the compute dtype (tiny) so the backward does not cast them again
+        ctx.save_for_backward(x, *xAs, *ABs)
+        ctx.param_dtypes = [(A.dtype, B.dtype) for _, A, B, _ in groups]
         ctx.bases = [base for base, *_ in groups]
         ctx.scales = [s for *_, s in groups]
         return tuple(outs)
@@ -247,9 +281,9 @@ class _LoRA_Projections(torch.autograd.Function):
             if dy is None:  # this output was not used: no gradient flows through it
                 grads += [None, None, None, None]
                 continue
-            dx, dA, dB = _lora_backward(dy.contiguous(), x, xAs[i], ctx.bases[i], _as_compute(A, x.dtype),
-                                        _as_compute(B, x.dtype), ctx.scales[i], dx)
-            grads += [None, dA.to(A.dtype), dB.to(B.dtype), None]
+            dx, dA, dB = _lora_backward(dy.contiguous(), x, xAs[i], ctx.bases[i], A, B, ctx.scales[i], dx)
+            A_dtype, B_dtype = ctx.param_dtypes[i]
+            grads += [None, dA.to(A_dtype), dB.to(B_dtype), None]
         if dx is None:
             dx = torch.zeros_like(x)
         return (dx, *grads)
@@ -285,7 +319,10 @@ def fast_lora_supported(*layers) -> bool:
     for layer in layers:
         if not isinstance(layer, LoraLinear) or layer.merged or not isinstance(layer.lora_dropout, nn.Identity):
             return False
-        if any(p.requires_grad for p in layer.base_layer.parameters()):
+        base = layer.base_layer
+        # a leaf module's own parameter dict is all parameters() would visit, without its generator machinery
+        params = base.parameters() if base._modules else base._parameters.values()
+        if any(p is not None and p.requires_grad for p in params):
             return False
     return True
 

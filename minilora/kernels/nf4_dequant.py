@@ -23,10 +23,14 @@ per block row. A block size is even, so both values of a byte share one block an
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from ..quant.blockwise import SUPPORTED_DTYPES, NF4State, check_state, dequantize_nf4_reference
+try:  # the module must still import where Triton has no wheels (macOS, Windows): the reference path needs it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    from ._triton import tl, triton
+
+from ..quant.blockwise import SUPPORTED_DTYPES, NF4State, check_state, codebook_on, dequantize_nf4_reference
 from ..quant.nf4 import NF4_CODEBOOK
 
 __all__ = ["LOOKUP_GATHER", "LOOKUP_PAIR", "LOOKUP_SELECT", "dequantize_nf4", "dequantize_nf4_reference",
@@ -104,6 +108,7 @@ def _pair_lut(device) -> torch.Tensor:
     return _PAIR_LUT[key]
 
 
+
 def dequantize_nf4_triton(state: NF4State, dtype: torch.dtype | None = None, *,
                           tile_bytes: int | None = None, num_warps: int | None = None,
                           lookup: int = DEFAULT_LOOKUP) -> torch.Tensor:
@@ -132,8 +137,9 @@ def dequantize_nf4_triton(state: NF4State, dtype: torch.dtype | None = None, *,
     tile_bytes, num_warps = tile_bytes or default_tile, num_warps or default_warps
     blocks_per_prog = max(1, tile_bytes // half)
     grid = (triton.cdiv(state.n_blocks, blocks_per_prog),)
-    _nf4_dequant_kernel[grid](state.codes, absmax, absmax_codes, scales, offset.reshape(-1), code2,
-                              NF4_CODEBOOK.to(device), _pair_lut(device), out, n_bytes, n, state.n_blocks,
+    _nf4_dequant_kernel[grid](state.codes, absmax, absmax_codes, scales,
+                              offset if offset.dim() == 1 else offset.reshape(-1), code2,
+                              codebook_on(device), _pair_lut(device), out, n_bytes, n, state.n_blocks,
                               HALF_BLOCK=half, BLOCKS_PER_PROG=blocks_per_prog, DQ_BLOCK=dq_block,
                               DOUBLE_QUANT=dq is not None, LOOKUP=lookup, num_warps=num_warps)
     return out.view(state.shape)

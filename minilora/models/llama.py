@@ -18,6 +18,9 @@ from .config import ModelConfig
 from .kv_cache import KVCache
 from .rotary import RotaryEmbedding
 
+# SDPA takes K/V with fewer heads than Q itself (enable_gqa=True) from torch 2.5 on
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
 
 @dataclass
 class CausalLMOutput:
@@ -60,10 +63,18 @@ class LlamaAttention(nn.Module):
         q, k = ops.rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd)
-        # grouped-query attention: each KV head serves n_rep query heads
-        k = k.repeat_interleave(self.config.n_rep, dim=1)
-        v = v.repeat_interleave(self.config.n_rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
+        # grouped-query attention: each KV head serves n_rep query heads. Without a mask SDPA does that itself
+        # (enable_gqa: no (B, nh, S, hd) copies of k and v, one op fewer each way; cuDNN and flash attention
+        # both take it). With a mask the heads are repeated explicitly as before: not every SDPA kernel that
+        # takes a mask takes GQA too, and the fallback would be the math path with its (B, nh, T, S) scores.
+        n_rep = self.config.n_rep
+        if n_rep > 1 and mask is None and _SDPA_HAS_GQA:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)  # (B, nh, T, hd)
+        else:
+            if n_rep > 1:
+                k = k.repeat_interleave(n_rep, dim=1)
+                v = v.repeat_interleave(n_rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hd)
         return ops.lora_o(y, self.o_proj) if ops.use_fast_lora(y, self.o_proj) else self.o_proj(y)
 

@@ -205,6 +205,16 @@ def quantize_nf4(x: torch.Tensor, blocksize: int = 64, double_quant: bool = Fals
     return NF4State(codes, absmax, blocksize, x.shape, x.dtype)
 
 
+_CODEBOOKS: dict[torch.device, torch.Tensor] = {}
+
+
+def codebook_on(device: torch.device) -> torch.Tensor:
+    """The 16 levels on `device`, copied once: a host-to-GPU copy per call would make the CPU wait for the GPU."""
+    if device not in _CODEBOOKS:
+        _CODEBOOKS[device] = NF4_CODEBOOK.to(device)
+    return _CODEBOOKS[device]
+
+
 def dequantize_nf4_reference(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Plain-PyTorch dequantization: level[index] · absmax of its block, computed in float32, cast at the end."""
     check_state(state)
@@ -212,7 +222,7 @@ def dequantize_nf4_reference(state: NF4State, dtype: torch.dtype | None = None) 
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"dequantize to float32, float16 or bfloat16, not {dtype}")
     n, bs = state.numel, state.blocksize
-    values = NF4_CODEBOOK.to(state.device)[unpack_nibbles(state.codes, n).long()]  # (n,) in [-1, 1]
+    values = codebook_on(state.device)[unpack_nibbles(state.codes, n).long()]  # (n,) in [-1, 1]
     absmax = state.block_absmax()
     values = torch.nn.functional.pad(values, (0, state.n_blocks * bs - n)).view(-1, bs) * absmax.unsqueeze(1)
     return values.reshape(-1)[:n].to(dtype).reshape(state.shape)

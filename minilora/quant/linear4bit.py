@@ -90,6 +90,7 @@ class Linear4bit(nn.Module):
     # --- the quantized state, kept as module tensors so .to(device) and state_dict see it ----------------------
     def _store(self, state: NF4State) -> None:
         check_state(state)
+        self.__dict__.pop("_state_cache", None)
         if tuple(state.shape) != (self.out_features, self.in_features):
             raise ValueError(f"an NF4 state of shape {tuple(state.shape)} does not fit Linear4bit("
                              f"in={self.in_features}, out={self.out_features}): expected (out, in)")
@@ -108,6 +109,27 @@ class Linear4bit(nn.Module):
 
     @property
     def quant_state(self) -> NF4State:
+        # Built once and reused while the tensors it refers to are still the layer's own: this property runs
+        # for every dequantization (3x per step), and assembling the state costs ~10 µs of Python each time.
+        # The key holds the tensor objects themselves (compared with `is`) and the codes' memory address, so a
+        # replaced parameter or buffer, `weight.data = ...`, `.to(device)` or `_store` all rebuild it.
+        w, b = self._parameters["weight"], self._buffers
+        key = (w, b.get("absmax"), b.get("absmax_codes"), b.get("absmax_scales"), b.get("absmax_offset"))
+        cached = self.__dict__.get("_state_cache")
+        if cached is not None:
+            old_key, ptr, fields, state = cached
+            if (old_key[0] is key[0] and old_key[1] is key[1] and old_key[2] is key[2] and old_key[3] is key[3]
+                    and old_key[4] is key[4] and ptr == w.data_ptr() and fields == self._state_fields()):
+                return state
+        state = self._build_state()
+        self.__dict__["_state_cache"] = (key, w.data_ptr(), self._state_fields(), state)
+        return state
+
+    def _state_fields(self) -> tuple:
+        return (self.blocksize, self.weight_dtype, self.in_features, self.out_features,
+                self.__dict__.get("double_quant_blocksize"))
+
+    def _build_state(self) -> NF4State:
         shape = torch.Size((self.out_features, self.in_features))
         if "absmax" in self._buffers:
             return NF4State(self.weight.data, self.absmax, self.blocksize, shape, self.weight_dtype)
@@ -118,6 +140,7 @@ class Linear4bit(nn.Module):
     def _apply(self, fn, recurse=True):
         # model.half() / model.to(bfloat16) must not touch the float32 scales of the NF4 state (the uint8 codes
         # are safe: dtype casts skip integer tensors). The scales follow only the DEVICE the cast asks for.
+        self.__dict__.pop("_state_cache", None)  # don't keep the old tensors alive through the cached state
         scales = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
         for k in scales:
             del self._buffers[k]
