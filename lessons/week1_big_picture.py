@@ -1,0 +1,256 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Week 1 — The big picture: one fine-tune, end to end
+#
+# The learning plan starts with `unsloth-cli.py`: one file that loads a model, adds LoRA adapters, formats a
+# dataset, trains and saves. minilora's `minilora train` is the same script, rebuilt so every step can be opened
+# and read. In this lesson we run it (small, so it takes about a minute on a laptop), read every one of its
+# parameters, and then follow one example all the way: text → tokens → masked labels → loss → saved adapter.
+#
+# **Goals.** By the end of this lesson you can
+#
+# 1. run a complete fine-tune from the command line and say what each argument does (the journal exercise of the
+#    learning plan: document every parameter);
+# 2. show on a real example which tokens the loss trains on and which it ignores (response-only training);
+# 3. compute an example's loss by hand from the logits and match the model's number;
+# 4. open the saved adapter and explain every file and tensor in it;
+# 5. explain why gradient accumulation must divide by the token count of the *whole* step.
+#
+# **Where this lives in Unsloth, and in minilora.**
+#
+# | Unsloth | what it does | minilora |
+# |---|---|---|
+# | `unsloth-cli.py` | the whole job: arguments, load, PEFT, data, train, save | `minilora/commands/train.py` |
+# | `FastLanguageModel.from_pretrained` (`unsloth/models/loader.py`) | load (optionally 4-bit) | `minilora/models/loader.py` |
+# | `FastLanguageModel.get_peft_model` (`unsloth/models/llama.py`) | add LoRA, checkpointing | `minilora/lora.py`, `minilora/models/loader.py` |
+# | TRL's `SFTTrainer` + `unsloth/chat_templates.py` → `train_on_responses_only` | format, mask the prompt, train | `minilora/train/data.py`, `minilora/train/trainer.py` |
+# | `unsloth/save.py` → `save_pretrained_merged` | LoRA / merged 16-bit / merged 4-bit / GGUF | `minilora/save.py`, `minilora/io/adapters.py` |
+#
+# The cell below prints the first line of each minilora file's docstring.
+
+# %%
+import ast
+import csv
+import inspect
+import json
+import os
+import pathlib
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+torch.manual_seed(0)
+FILES = ["minilora/commands/train.py", "minilora/models/loader.py", "minilora/lora.py", "minilora/train/data.py",
+         "minilora/train/trainer.py", "minilora/save.py", "minilora/io/adapters.py"]
+for path in FILES:
+    doc = ast.get_docstring(ast.parse(pathlib.Path(path).read_text())) or ""
+    print(f"{path:30s} {doc.splitlines()[0]}")
+
+# %% [markdown]
+# ## 1. Every parameter of the command
+#
+# `minilora train` takes the arguments of `unsloth-cli.py`, under the same names. Rather than copy a list here
+# (which would drift from the code), the next cell reads the argparse definitions themselves and prints each
+# argument with its default and its explanation. **Journal exercise:** for each one, write in your own words what
+# would change in memory, speed or quality if you doubled it (or switched it on).
+
+# %%
+from minilora.cli import build_parser
+
+parser = build_parser()
+train_parser = parser._subparsers._group_actions[0].choices["train"]
+n_args = 0
+for group in train_parser._action_groups[2:]:
+    print(f"\n== {group.title} ==")
+    for action in group._group_actions:
+        n_args += 1
+        text = action.help.replace("%(default)s", str(action.default))  # argparse's own placeholder
+        print(f"--{action.dest}\n    {text}")
+print(f"\n{n_args} arguments in all")
+
+# %% [markdown]
+# ## 2. Run it (small)
+#
+# The real job (`minilora train` with no arguments) QLoRA-fine-tunes SmolLM2-135M-Instruct on the bundled dates
+# task for 40 steps: a few minutes on two CPU cores. Here we run the same command with plain LoRA (no 4-bit, which
+# is faster on a CPU: see the recorded timings at the end of this section), 8 steps and 20 held-out dates, and save
+# the adapter. Watch three things in its output: the held-out exact-match before, the loss falling, and after.
+
+# %%
+from minilora.cli import main
+
+RUN = pathlib.Path("runs/week1")
+started = time.perf_counter()
+main(["train", "--load_in_4bit", "false", "--max_steps", "8", "--warmup_steps", "2", "--eval_examples", "20",
+      "--output_dir", str(RUN / "out"), "--save_model", "--save_method", "lora",
+      "--save_path", str(RUN / "adapter"), "--no_progress"])
+lesson_run_s = time.perf_counter() - started
+summary = json.loads((RUN / "out" / "summary.json").read_text())
+print(f"\nthis run: {lesson_run_s:.0f} s; exact match {summary['exact_match_before']}/{summary['held_out']} -> "
+      f"{summary['exact_match_after']}/{summary['held_out']}")
+
+# %% [markdown]
+# The log the trainer wrote holds one row per step: loss, learning rate (warm-up then linear decay), tokens per
+# second and peak memory. The cell below plots loss and learning rate.
+
+# %%
+with open(RUN / "out" / "train_log.csv") as f:
+    log = list(csv.DictReader(f))
+steps = [int(r["step"]) for r in log]
+fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+ax[0].plot(steps, [float(r["loss"]) for r in log], marker="o")
+ax[0].set(xlabel="step", ylabel="loss (mean over answer tokens)", title="training loss")
+ax[1].plot(steps, [float(r["lr"]) for r in log], marker="o", color="C1")
+ax[1].set(xlabel="step", ylabel="learning rate", title="warm-up, then linear decay")
+plt.tight_layout()
+plt.show()
+print(f"loss {float(log[0]['loss']):.3f} -> {float(log[-1]['loss']):.3f}; "
+      f"{sum(float(r['tokens_per_s']) for r in log) / len(log):.0f} tokens/s on average")
+
+# %% [markdown]
+# The full default job was measured on a 2-core CPU (pinned with `taskset`, on the GPU machine's host, which
+# has more memory bandwidth than a laptop) for several settings; the cell below loads those recorded runs from
+# `benchmarks/results/train-default/`. QLoRA pays for dequantizing every weight in every step: compare the
+# tokens/s of the 4-bit runs with the `--load_in_4bit false` run.
+
+# %%
+for path in sorted(pathlib.Path("benchmarks/results/train-default").glob("train-*.txt")):
+    lines = path.read_text().splitlines()
+    pick = [l.strip() for l in lines if l.startswith(("before", "trained", "after", "done"))]
+    print(f"{path.stem}:\n   " + "\n   ".join(pick))
+
+# %% [markdown]
+# ## 3. Follow one example: text → tokens → masked labels
+#
+# The bundled task is generated by code (`minilora/train/dates_task.py`): an Alpaca-style record with an
+# instruction, an input date and the ISO answer. `to_messages` turns it into a chat, the tokenizer's chat template
+# renders the chat as text, and `mask_prompt` tokenizes the text piece by piece so that every prompt token gets
+# the label -100 and only the answer keeps its ids.
+
+# %%
+from minilora import FastLanguageModel
+from minilora.train import IGNORE_INDEX, dates_task, mask_prompt, to_messages
+from minilora.train.data import render_chat
+
+model, tokenizer = FastLanguageModel.from_pretrained(str(RUN / "adapter"))  # base SmolLM2 + the saved adapter
+record = dates_task.make_splits(480, 20, seed=0)[1][0]
+print("record:", record)
+text = render_chat(tokenizer, to_messages(record))
+print("\nrendered with the chat template:\n" + text)
+example = mask_prompt(tokenizer, text)
+print(f"{len(example.input_ids)} tokens, {sum(l != IGNORE_INDEX for l in example.labels)} of them trained on\n")
+for tid, label in list(zip(example.input_ids, example.labels))[-16:]:
+    print(f"{tokenizer.decode([tid])!r:>16}  label {'-100 (masked)' if label == IGNORE_INDEX else label}")
+
+# %% [markdown]
+# How the masking finds the answer: it splits the text at the *response marker* the template writes before an
+# assistant turn, and refuses when the marker is missing — a mask that hides everything would still print a loss,
+# and train nothing. The source:
+
+# %%
+print(inspect.getsource(mask_prompt))
+
+# %% [markdown]
+# ## 4. The loss, by hand
+#
+# The model predicts token t+1 from tokens 0..t. The loss is the mean, over the trained tokens only, of
+# $-\log p(\text{next token})$. The next cell computes it from the logits and compares with the model's own number,
+# with the adapter on, and with it off (LoRA's scaling set to 0 gives back the base model exactly).
+
+# %%
+from minilora.lora import lora_layers
+
+ids = torch.tensor([example.input_ids])
+labels = torch.tensor([example.labels])
+model.eval()
+
+
+def losses():
+    with torch.no_grad():
+        out = model(ids, labels)
+    logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+    target = labels[0, 1:]
+    keep = target != IGNORE_INDEX
+    by_hand = -logp[keep.nonzero()[:, 0], target[keep]].mean()
+    return out.loss.item(), by_hand.item(), keep.sum().item()
+
+
+loss_tuned, by_hand, n_trained = losses()
+scalings = [(layer, layer.scaling) for _, layer in lora_layers(model)]
+for layer, _ in scalings:
+    layer.scaling = 0.0
+loss_base, _, _ = losses()
+for layer, s in scalings:
+    layer.scaling = s
+print(f"model's loss {loss_tuned:.4f}, by hand {by_hand:.4f} over {n_trained} trained tokens")
+print(f"same example without the adapter: {loss_base:.4f}  (the fine-tune lowered it {loss_base / loss_tuned:.1f}x)")
+
+# %% [markdown]
+# ## 5. Gradient accumulation: divide by the tokens of the whole step
+#
+# With `--gradient_accumulation_steps k` the trainer runs k micro-batches before one optimizer step. The loss we
+# want is the sum of every trained token's loss divided by the number of trained tokens N of the *whole step*.
+# Averaging each micro-batch's mean instead ("a mean of means") gives a token in a short micro-batch more weight.
+# The next cell measures the difference on two micro-batches of 12 and 2 answer tokens.
+
+# %%
+torch.manual_seed(0)
+V = 11
+logits = [torch.randn(1, 13, V), torch.randn(1, 3, V)]
+targets = [torch.randint(0, V, (1, 13)), torch.randint(0, V, (1, 3))]
+tok_losses = [torch.nn.functional.cross_entropy(lg[0, :-1], tg[0, 1:], reduction="none")
+              for lg, tg in zip(logits, targets)]
+right = torch.cat(tok_losses).mean()
+mean_of_means = sum(t.mean() for t in tok_losses) / 2
+print(f"tokens per micro-batch {[len(t) for t in tok_losses]}: right {right:.4f}, mean of means "
+      f"{mean_of_means:.4f} ({100 * abs(mean_of_means - right) / right:.1f}% off)")
+from minilora.train import Trainer
+print(inspect.getsource(Trainer.training_step).split("loss_total = 0.0")[0])
+
+# %% [markdown]
+# ## 6. What was saved
+#
+# `--save_method lora` writes the adapter in PEFT's format, so `peft.PeftModel.from_pretrained` opens it (the
+# tests check that it gives the same logits). The next cell lists the files with their sizes, the config, and a
+# few tensors with their shapes: lora_A is (r, in), lora_B is (out, r).
+
+# %%
+from safetensors.torch import load_file
+
+for f in sorted((RUN / "adapter").iterdir()):
+    print(f"{f.name:28s} {f.stat().st_size / 1e6:7.2f} MB")
+config = json.loads((RUN / "adapter" / "adapter_config.json").read_text())
+print({k: config[k] for k in ("peft_type", "r", "lora_alpha", "target_modules", "base_model_name_or_path")})
+tensors = load_file(str(RUN / "adapter" / "adapter_model.safetensors"))
+for k in list(tensors)[:4]:
+    print(f"{k:70s} {tuple(tensors[k].shape)}")
+n_adapter = sum(t.numel() for t in tensors.values())
+print(f"{len(tensors)} tensors, {n_adapter:,} numbers: {100 * n_adapter / model.num_parameters():.1f}% of the "
+      f"{model.num_parameters():,} in the model")
+
+# %% [markdown]
+# ## Exercises
+#
+# - `pytest -m ex1_3` — response-only masking on token ids: find the markers, mask the prompt, refuse when the
+#   marker is missing (`exercises/week1/ex1_3_response_masking.py`).
+# - `pytest -m ex1_4` — gradient accumulation with the right normalization
+#   (`exercises/week1/ex1_4_grad_accumulation.py`).
+#
+# ## Journal prompt
+#
+# Document every parameter of `minilora train` (section 1) in your own words. Then: the loss in section 4 is a
+# mean over a handful of answer tokens; what would the number mean if the prompt were *not* masked, and why would
+# the model then learn more about the instruction than about dates? Which three arguments would you change first
+# to fine-tune a 1B model on a GPU, and why?

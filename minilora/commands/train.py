@@ -1,0 +1,289 @@
+"""`minilora train`: one complete fine-tune, with the arguments of Unsloth's ``unsloth-cli.py``.
+
+With no arguments it QLoRA-fine-tunes the bundled SmolLM2-135M-Instruct on the bundled dates task (rewrite
+"March 5, 2021" as "2021-03-05") and prints held-out exact-match before and after. The steps, in order:
+load (4-bit) → add LoRA → build the data (prompt tokens masked) → train → evaluate → save.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+DEFAULTS = dict(model_name="smollm2", max_seq_length=128, dataset="dates", r=16, lora_alpha=32,
+                per_device_train_batch_size=8, gradient_accumulation_steps=1, warmup_steps=5, max_steps=40,
+                learning_rate=1e-3, lr_scheduler_type="linear", use_gradient_checkpointing="false")
+
+HUB_ARGUMENTS = ("push_model", "push_gguf", "hub_path", "hub_token")
+
+
+def _bool(text: str) -> bool:
+    low = str(text).lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _dtype(text: str):
+    low = str(text).lower()
+    if low in ("none", "auto", ""):
+        return None
+    names = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+             "float16": "float16", "fp16": "float16"}
+    if low not in names:
+        raise argparse.ArgumentTypeError(f"dtype {text!r}: choose None (automatic), float32, bfloat16 or float16")
+    return names[low]
+
+
+def _checkpointing(text: str):
+    low = str(text).lower()
+    if low in ("unsloth", "offload"):
+        return "offload"
+    if low in ("true", "recompute", "1", "yes"):
+        return "recompute"
+    if low in ("false", "none", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"use_gradient_checkpointing={text!r}: choose unsloth (= offload), true "
+                                     "(= recompute) or false")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="fine-tune a model with LoRA/QLoRA (no arguments: the bundled SmolLM2 on the bundled dates task)",
+        description=__doc__ + "\nEvery argument below has the name it has in unsloth-cli.py, so the two read "
+                              "side by side.",
+        epilog="Example: minilora train --max_steps 10 --save_model --save_method lora --save_path my-adapter\n"
+               "Not available offline (accepted so scripts written for unsloth-cli.py parse, but refused if "
+               "used): --push_model, --push_gguf, --hub_path, --hub_token — minilora never uploads anything; "
+               "copy the saved directory yourself.")
+    d = DEFAULTS
+    g = p.add_argument_group("model")
+    g.add_argument("--model_name", default=d["model_name"],
+                   help="what to fine-tune: 'smollm2' (the bundled SmolLM2-135M-Instruct, no download), a .gguf "
+                        "file, or a Hugging Face directory with config.json + safetensors (default %(default)s)")
+    g.add_argument("--max_seq_length", type=int, default=d["max_seq_length"],
+                   help="longest example in tokens; longer ones are cut. Attention memory grows with its square, "
+                        "so keep it just above your data (dates: ~80 tokens) (default %(default)s)")
+    g.add_argument("--dtype", default=None, type=_dtype, metavar="{None,float32,bfloat16,float16}",
+                   help="the dtype of the frozen weights and of the compute: float32 on a CPU, bfloat16 on a "
+                        "recent GPU; default picks for you. float16 turns on loss scaling (its range is small)")
+    g.add_argument("--load_in_4bit", type=_bool, default=True, nargs="?", const=True,
+                   help="QLoRA: store the frozen linear weights in 4-bit NF4 (about 1/4 of 16-bit memory); each "
+                        "step dequantizes them on the fly, which costs time on a CPU. Pass "
+                        "'--load_in_4bit false' for plain LoRA (default true)")
+    g.add_argument("--dataset", default=d["dataset"],
+                   help="'dates' (the bundled task) or a .json/.jsonl file of Alpaca records (instruction, input, "
+                        "output) or chat records ('messages': [{role, content}]). Hugging Face hub names need a "
+                        "download: save the data as JSON first (default %(default)s)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--r", type=int, default=d["r"],
+                   help="rank of the update BA: trainable numbers per layer are r*(in+out). 8-64 is usual; a "
+                        "small task needs little (default %(default)s)")
+    g.add_argument("--lora_alpha", type=float, default=d["lora_alpha"],
+                   help="the update is scaled by alpha/r (alpha/sqrt(r) with --use_rslora): a larger alpha makes "
+                        "the same weights move the output more (default %(default)s)")
+    g.add_argument("--lora_dropout", type=float, default=0.0,
+                   help="dropout on the LoRA input during training; 0 is fastest and usually fine (default 0)")
+    g.add_argument("--bias", default="none", choices=["none"],
+                   help="train biases too? minilora trains LoRA weights only (Unsloth's recommended 'none')")
+    g.add_argument("--use_gradient_checkpointing", type=_checkpointing, default=d["use_gradient_checkpointing"],
+                   help="keep only each layer's input and recompute the rest in backward: 'true' (recompute), "
+                        "'unsloth' (also move those inputs to CPU memory, Unsloth's default) or 'false' (keep "
+                        "everything: fastest, most memory; the default here, where sequences are short)")
+    g.add_argument("--random_state", type=int, default=3407,
+                   help="seed for the LoRA A initialization (default %(default)s)")
+    g.add_argument("--use_rslora", type=_bool, default=False, nargs="?", const=True,
+                   help="rank-stabilized LoRA: scale by alpha/sqrt(r) so larger ranks keep learning (default off)")
+    g.add_argument("--loftq_config", default=None, help="LoftQ initialization: not supported, leave unset")
+    g = p.add_argument_group("training")
+    g.add_argument("--per_device_train_batch_size", type=int, default=d["per_device_train_batch_size"],
+                   help="examples per forward/backward pass (default %(default)s)")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=d["gradient_accumulation_steps"],
+                   help="micro-batches per optimizer step: the effective batch is batch_size x this; the loss is "
+                        "normalized over all trained tokens of the step (default %(default)s)")
+    g.add_argument("--warmup_steps", type=int, default=d["warmup_steps"],
+                   help="steps over which the learning rate ramps up from ~0 (default %(default)s)")
+    g.add_argument("--max_steps", type=int, default=d["max_steps"], help="optimizer steps to run (default %(default)s)")
+    g.add_argument("--learning_rate", type=float, default=d["learning_rate"],
+                   help="peak learning rate of AdamW. LoRA tolerates larger rates than full fine-tuning; "
+                        "unsloth-cli's default is 2e-4 for long runs (default %(default)s)")
+    g.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw", "sgd"],
+                   help="optimizer. unsloth-cli's default adamw_8bit needs bitsandbytes on a GPU; with LoRA the "
+                        "optimizer state is small, so 32-bit AdamW costs little (default %(default)s)")
+    g.add_argument("--weight_decay", type=float, default=0.01,
+                   help="AdamW's decoupled weight decay: pulls weights toward 0 each step (default %(default)s)")
+    g.add_argument("--lr_scheduler_type", default=d["lr_scheduler_type"], choices=["linear", "cosine", "constant"],
+                   help="how the learning rate falls after warm-up (default %(default)s)")
+    g.add_argument("--seed", type=int, default=3407,
+                   help="seed for data order and dropout: the same seed gives the same run (default %(default)s)")
+    g.add_argument("--packing", type=_bool, default=False, nargs="?", const=True,
+                   help="put several short examples in one row (no padding wasted; position ids restart and a "
+                        "block-diagonal mask keeps examples apart) (default off)")
+    g.add_argument("--save_steps", type=int, default=0,
+                   help="write a resumable checkpoint to output_dir every N steps (0: never) (default 0)")
+    g.add_argument("--resume_from_checkpoint", default=None,
+                   help="a checkpoint-N directory (or 'latest' in output_dir) to continue from exactly")
+    g = p.add_argument_group("raw text (instead of --dataset)")
+    g.add_argument("--raw_text_file", default=None,
+                   help="train on a plain text file: every token is a target (continued pre-training)")
+    g.add_argument("--chunk_size", type=int, default=2048, help="tokens per training window (default %(default)s)")
+    g.add_argument("--stride", type=int, default=512,
+                   help="a new window starts every `stride` tokens; windows overlap by chunk_size - stride "
+                        "(default %(default)s)")
+    g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--logging_steps", type=int, default=1,
+                   help="log loss, learning rate, tokens/s and peak memory every N steps to "
+                        "output_dir/train_log.csv and .json (default %(default)s)")
+    g.add_argument("--report_to", default="none", choices=["none"],
+                   help="external trackers (tensorboard, wandb, ...) are not used: logs are CSV/JSON files")
+    g.add_argument("--eval_examples", type=int, default=60,
+                   help="held-out examples for exact-match before and after (dates task; 0 skips) "
+                        "(default %(default)s)")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar (for logs and CI)")
+    g = p.add_argument_group("saving")
+    g.add_argument("--output_dir", default="outputs", help="logs and checkpoints go here (default %(default)s)")
+    g.add_argument("--save_model", type=_bool, default=False, nargs="?", const=True,
+                   help="save the result to --save_path after training (default off)")
+    g.add_argument("--save_method", default="merged_16bit", choices=["lora", "merged_16bit", "merged_4bit"],
+                   help="lora: the adapter alone in PEFT's format (MBs); merged_16bit: W + (alpha/r)BA as "
+                        "16-bit safetensors that transformers opens; merged_4bit: the merge rounded through NF4 "
+                        "(loses accuracy: see lessons/week5_saving.py) (default %(default)s)")
+    g.add_argument("--save_gguf", type=_bool, default=False, nargs="?", const=True,
+                   help="also write a GGUF file for llama.cpp tools into --save_path (default off)")
+    g.add_argument("--save_path", default="model", help="directory for the saved model (default %(default)s)")
+    g.add_argument("--quantization", default=["q8_0"], nargs="+", choices=["f16", "q8_0", "f32"],
+                   help="GGUF tensor types, one file each: f16, q8_0 (8-bit blocks of 32) or f32 "
+                        "(default q8_0)")
+    g = p.add_argument_group("hub (not available offline)")
+    g.add_argument("--push_model", action="store_true", help="not available: minilora works offline")
+    g.add_argument("--push_gguf", action="store_true", help="not available: minilora works offline")
+    g.add_argument("--hub_path", default=None, help="not available: minilora works offline")
+    g.add_argument("--hub_token", default=None, help="not available: minilora works offline")
+    p.set_defaults(run=run)
+    return p
+
+
+def check_args(args) -> None:
+    for name in HUB_ARGUMENTS:
+        if getattr(args, name):
+            raise SystemExit(f"--{name}: uploading to the Hugging Face hub is not available in minilora (it works "
+                             f"offline). Save with --save_model and copy {args.save_path!r} yourself.")
+    if args.loftq_config:
+        raise SystemExit("--loftq_config: LoftQ initialization is not supported; leave it unset")
+    for name in ("max_seq_length", "r", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+                 "logging_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if not 0 <= args.lora_dropout < 1:
+        raise SystemExit(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    for path, what in ((args.output_dir, "output_dir"), (args.save_path, "save_path")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise SystemExit(f"--{what} {path!r} is an existing file; pass a directory path (created if missing)")
+    if args.raw_text_file and not os.path.isfile(args.raw_text_file):
+        raise SystemExit(f"--raw_text_file {args.raw_text_file!r} does not exist")
+
+
+def build_data(args, tokenizer):
+    """(train examples, held-out records for exact-match or None)."""
+    from ..train import build_examples, chunk_text, dates_task, read_records
+    if args.raw_text_file:
+        with open(args.raw_text_file, encoding="utf-8") as f:
+            text = f.read()
+        return chunk_text(tokenizer, text, min(args.chunk_size, args.max_seq_length), args.stride), None
+    if args.dataset == "dates":
+        train, held = dates_task.make_splits(n_train=480, n_eval=max(args.eval_examples, 1), seed=0)
+        return build_examples(train, tokenizer, args.max_seq_length), held[:args.eval_examples]
+    return build_examples(read_records(args.dataset), tokenizer, args.max_seq_length), None
+
+
+def show_scores(label: str, correct: int, records, answers, n_show: int = 3) -> None:
+    print(f"{label}: {correct}/{len(records)} held-out dates exactly right ({100 * correct / len(records):.0f}%)")
+    for r, a in list(zip(records, answers))[:n_show]:
+        mark = "ok " if a == r["output"] else "   "
+        print(f"   {mark} {r['input']!r:>22} -> {a!r}  (want {r['output']!r})")
+
+
+def run(args) -> int:
+    check_args(args)
+    t_start = time.perf_counter()
+    from .. import FastLanguageModel
+    from ..train import DataError, Trainer, TrainingArguments, TrainingError, dates_task
+
+    print(f"loading {args.model_name} (load_in_4bit={args.load_in_4bit}) ...", flush=True)
+    model, tokenizer = FastLanguageModel.from_pretrained(args.model_name, max_seq_length=args.max_seq_length,
+                                                         dtype=args.dtype, load_in_4bit=args.load_in_4bit)
+    if tokenizer is None:
+        raise SystemExit(f"{args.model_name} has no tokenizer files; minilora train needs tokenizer.json")
+    try:
+        examples, held_out = build_data(args, tokenizer)
+    except DataError as e:
+        raise SystemExit(f"dataset problem: {e}") from None
+    n_tokens = sum(len(e) for e in examples)
+    print(f"data: {len(examples)} training examples, {n_tokens} tokens (longest {max(len(e) for e in examples)})")
+
+    before = None
+    if held_out:
+        correct, answers = dates_task.exact_match(model, tokenizer, held_out)
+        show_scores("before fine-tuning", correct, held_out, answers)
+        before = correct
+
+    model = FastLanguageModel.get_peft_model(
+        model, r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, bias=args.bias,
+        use_gradient_checkpointing=args.use_gradient_checkpointing, random_state=args.random_state,
+        use_rslora=args.use_rslora)
+    precision = {None: None, "float32": None, "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
+    targs = TrainingArguments(
+        output_dir=args.output_dir, per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
+        weight_decay=args.weight_decay, optim=args.optim, seed=args.seed, logging_steps=args.logging_steps,
+        save_steps=args.save_steps, packing=args.packing, max_seq_length=args.max_seq_length,
+        mixed_precision=precision if precision == "fp16" else None, progress_bar=not args.no_progress)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainer = Trainer(model, targs, examples, pad_token_id=pad)
+    try:
+        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except TrainingError as e:
+        raise SystemExit(f"training stopped: {e}") from None
+    log = result["log_history"]
+    speed = sum(r["tokens"] for r in log) / max(sum(r["seconds"] for r in log), 1e-9)
+    print(f"trained {result['global_step']} steps in {result['train_runtime']:.1f} s ({speed:.0f} tokens/s); "
+          f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; log in {args.output_dir}/train_log.csv")
+
+    summary = {"steps": result["global_step"], "train_seconds": round(result["train_runtime"], 2),
+               "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"], "tokens_per_s": round(speed, 1)}
+    if held_out:
+        correct, answers = dates_task.exact_match(model, tokenizer, held_out)
+        show_scores("after fine-tuning", correct, held_out, answers)
+        summary.update(exact_match_before=before, exact_match_after=correct, held_out=len(held_out))
+
+    if args.save_model or args.save_gguf:
+        save(args, model, tokenizer)
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"done in {summary['total_seconds']:.0f} s")
+    return 0
+
+
+def save(args, model, tokenizer) -> None:
+    from ..save import save_gguf, save_pretrained_merged
+    if args.save_model:
+        base = args.model_name if not os.path.exists(args.model_name) else os.path.abspath(args.model_name)
+        save_pretrained_merged(model, tokenizer, args.save_path, args.save_method, base_model_name_or_path=base)
+        print(f"saved ({args.save_method}) to {args.save_path}/")
+    if args.save_gguf:
+        for q in args.quantization:
+            path = os.path.join(args.save_path, f"model-{q}.gguf")
+            save_gguf(model, tokenizer, path, q)
+            print(f"saved GGUF ({q}) to {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,126 @@
+"""LoRA adapters in PEFT's on-disk format, so `peft.PeftModel.from_pretrained` opens what minilora saves.
+
+A directory with two files:
+- ``adapter_config.json``: ``peft_type: LORA``, r, lora_alpha, target_modules, use_rslora, …
+- ``adapter_model.safetensors``: for every adapted layer, ``base_model.model.<layer name>.lora_A.weight`` (r, in)
+  and ``….lora_B.weight`` (out, r). The ``base_model.model.`` prefix is PEFT's wrapper path.
+
+Loading checks every key and every shape against the model: PEFT itself only warns about keys it cannot place and
+then runs with the adapter half-applied, which is worse than an error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..lora import get_peft_model, lora_layers
+
+PREFIX = "base_model.model."
+CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter on disk was made for another model (or other LoRA settings)."""
+
+
+def adapter_config(model, base_model_name_or_path: str | None = None) -> dict:
+    cfg = getattr(model, "peft_config", None)
+    layers = lora_layers(model)
+    if not layers or cfg is None:
+        raise ValueError("this model has no LoRA adapters to save; call FastLanguageModel.get_peft_model first")
+    name = base_model_name_or_path or getattr(model, "name_or_path", None) or getattr(model.config, "extra", {}).get(
+        "_name_or_path")
+    return {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": name,
+        "r": cfg["r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
+        "target_modules": sorted(cfg["target_modules"]), "bias": cfg.get("bias", "none"),
+        "use_rslora": cfg.get("use_rslora", False), "fan_in_fan_out": False, "inference_mode": True,
+        "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None, "use_dora": False,
+    }
+
+
+def adapter_state_dict(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, layer in lora_layers(model):
+        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous().cpu()
+        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+    return out
+
+
+def save_adapter(model, directory: str, base_model_name_or_path: str | None = None) -> str:
+    """Write the adapter (both files) into ``directory``; files are replaced atomically, never half-written."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"{directory!r} is a file; pass a directory for the adapter")
+    config = adapter_config(model, base_model_name_or_path)
+    tensors = adapter_state_dict(model)
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-adapter-", dir=directory)
+    try:
+        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+            json.dump(config, f, indent=2)
+        for fname in (WEIGHTS_NAME, CONFIG_NAME):
+            os.replace(os.path.join(tmp, fname), os.path.join(directory, fname))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_adapter(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    cfg_path, w_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(cfg_path) or not os.path.isfile(w_path):
+        raise FileNotFoundError(f"{directory!r} is not a LoRA adapter directory: it needs {CONFIG_NAME} and "
+                                f"{WEIGHTS_NAME} (as written by save_adapter or PEFT's save_pretrained)")
+    with open(cfg_path) as f:
+        config = json.load(f)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{cfg_path} describes a {config.get('peft_type')} adapter; minilora loads LoRA only")
+    return config, load_file(w_path)
+
+
+def load_adapter(model, directory: str, verbose: bool = False):
+    """Attach (if needed) and fill LoRA layers from a PEFT-format directory; refuses adapters for another model."""
+    config, tensors = read_adapter(directory)
+    if config.get("use_dora"):
+        raise ValueError(f"{directory} is a DoRA adapter; minilora loads plain LoRA adapters only")
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        raise AdapterMismatchError(f"target_modules in {directory} is a regular expression ({targets!r}); minilora "
+                                   "needs a list of module names")
+    if not lora_layers(model):
+        try:
+            get_peft_model(model, r=config["r"], target_modules=targets, lora_alpha=config["lora_alpha"],
+                           lora_dropout=config.get("lora_dropout", 0.0), use_rslora=config.get("use_rslora", False),
+                           random_state=None, verbose=verbose)
+        except ValueError as e:
+            raise AdapterMismatchError(f"the adapter in {directory} does not fit this model: {e}") from None
+    layers = dict(lora_layers(model))
+    expected = {}
+    for name, layer in layers.items():
+        expected[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
+        expected[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+    # PEFT may name the weights "….lora_A.default.weight" in memory but writes them without the adapter name
+    found = {k.replace(".default.", "."): v for k, v in tensors.items()}
+    unknown = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    if unknown or missing:
+        raise AdapterMismatchError(
+            f"the adapter in {directory} was made for a different model or other target modules: "
+            f"{len(unknown)} of its tensors have no place in this model (e.g. {unknown[:2]}) and {len(missing)} "
+            f"LoRA weights of this model are not in it (e.g. {missing[:2]}). Load it on the base model it was "
+            f"trained from ({config.get('base_model_name_or_path')!r}) with the same target_modules.")
+    for key, target in expected.items():
+        if found[key].shape != target.shape:
+            raise AdapterMismatchError(
+                f"{key}: the adapter holds shape {tuple(found[key].shape)} but this model needs {tuple(target.shape)}"
+                f" — the adapter was made for a model with other layer sizes (base "
+                f"{config.get('base_model_name_or_path')!r}) or another rank r")
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(found[key].to(target.dtype))
+    return model

@@ -1,0 +1,10 @@
+"""Training: data formats and masking, packing, the bundled dates task, schedules and the trainer loop."""
+from .data import (IGNORE_INDEX, DataError, Example, build_examples, chunk_text, collate, count_trained_tokens,
+                   mask_prompt, read_records, to_messages, tokenize_messages)
+from .packing import collate_packed, pack_examples
+from .schedules import SCHEDULES, lr_multiplier
+from .trainer import Trainer, TrainingArguments, TrainingError, latest_checkpoint
+
+__all__ = ["IGNORE_INDEX", "DataError", "Example", "build_examples", "chunk_text", "collate", "count_trained_tokens",
+           "mask_prompt", "read_records", "to_messages", "tokenize_messages", "collate_packed", "pack_examples",
+           "SCHEDULES", "lr_multiplier", "Trainer", "TrainingArguments", "TrainingError", "latest_checkpoint"]
