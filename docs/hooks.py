@@ -1,0 +1,303 @@
+"""mkdocs hooks: build the parts of the site that must stay true as the course grows.
+
+- Lessons: the nav lists every lesson that has been executed (docs/lessons/<name>.ipynb, written by
+  tests/test_lessons.py or `make docs`), in course order. A lesson source (lessons/*.py) without an up-to-date executed
+  notebook, or an executed notebook holding an error output, is a warning, so `mkdocs build --strict` fails on it.
+  A lesson that is not written yet is simply not listed.
+- Exercises: the table on exercises.md is generated from the stub files in exercises/weekN/.
+- Benchmarks: benchmarks.md shows every benchmarks/results/*.json as tables and every PNG there as a figure.
+- API: api.md gets one mkdocstrings block per module of the minilora package that exists.
+- Unsloth map: a link to a lesson page that has not been executed yet is shown as plain text (tests/test_docs_site.py
+  checks that every row's files and lessons exist).
+"""
+from __future__ import annotations
+
+import ast
+import html
+import json
+import logging
+import pathlib
+import re
+import sys
+
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File, Files
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+EXECUTED = DOCS / "lessons"
+RESULTS = ROOT / "benchmarks" / "results"
+log = logging.getLogger("mkdocs.hooks.minilora")
+
+sys.path.insert(0, str(ROOT / "tests"))
+from lesson_runner import course_key  # noqa: E402  (one definition of the course order)
+
+sys.path.insert(0, str(ROOT))
+from minilora.commands.exercises import discover  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------- lessons
+def _notebook_title(path: pathlib.Path) -> str:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", "")).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return path.stem.replace("_", " ")
+
+
+def _error_outputs(path: pathlib.Path) -> list[str]:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    found = []
+    for number, cell in enumerate((c for c in nb.get("cells", []) if c.get("cell_type") == "code"), 1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                found.append(f"code cell {number}: {out.get('ename')}: {out.get('evalue')}")
+    return found
+
+
+def lessons() -> list[dict]:
+    """Every lesson source in course order, with its executed notebook (or None) and title."""
+    found = []
+    for source in sorted((ROOT / "lessons").glob("*.py"), key=lambda p: course_key(p.stem)):
+        executed = EXECUTED / f"{source.stem}.ipynb"
+        ok = executed.is_file()
+        found.append({
+            "name": source.stem, "source": source,
+            "notebook": executed if ok else None,
+            "stale": ok and executed.stat().st_mtime < source.stat().st_mtime,
+            "title": _notebook_title(executed) if ok else source.stem.replace("_", " "),
+        })
+    return found
+
+
+def on_config(config):
+    course = lessons()
+    for lesson in course:
+        if lesson["notebook"] is None:
+            log.warning(f"lesson lessons/{lesson['name']}.py has not been executed, so the site would not show it: "
+                        f"run `make docs` or `pytest tests/test_lessons.py` first")
+        elif lesson["stale"]:
+            log.warning(f"docs/lessons/{lesson['name']}.ipynb is older than lessons/{lesson['name']}.py: "
+                        f"execute the lessons again (`pytest tests/test_lessons.py`)")
+        else:
+            errors = _error_outputs(lesson["notebook"])
+            if errors:
+                raise PluginError(f"executed lesson {lesson['name']} holds error output ({'; '.join(errors)}): "
+                                  f"fix the lesson and execute it again")
+    entries = [{"Overview": "lessons/index.md"}] + [
+        {lesson["title"]: f"lessons/{lesson['name']}.ipynb"} for lesson in course if lesson["notebook"]]
+    nav = config.get("nav") or []
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and "Lessons" in item:
+            nav[i] = {"Lessons": entries}
+            break
+    else:
+        nav.append({"Lessons": entries})
+    return config
+
+
+def _lessons_index() -> str:
+    rows = []
+    for lesson in lessons():
+        if lesson["notebook"]:
+            nb = json.loads(lesson["notebook"].read_text(encoding="utf-8"))
+            seconds = nb.get("metadata", {}).get("minilora", {}).get("execution_seconds")
+            took = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+            rows.append(f"| [{lesson['title']}]({lesson['name']}.ipynb) | `lessons/{lesson['name']}.py` | {took} |")
+        else:
+            rows.append(f"| {lesson['title']} (not executed yet) | `lessons/{lesson['name']}.py` | |")
+    table = "\n".join(["| Lesson | Source | Ran in (CPU) |", "|---|---|---|", *rows]) if rows else \
+        "*No lessons have been written yet.*"
+    return f"""# Lessons
+
+Every lesson is a jupytext `.py` file in `lessons/`. It runs as a plain script
+(`python lessons/week1_lora.py` from the repository root) and opens as a notebook in JupyterLab (`make lab`).
+The pages below show each lesson exactly as the test suite executed it on a CPU, with its printed numbers and
+figures; every number in the prose is computed in a cell above it.
+
+Work through them in order, one a day or two. Each lesson opens with its goals and the Unsloth files it explains,
+and ends with its exercises (`pytest -m exN_M`) and a prompt for your [journal](../journal.md).
+
+{table}
+"""
+
+
+# ---------------------------------------------------------------------------------------------------- exercises
+def _stub_info(path: pathlib.Path) -> tuple[list[str], str | None]:
+    """(functions the learner writes, the lesson the stub points to)."""
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    funcs = [node.name for node in ast.walk(tree)
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+             and any(isinstance(n, ast.Raise) and "NotImplementedError" in ast.unparse(n) for n in ast.walk(node))]
+    m = re.search(r"lessons/(\w+)\.py", text)
+    return funcs, (m[1] if m else None)
+
+
+def _exercises_table() -> str:
+    executed = {lesson["name"] for lesson in lessons() if lesson["notebook"]}
+    rows = ["| Exercise | What you build | You write | Lesson to read first | Run |", "|---|---|---|---|---|"]
+    for e in discover(ROOT):
+        funcs, lesson = _stub_info(e.stub)
+        if lesson in executed:
+            lesson_cell = f"[{lesson}](lessons/{lesson}.ipynb)"
+        else:
+            lesson_cell = f"`lessons/{lesson}.py`" if lesson else ""
+        rows.append(f"| {e.label} | {html.escape(e.title)} | {', '.join(f'`{f}`' for f in funcs)} "
+                    f"(`exercises/week{e.week}/{e.stub.name}`) | {lesson_cell} | `pytest -m {e.marker}` |")
+    if len(rows) == 2:
+        return "*No exercises yet.*"
+    return "\n".join(rows)
+
+
+def _roadmap_cells(markdown: str) -> str:
+    """Fill the roadmap's per-week cells with the lessons and exercises that exist."""
+    course = lessons()
+    found = discover(ROOT)
+
+    def lessons_of(m):
+        week = int(m[1])
+        cells = [f"[{lesson['title']}](lessons/{lesson['name']}.ipynb)" if lesson["notebook"]
+                 else f"`lessons/{lesson['name']}.py`"
+                 for lesson in course if course_key(lesson["name"])[0] == week]
+        return "<br>".join(cells) or "—"
+
+    def exercises_of(m):
+        labels = [e.label for e in found if e.week == int(m[1])]
+        return f"[{', '.join(labels)}](exercises.md)" if labels else "—"
+    markdown = re.sub(r"<!-- lessons-week-(\d+) -->", lessons_of, markdown)
+    return re.sub(r"<!-- exercises-week-(\d+) -->", exercises_of, markdown)
+
+
+# ---------------------------------------------------------------------------------------------------- benchmarks
+_META_KEYS = ("card", "device", "gpu", "machine", "cpu", "torch", "triton", "cuda", "python", "transformers",
+              "peft", "liger_kernel", "bitsandbytes", "date", "dtype")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value)
+        text = text if len(text) <= 80 else text[:77] + "…"
+    else:
+        text = str(value)
+    return html.escape(text).replace("|", "\\|")
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
+            flat.update({f"{prefix}{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _table(rows: list[dict]) -> str:
+    rows = [_flatten(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _render_result(name: str, data) -> str:
+    parts = [f"### {name}", ""]
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        return "\n".join(parts + [_table(data), ""])
+    if not isinstance(data, dict):
+        return "\n".join(parts + [f"`{_cell(data)}`", ""])
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    meta = {k: v for k, v in scalars.items() if k.lower() in _META_KEYS}
+    if isinstance(data.get("env"), dict) or isinstance(data.get("environment"), dict):
+        meta.update({k: v for k, v in (data.get("env") or data.get("environment")).items()
+                     if not isinstance(v, (dict, list))})
+    if meta:
+        parts.append(" · ".join(f"**{html.escape(str(k))}** {_cell(v)}" for k, v in meta.items()))
+        parts.append("")
+    other = {k: v for k, v in scalars.items() if k not in meta}
+    if other:
+        parts += [_table([other]), ""]
+    for key, value in data.items():
+        if key in ("env", "environment"):
+            continue
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            parts += [f"**{html.escape(key)}**", "", _table(value), ""]
+        elif isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
+            parts += [f"**{html.escape(key)}**", "", _table([{"": k, **r} for k, r in value.items()]), ""]
+        elif isinstance(value, dict) and value:
+            parts += [f"**{html.escape(key)}**", "", _table([value]), ""]
+        elif isinstance(value, list) and value:
+            parts += [f"**{html.escape(key)}**: {_cell(value)}", ""]
+    return "\n".join(parts)
+
+
+def _benchmarks_section() -> str:
+    results = sorted(RESULTS.glob("*.json")) if RESULTS.is_dir() else []
+    images = sorted(RESULTS.glob("*.png")) if RESULTS.is_dir() else []
+    if not results and not images:
+        return "*No benchmark results have been recorded yet (benchmarks/results/ is empty).*"
+    parts = ["## Results\n"] if results else []
+    for path in results:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise PluginError(f"benchmarks/results/{path.name} is not valid JSON ({e}): fix or remove it") from e
+        parts.append(_render_result(path.stem, data))
+        parts.append(f"<small>Source: `benchmarks/results/{path.name}`</small>\n")
+    if images:
+        parts.append("## Plots\n")
+        for image in images:
+            parts.append(f"### {image.stem}\n\n![{image.stem}](benchmarks/{image.name})\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------- API
+def _api_page() -> str:
+    modules = []
+    for path in sorted((ROOT / "minilora").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        if path.name == "__main__.py" or any(part.startswith((".", "_")) and part != "__init__"
+                                             for part in rel.parts):
+            continue
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules.append(name)
+    blocks = [f"::: {name}\n" for name in modules]
+    return ("# API reference\n\nGenerated from the docstrings of every module in the `minilora` package; each "
+            "module's own docstring comes first.\n\n" + "\n".join(blocks))
+
+
+# ---------------------------------------------------------------------------------------------------- mkdocs events
+def on_files(files: Files, config) -> Files:
+    known = {lesson["name"] for lesson in lessons()}
+    for file in list(files):
+        src = file.src_uri
+        # An executed notebook whose lesson source is gone (renamed or removed) is not part of the course.
+        if src.startswith("lessons/") and src.endswith(".ipynb") and pathlib.PurePosixPath(src).stem not in known:
+            files.remove(file)
+    files.append(File.generated(config, "lessons/index.md", content=_lessons_index()))
+    files.append(File.generated(config, "api.md", content=_api_page()))
+    if RESULTS.is_dir():
+        for image in sorted(RESULTS.glob("*.png")):
+            files.append(File.generated(config, f"benchmarks/{image.name}", abs_src_path=str(image)))
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if "<!-- exercises-table -->" in markdown:
+        markdown = markdown.replace("<!-- exercises-table -->", _exercises_table())
+    if "<!-- benchmark-results -->" in markdown:
+        markdown = markdown.replace("<!-- benchmark-results -->", _benchmarks_section())
+    if "<!-- lessons-week-" in markdown or "<!-- exercises-week-" in markdown:
+        markdown = _roadmap_cells(markdown)
+    if page.file.src_uri == "unsloth-map.md":
+        executed = {lesson["name"] for lesson in lessons() if lesson["notebook"]}
+
+        def unlink(m):
+            return m[0] if m[2] in executed else f"`{m[1]}` (not on the site yet)"
+        markdown = re.sub(r"\[([^\]]+)\]\(lessons/(\w+)\.ipynb\)", unlink, markdown)
+    return markdown
