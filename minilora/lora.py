@@ -124,7 +124,10 @@ def get_peft_model(model: nn.Module, r: int = 16, target_modules=None, lora_alph
 
 def trainable_summary(model: nn.Module) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if hasattr(model, "num_parameters"):  # minilora models count a 4-bit layer's packed weights as weights
+        total = model.num_parameters()
+    else:
+        total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
 
 

@@ -241,8 +241,12 @@ class LlamaForCausalLM(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         seen, total = set(), 0
-        for p in self.parameters():  # tied weights are counted once
-            if id(p) not in seen and (p.requires_grad or not trainable_only):
-                seen.add(id(p))
-                total += p.numel()
+        for module in self.modules():
+            for p in module.parameters(recurse=False):
+                if id(p) in seen or (trainable_only and not p.requires_grad):
+                    continue
+                seen.add(id(p))  # tied weights are counted once
+                # a 4-bit layer packs two weights per uint8 byte: count the weights it stands for
+                packed = not p.is_floating_point() and hasattr(module, "in_features")
+                total += module.in_features * module.out_features if packed else p.numel()
         return total
