@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._triton import interpreter_on, tl, triton
+from .swiglu import SILU, glu_forward
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,27 +128,14 @@ def _as_compute(t, dtype):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The SwiGLU step of the MLP backward, in place
+# The SwiGLU step: forward shared with kernels/swiglu.py; the MLP backward's three-output variant, in place
 # ---------------------------------------------------------------------------------------------------------------
-@triton.jit
-def _swiglu_forward_kernel(e_ptr, g_ptr, h_ptr, n_elements, BLOCK: tl.constexpr):
-    """h = silu(e) g, elementwise over the flat arrays."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
-    e = tl.load(e_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(h_ptr + offs, (e * tl.sigmoid(e) * g).to(h_ptr.dtype.element_ty), mask=mask)
-
-
 def swiglu_forward(e: torch.Tensor, g: torch.Tensor, use_kernel: bool) -> torch.Tensor:
-    if not use_kernel:
-        ct = torch.promote_types(e.dtype, torch.float32)
-        return (torch.nn.functional.silu(e.to(ct)) * g.to(ct)).to(e.dtype)
-    h = torch.empty_like(e)
-    n = e.numel()
-    block = 1024 if interpreter_on() else 2048
-    _swiglu_forward_kernel[(triton.cdiv(n, block),)](e, g, h, n, BLOCK=block, num_warps=8)
-    return h
+    """h = silu(e) g: the SwiGLU forward kernel of `minilora.kernels.swiglu`, or PyTorch ops (also for float64)."""
+    if use_kernel:
+        return glu_forward(e, g, SILU)
+    ct = torch.promote_types(e.dtype, torch.float32)
+    return (torch.nn.functional.silu(e.to(ct)) * g.to(ct)).to(e.dtype)
 
 
 @triton.jit
