@@ -34,7 +34,7 @@ STAGES = ["lora-bf16", "+ nf4", "+ triton", "+ fused-ce", "+ offload"]
 def build(name: str, stage: int, device: str, dtype: torch.dtype):
     model = from_catalogue(name, dtype=dtype, device=device)
     if stage >= 1:
-        from minilora.quant import quantize_model
+        from minilora.linear4bit import quantize_model
         quantize_model(model, compute_dtype=dtype)
     get_peft_model(model, r=16, lora_alpha=16, verbose=False)
     model.gradient_checkpointing = check_mode("offload" if stage >= 4 else True)

@@ -51,7 +51,7 @@ def bench_minilora(mode: str, steps: int) -> dict:
                 model(ids)
         return {"times": _time_steps(step, steps)}
     if mode == "qlora":
-        from minilora.quant import quantize_model
+        from minilora.linear4bit import quantize_model
         quantize_model(model)
     get_peft_model(model, r=R, lora_alpha=R, target_modules=TARGETS, verbose=False)
     model.train()

@@ -32,8 +32,8 @@
 # | Unsloth | what it does | minilora |
 # |---|---|---|
 # | `unsloth-cli.py` | the whole job: arguments, load, PEFT, data, train, save | `minilora/commands/train.py` |
-# | `FastLanguageModel.from_pretrained` (`unsloth/models/loader.py`) | load (optionally 4-bit) | `minilora/models/loader.py` |
-# | `FastLanguageModel.get_peft_model` (`unsloth/models/llama.py`) | add LoRA, checkpointing | `minilora/lora.py`, `minilora/models/loader.py` |
+# | `FastLanguageModel.from_pretrained` (`unsloth/models/loader.py`) | load (optionally 4-bit) | `minilora/loader.py` |
+# | `FastLanguageModel.get_peft_model` (`unsloth/models/llama.py`) | add LoRA, checkpointing | `minilora/lora.py`, `minilora/loader.py` |
 # | TRL's `SFTTrainer` + `unsloth/chat_templates.py` → `train_on_responses_only` | format, mask the prompt, train | `minilora/train/data.py`, `minilora/train/trainer.py` |
 # | `unsloth/save.py` → `save_pretrained_merged` | LoRA / merged 16-bit / merged 4-bit / GGUF | `minilora/save.py`, `minilora/io/adapters.py` |
 #
@@ -52,7 +52,7 @@ import matplotlib.pyplot as plt
 import torch
 
 torch.manual_seed(0)
-FILES = ["minilora/commands/train.py", "minilora/models/loader.py", "minilora/lora.py", "minilora/train/data.py",
+FILES = ["minilora/commands/train.py", "minilora/loader.py", "minilora/lora.py", "minilora/train/data.py",
          "minilora/train/trainer.py", "minilora/save.py", "minilora/io/adapters.py"]
 for path in FILES:
     doc = ast.get_docstring(ast.parse(pathlib.Path(path).read_text())) or ""

@@ -32,7 +32,7 @@
 # | Unsloth | what it does | minilora |
 # |---|---|---|
 # | `unsloth/models/llama.py` → `FastLlamaModel` | the base every other model builds on | `minilora/models/llama.py` → `LlamaForCausalLM` |
-# | `unsloth/models/loader.py` → `FastLanguageModel.from_pretrained` | name → architecture → loaded, patched model + tokenizer | `minilora/models/loader.py` → `FastLanguageModel.from_pretrained`; files: `minilora/io/gguf.py`, `minilora/io/safetensors_dir.py`, `minilora/io/tokenizer.py` |
+# | `unsloth/models/loader.py` → `FastLanguageModel.from_pretrained` | name → architecture → loaded, patched model + tokenizer | `minilora/loader.py` → `FastLanguageModel.from_pretrained`; files: `minilora/io/gguf.py`, `minilora/io/safetensors_dir.py`, `minilora/io/tokenizer.py` |
 # | `unsloth/models/mistral.py` → `FastMistralModel` | Llama + sliding-window attention | `minilora/models/mistral.py` → `MistralForCausalLM` |
 # | `unsloth/models/qwen2.py` → `FastQwen2Model` | Llama + q/k/v bias | `minilora/models/qwen2.py` → `Qwen2ForCausalLM` |
 # | `unsloth/registry/` | model names, sizes and quantized variants, searchable | `minilora/models/registry.py` → `MODEL_TYPES`, `CATALOGUE`, `search_catalogue` |

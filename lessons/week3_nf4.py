@@ -32,8 +32,8 @@
 # |---|---|---|
 # | `unsloth/kernels/utils.py` → `fast_dequantize` | NF4 → 16-bit just before a matmul (via bitsandbytes' CUDA kernels) | `minilora/kernels/nf4_dequant.py` (Triton + reference) |
 # | `unsloth/kernels/utils.py` → `QUANT_STATE`, `get_lora_parameters` | reads a weight's quantization state (absmax, nested state, offset) | `minilora/quant/blockwise.py` → `NF4State`, `DoubleQuantState` |
-# | `unsloth/kernels/utils.py` → `matmul_lora` | dequantize W, then $XW + s\,XAB$ | `minilora/quant/linear4bit.py` → `Linear4bit` + `minilora/lora.py` |
-# | `unsloth/models/loader.py` (`load_in_4bit=True`) | loads the base model in 4 bits through bitsandbytes | `minilora/quant/__init__.py` → `quantize_model` (called by `FastLanguageModel.from_pretrained`) |
+# | `unsloth/kernels/utils.py` → `matmul_lora` | dequantize W, then $XW + s\,XAB$ | `minilora/linear4bit.py` → `Linear4bit` + `minilora/lora.py` |
+# | `unsloth/models/loader.py` (`load_in_4bit=True`) | loads the base model in 4 bits through bitsandbytes | `minilora/linear4bit.py` → `quantize_model` (called by `FastLanguageModel.from_pretrained`) |
 # | bitsandbytes `functional.quantize_4bit` / `dequantize_4bit` | the NF4 format itself | `minilora/quant/nf4.py`, `minilora/quant/blockwise.py` |
 
 # %%
@@ -51,9 +51,10 @@ if not torch.cuda.is_available():  # no GPU: Triton kernels run in its interpret
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from minilora import FastLanguageModel
-from minilora.quant import (NF4_CODEBOOK, Linear4bit, derive_nf4_codebook, dequantize_nf4_reference, nf4_offset,
-                            quantize_model, quantize_nf4, uniform_int4_codebook, unpack_nibbles)
-from minilora.quant import blockwise, linear4bit, nf4
+from minilora import linear4bit
+from minilora.linear4bit import Linear4bit, quantize_model
+from minilora.quant import (NF4_CODEBOOK, blockwise, derive_nf4_codebook, dequantize_nf4_reference, nf4,
+                            nf4_offset, quantize_nf4, uniform_int4_codebook, unpack_nibbles)
 
 torch.manual_seed(0)
 t_start = time.time()

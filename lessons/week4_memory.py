@@ -32,8 +32,8 @@
 # | Unsloth | what it does | minilora |
 # |---|---|---|
 # | `unsloth/__init__.py` (CUDA memory configuration) | sets `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` before torch starts | section 5 below; `benchmarks/bench_expandable_segments.py` |
-# | `unsloth/models/_utils.py` | memory helpers, gradient checkpointing with offload | `minilora/memory.py` (accounting); `minilora/models/checkpointing.py` |
-# | `unsloth/kernels/utils.py` → `fast_dequantize` | 4-bit weights dequantized just in time | `minilora/quant/linear4bit.py` (week 3) |
+# | `unsloth/models/_utils.py` | memory helpers, gradient checkpointing with offload | `minilora/memory/estimate.py` (accounting); `minilora/models/checkpointing.py` |
+# | `unsloth/kernels/utils.py` → `fast_dequantize` | 4-bit weights dequantized just in time | `minilora/linear4bit.py` (week 3) |
 
 # %%
 import copy
@@ -52,7 +52,8 @@ from minilora.lora import get_peft_model
 from minilora.memory import (GiB, METHODS, estimate_memory, measure_model_bytes, measure_training_bytes, nf4_bytes,
                              param_counts, quant_state_bits_per_param)
 from minilora.models.registry import build_model, catalogue_config
-from minilora.quant import quantize_model, quantize_nf4
+from minilora.linear4bit import quantize_model
+from minilora.quant import quantize_nf4
 
 torch.manual_seed(0)
 print(memory.__doc__)

@@ -19,7 +19,7 @@
 #
 # 1. **On your CPU, at small scale** — real bytes of every pile (weights, quantization state, trainable
 #    parameters, gradients, AdamW state, activations saved for backward, activations offloaded to host memory)
-#    counted from the actual tensors, next to what `minilora/memory.py` predicts; and step times for the stages a
+#    counted from the actual tensors, next to what `minilora/memory/estimate.py` predicts; and step times for the stages a
 #    CPU can time honestly.
 # 2. **From recorded GPU runs at Llama shapes** — the end-to-end ladder of `benchmarks/bench_e2e.py` against the
 #    Hugging Face + PEFT + bitsandbytes anchor, and the kernel-level benchmarks of weeks 3 and 5.
@@ -42,7 +42,7 @@
 # | RoPE / SwiGLU / RMSNorm kernels | `kernels/rope_embedding.py`, `kernels/swiglu.py`, `kernels/rms_layernorm.py` | `minilora/kernels/{rope,swiglu,rmsnorm}.py` | week 3 (kernels) |
 # | chunked / fused cross-entropy | `kernels/cross_entropy_loss.py` | `minilora/kernels/cross_entropy.py`, `fused_linear_ce.py` | week 3 (cross-entropy) |
 # | gradient checkpointing with CPU offload | `models/_utils.py` (the "unsloth" checkpointing mode) | `minilora/models/checkpointing.py` | week 4 (memory) |
-# | memory accounting | — (the plan's memory-analysis exercise) | `minilora/memory.py`, `minilora/profile.py` | week 4 (memory) |
+# | memory accounting | — (the plan's memory-analysis exercise) | `minilora/memory/estimate.py`, `minilora/memory/measure.py` | week 4 (memory) |
 
 # %%
 import importlib.util
@@ -65,7 +65,7 @@ import matplotlib.pyplot as plt
 from minilora import memory, ops, profile
 from minilora.lora import get_peft_model
 from minilora.models.registry import build_model, catalogue_config, init_weights
-from minilora.quant import quantize_model
+from minilora.linear4bit import quantize_model
 
 torch.manual_seed(0)
 MiB, GiB = 2 ** 20, 2 ** 30
@@ -97,7 +97,7 @@ print(inspect.getsource(bench_e2e.run_stage))
 # ## 2. Measuring activation memory on a CPU
 #
 # Weights, gradients and optimizer state are easy to count: they are tensors you can list. Activations are
-# harder: they are whatever autograd decided to keep. `minilora/profile.py` measures them from two places — the
+# harder: they are whatever autograd decided to keep. `minilora/memory/measure.py` measures them from two places — the
 # tensors saved through autograd (seen by `torch.autograd.graph.saved_tensors_hooks`, counted once per
 # *storage*), and tensors that custom autograd Functions keep as plain attributes (found by walking the graph
 # from the loss). The second place matters for two techniques of the ladder: the offloaded checkpoint keeps each
@@ -298,7 +298,7 @@ plt.show()
 #
 # ## 4. Predicted vs measured
 #
-# `minilora/memory.py` predicts each pile from the configuration alone (week 4). Its activation model knows two
+# `minilora/memory/estimate.py` predicts each pile from the configuration alone (week 4). Its activation model knows two
 # settings, checkpointing on or off, and counts the logits; it has no switch for offload or the fused loss. The
 # cell below makes those two adjustments explicitly: offload moves L × (B·T·C) values of layer inputs to the host,
 # and the fused loss drops the (B·T × V) logits. It also differs on purpose in one place: with checkpointing it

@@ -30,10 +30,10 @@
 #
 # | Unsloth (the learning plan's Phases 3 and 5) | what it does | minilora |
 # |---|---|---|
-# | `unsloth/kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_W`, `apply_lora_mlp_swiglu`, `apply_lora_qkv`, `apply_lora_o` | autograd Functions with a hand-written backward | `minilora/kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_O`, `apply_lora_mlp`, `apply_lora_qkv`, `apply_lora_o` |
-# | `unsloth/kernels/utils.py` → `get_lora_parameters`, `matmul_lora`, `fast_dequantize` | pull W, A, B, s out of a PEFT layer; x W + s x A B; NF4 → 16-bit just in time | `lora_params`, `_lora_forward`, `dense_weight` in the same file |
+# | `unsloth/kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_W`, `apply_lora_mlp_swiglu`, `apply_lora_qkv`, `apply_lora_o` | autograd Functions with a hand-written backward | `minilora/kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_O`, `apply_lora_mlp`, `apply_lora_projections` |
+# | `unsloth/kernels/utils.py` → `get_lora_parameters`, `matmul_lora`, `fast_dequantize` | pull W, A, B, s out of a PEFT layer; x W + s x A B; NF4 → 16-bit just in time | `minilora/lora.py` → `lora_weights`; `_lora_forward`, `base_weight` in `kernels/fast_lora.py` |
 # | `unsloth/kernels/swiglu.py` → the in-place backward | h, de, dg written over the input buffers | `_swiglu_backward_inplace_kernel` |
-# | the model patching that routes layers to these | | `minilora/ops.py` → `use_fast_lora`, `lora_mlp`, `lora_qkv`, `lora_o`; `LlamaMLP.forward`, `LlamaAttention.forward` |
+# | the model patching that routes layers to these | | `minilora/ops.py` → `fast_lora_on`, `lora_mlp`, `lora_projections` (the switch); `minilora/lora.py` → `project`, `swiglu_mlp` (called by `LlamaAttention.forward`, `LlamaMLP.forward`) |
 
 # %%
 import ast
@@ -126,12 +126,12 @@ for rows, vocab in [(3, 423), (8192, 128_256)]:
 
 # %%
 print(inspect.getsource(fast_lora._lora_forward))
-print(inspect.getsource(fast_lora.dense_weight))
+print(inspect.getsource(fast_lora.base_weight))
 
 # %% [markdown]
-# `dense_weight` is where QLoRA plugs in: for an `nn.Linear` it hands over the 16-bit weight; for a 4-bit layer
-# (`minilora.quant.linear4bit.Linear4bit`) it dequantizes **now** — in the forward, and again in the backward —
-# so the 16-bit copy exists only while its matmul runs.
+# `base_weight` is where QLoRA plugs in: a dense 16-bit weight is handed over as it is; the quantization state of a
+# 4-bit layer (`minilora.linear4bit.Linear4bit`) is dequantized **now** — in the forward, and again in the
+# backward — so the 16-bit copy exists only while its matmul runs.
 #
 # ## 3. Deriving dX, dA, dB by hand
 #
@@ -165,11 +165,8 @@ dy = torch.randn(N, d_out, dtype=torch.float64)
 
 (x @ W.T + s * (x @ A.T) @ B.T).backward(dy)  # autograd's answer
 
-base = torch.nn.Linear(d_in, d_out, bias=False, dtype=torch.float64)
-with torch.no_grad():
-    base.weight.copy_(W)
-with torch.no_grad():
-    dx, dA, dB = fast_lora._lora_backward(dy, x, x @ A.T, base, A, B, s, None)  # ours, by hand
+with torch.no_grad():  # base = (frozen weight, bias); use_kernel=False: plain PyTorch for float64
+    dx, dA, dB = fast_lora._lora_backward(dy, x, x @ A.T, (W, None), A, B, s, None, False)  # ours, by hand
 for name, mine, theirs in [("dx", dx, x.grad), ("dA", dA, A.grad), ("dB", dB, B.grad)]:
     print(f"{name}: shape {tuple(mine.shape)}, max |ours - autograd| = {(mine - theirs).abs().max().item():.1e}")
 
@@ -197,7 +194,7 @@ print(inspect.getsource(fast_lora.LoRA_MLP.backward))
 
 # %%
 from minilora import ops  # noqa: E402
-from minilora.lora import LoraLinear  # noqa: E402
+from minilora.lora import LoraLinear, swiglu_mlp  # noqa: E402
 
 
 def make_lora(d_in, d_out, r=4, seed=0, dtype=torch.float32):
@@ -225,7 +222,7 @@ x0 = torch.randn(2, 13, C, device=DEVICE)
 d_out = torch.randn(2, 13, C, device=DEVICE)
 xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
 with ops.use_kernels("triton"):
-    fast_lora.apply_lora_mlp(xa, *layers).backward(d_out)
+    swiglu_mlp(xa, *layers).backward(d_out)  # the fast path in kernel mode triton
 fast_grads = lora_grads(layers)
 peft_style_mlp(xb, *layers).backward(d_out)
 auto_grads = lora_grads(layers)
@@ -287,7 +284,7 @@ x0 = torch.randn(N_tok, C, device=DEVICE)
 one_NI = N_tok * I * 4 / 2**20
 results = {}
 for name, fn, mode in [("PEFT-style (autograd)", lambda x: peft_style_mlp(x, *layers), "reference"),
-                       ("fast LoRA_MLP", lambda x: fast_lora.apply_lora_mlp(x, *layers), "triton")]:
+                       ("fast LoRA_MLP", lambda x: swiglu_mlp(x, *layers), "triton")]:
     with ops.use_kernels(mode):
         results[name] = measure(lambda: fn(x0.clone().requires_grad_()), layers)
     lora_grads(layers)

@@ -12,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FastLanguageModel": "minilora.models.loader",
+    "FastLanguageModel": "minilora.loader",
     "ModelConfig": "minilora.models.config",
     "LoraLinear": "minilora.lora",
     "get_peft_model": "minilora.lora",

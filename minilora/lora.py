@@ -12,6 +12,10 @@ import math
 import torch
 from torch import nn
 
+from . import ops
+from .kernels.fast_lora import LoraWeights
+from .linear4bit import Linear4bit, dense_weight
+
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -27,7 +31,7 @@ class LoraLinear(nn.Module):
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
         self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
-        weight = _base_weight(base_layer)
+        weight = _stored_weight(base_layer)
         dtype = weight.dtype if weight.is_floating_point() else torch.float32  # NF4 bases store uint8 codes
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=dtype)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=dtype)
@@ -54,34 +58,82 @@ class LoraLinear(nn.Module):
     def merge(self) -> None:
         """Fold ΔW into the base weight: inference then costs one matmul, like the original model."""
         if not self.merged:
-            if hasattr(self.base_layer, "add_to_weight"):  # a 4-bit base: dequantize, add, requantize (lossy)
-                self.base_layer.add_to_weight(self.delta_weight())
-            else:
-                w = _base_weight(self.base_layer)
-                w += self.delta_weight().to(w.dtype)
+            self._add_to_base(self.delta_weight())
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            if hasattr(self.base_layer, "add_to_weight"):
-                self.base_layer.add_to_weight(-self.delta_weight())
-            else:
-                w = _base_weight(self.base_layer)
-                w -= self.delta_weight().to(w.dtype)
+            self._add_to_base(-self.delta_weight())
             self.merged = False
+
+    def _add_to_base(self, delta: torch.Tensor) -> None:
+        if isinstance(self.base_layer, Linear4bit):  # dequantize, add, requantize (lossy)
+            self.base_layer.add_to_weight(delta)
+        else:
+            w = dense_weight(self.base_layer)
+            w.data += delta.to(w.dtype)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:.4g}, use_rslora={self.use_rslora}"
 
 
-def _base_weight(layer: nn.Module) -> torch.Tensor:
-    if isinstance(layer, nn.Linear):
-        return layer.weight.data
-    weight = getattr(layer, "weight", None)
-    if weight is None:
-        raise TypeError(f"cannot wrap {type(layer).__name__} in LoRA: it has no weight")
-    return weight.data if isinstance(weight, torch.Tensor) else weight
+def _stored_weight(layer: nn.Module) -> torch.Tensor:
+    """The tensor a base layer stores its weight in (uint8 codes for a 4-bit layer): its device and dtype decide
+    where and in which precision the adapters are created."""
+    if not isinstance(layer, (nn.Linear, Linear4bit)):
+        raise TypeError(f"cannot wrap {type(layer).__name__} in LoRA: LoRA wraps nn.Linear or Linear4bit layers")
+    return layer.weight.data
+
+
+# --- the fast path: whole blocks of LoRA projections with one hand-written backward ------------------------------
+def lora_weights(layer: nn.Module) -> LoraWeights:
+    """The tensors of one LoraLinear that `minilora.kernels.fast_lora` computes with; refuses layers it can't take."""
+    if not isinstance(layer, LoraLinear):
+        raise TypeError(f"fast LoRA needs LoraLinear layers, got {type(layer).__name__}")
+    if not isinstance(layer.lora_dropout, nn.Identity):
+        raise ValueError("fast LoRA needs lora_dropout=0 (dropout's random mask is not part of the hand-written "
+                         "backward); use the plain LoraLinear forward")
+    if layer.merged:
+        raise ValueError("this LoraLinear is merged: call unmerge() before training with fast LoRA")
+    base = layer.base_layer
+    if any(p.requires_grad for p in base.parameters()):
+        raise ValueError("fast LoRA keeps the base layer frozen, but it has a trainable parameter: freeze it "
+                         "(get_peft_model does) or use the plain LoraLinear path")
+    weight = base.quant_state if isinstance(base, Linear4bit) else base.weight
+    return LoraWeights(weight, base.bias, layer.lora_A.weight, layer.lora_B.weight, layer.scaling)
+
+
+def fast_lora_weights(x: torch.Tensor, layers) -> list[LoraWeights] | None:
+    """LoraWeights for every layer when ops puts x on the fast path and each layer qualifies, else None."""
+    if not ops.fast_lora_on(x):
+        return None
+    for layer in layers:
+        if not isinstance(layer, LoraLinear) or layer.merged or not isinstance(layer.lora_dropout, nn.Identity):
+            return None
+        base = layer.base_layer
+        # a leaf module's own parameter dict is all parameters() would visit, without its generator machinery
+        params = base.parameters() if base._modules else base._parameters.values()
+        if any(p is not None and p.requires_grad for p in params):
+            return None
+    return [lora_weights(layer) for layer in layers]
+
+
+def project(x: torch.Tensor, *layers: nn.Module) -> tuple:
+    """(layer(x) for each layer) — LoRA projections of one input (q/k/v, or o) through one fast-LoRA Function
+    when the fast path applies, so their backward shares one dx buffer; else the layers one by one."""
+    weights = fast_lora_weights(x, layers)
+    if weights is not None:
+        return ops.lora_projections(x, *weights)
+    return tuple(layer(x) for layer in layers)
+
+
+def swiglu_mlp(x: torch.Tensor, gate: nn.Module, up: nn.Module, down: nn.Module) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)): the LoRA MLP with its hand-written backward when the fast path applies."""
+    weights = fast_lora_weights(x, (gate, up, down))
+    if weights is not None:
+        return ops.lora_mlp(x, *weights)
+    return down(ops.swiglu(gate(x), up(x)))
 
 
 def lora_layers(model: nn.Module):

@@ -6,7 +6,8 @@
 - ``auto`` (default): Triton for CUDA tensors, the references otherwise.
 
 Set it with the ``MINILORA_KERNELS`` environment variable or ``use_kernels("reference")`` (also a context manager).
-Model code calls the functions below and never checks devices itself.
+Model code calls the functions below and never checks devices itself; the kernels below never look at the switch:
+each op here asks `use_triton` once and calls either the reference or the Triton path of its kernel file.
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import os
 
 import torch
 
+from .kernels._triton import interpreter_on
 from .kernels.cross_entropy import cross_entropy_reference
+from .kernels.fast_lora import LoraWeights, apply_lora_mlp, apply_lora_projections
 from .kernels.rmsnorm import rms_norm_reference
 from .kernels.rope import rope_reference
 from .kernels.swiglu import geglu_reference, swiglu_reference
+from .quant.blockwise import NF4State, dequantize_nf4_reference
 
 MODES = ("auto", "triton", "reference")
 _mode = os.environ.get("MINILORA_KERNELS", "auto")
@@ -52,10 +56,6 @@ def use_kernels(mode: str):
     global _mode
     previous, _mode = _mode, _check_mode(mode)
     return _restore(previous)
-
-
-def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def use_triton(x: torch.Tensor) -> bool:
@@ -125,29 +125,55 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
                                    num_items, logit_scale, softcap)
 
 
+def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The dense weight of a 4-bit state: one Triton pass on CUDA, the plain-PyTorch reference on CPU."""
+    if use_triton(state.codes):
+        from .kernels.nf4_dequant import dequantize_nf4_triton
+        return dequantize_nf4_triton(state, dtype)
+    return dequantize_nf4_reference(state, dtype)
+
+
+# --- the causal-LM loss: token t predicts token t + 1 -------------------------------------------------------------
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against labels (B, T) shifted by one (-100 = no loss)."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
+    V = logits.shape[-1]
+    shift_logits = logits[:, :-1].reshape(-1, V)  # (B·(T-1), V)
+    shift_labels = labels[:, 1:].reshape(-1)
+    # The Triton kernel saves memory by writing the gradient over its input, which is allowed only when the input
+    # is a private copy: reshape copies when B > 1, but for B = 1 it is a view of the logits the caller holds.
+    private = shift_logits.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr()
+    return cross_entropy(shift_logits, shift_labels, num_items=num_items, inplace_grad=private)
+
+
+def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, num_items=None,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same loss from the final hidden states (B, T, C) and the head's weight (V, C), never holding all logits
+    at once on the Triton path."""
+    if labels.shape != hidden.shape[:2]:
+        raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(hidden.shape[:2])}")
+    shift_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(T-1), C)
+    shift_labels = labels[:, 1:].reshape(-1)
+    return fused_linear_cross_entropy(shift_hidden, weight, shift_labels, num_items=num_items, bias=bias)
+
+
 # --- fast LoRA: hand-written backward for whole blocks of LoRA projections --------------------------------------
-def use_fast_lora(x: torch.Tensor, *layers) -> bool:
-    """True when the fast LoRA Functions should run: the Triton path is on for x and every layer is a LoraLinear
-    with dropout 0, not merged, over a frozen base. Otherwise the model calls the layers one by one."""
+def fast_lora_on(x: torch.Tensor) -> bool:
+    """True when LoRA projections of x should go through the fast LoRA Functions (the Triton path is on for x).
+
+    Which layers qualify is the layers' business (`minilora.lora.fast_lora_weights`); when this is False, or a
+    layer doesn't qualify, the model calls its layers one by one."""
     if _mode == "reference" or (_mode == "auto" and not x.is_cuda):
-        return False  # checked first so CPU runs never import the kernel module
-    from .kernels.fast_lora import fast_lora_supported
-    return fast_lora_supported(*layers) and use_triton(x)
+        return False
+    return use_triton(x)
 
 
-def lora_mlp(x: torch.Tensor, gate, up, down) -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)) for LoraLinear gate/up/down, through `minilora.kernels.fast_lora.LoRA_MLP`."""
-    from .kernels.fast_lora import apply_lora_mlp
-    return apply_lora_mlp(x, gate, up, down)
+def lora_mlp(x: torch.Tensor, gate: LoraWeights, up: LoraWeights, down: LoraWeights) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) through `minilora.kernels.fast_lora.LoRA_MLP` (one hand-written backward)."""
+    return apply_lora_mlp(x, gate, up, down, use_kernel=use_triton(x))
 
 
-def lora_qkv(x: torch.Tensor, q_proj, k_proj, v_proj):
-    """(q_proj(x), k_proj(x), v_proj(x)) through one `LoRA_QKV` Function (one backward, one dx buffer)."""
-    from .kernels.fast_lora import apply_lora_qkv
-    return apply_lora_qkv(x, q_proj, k_proj, v_proj)
-
-
-def lora_o(x: torch.Tensor, o_proj) -> torch.Tensor:
-    """o_proj(x) through `LoRA_O`."""
-    from .kernels.fast_lora import apply_lora_o
-    return apply_lora_o(x, o_proj)
+def lora_projections(x: torch.Tensor, *projections: LoraWeights) -> tuple:
+    """One output per projection of the same x through one `LoRA_QKV` (or `LoRA_O`) Function."""
+    return apply_lora_projections(x, *projections, use_kernel=use_triton(x))

@@ -23,11 +23,11 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 # The learning plan's Unsloth files/functions -> (the minilora files that rebuild them, the lesson that teaches them).
 UNSLOTH_MAP = {
     "unsloth-cli.py": (["minilora/commands/train.py"], "week1_big_picture"),
-    "models/loader.py": (["minilora/models/loader.py"], "week2_model_family"),
+    "models/loader.py": (["minilora/loader.py"], "week2_model_family"),
     "models/llama.py": (["minilora/models/llama.py"], "week2_model_family"),
     "models/mistral.py": (["minilora/models/mistral.py"], "week2_model_family"),
     "models/qwen2.py": (["minilora/models/qwen2.py"], "week2_model_family"),
-    "models/_utils.py": (["minilora/memory.py"], "week4_memory"),
+    "models/_utils.py": (["minilora/memory/estimate.py"], "week4_memory"),
     "kernels/utils.py": (["minilora/lora.py"], "week1_lora"),
     "kernels/fast_lora.py": (["minilora/kernels/fast_lora.py"], "week5_triton_fast_lora"),
     "kernels/cross_entropy_loss.py": (["minilora/kernels/cross_entropy.py"], "week3_cross_entropy"),

@@ -15,9 +15,22 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from minilora import ops
-from minilora.kernels.fast_lora import (LoRA_MLP, apply_lora_mlp, apply_lora_o, apply_lora_qkv, dense_weight,
-                                        swiglu_backward_inplace)
-from minilora.lora import LoraLinear
+from minilora.kernels.fast_lora import LoRA_MLP, swiglu_backward_inplace
+from minilora.linear4bit import dense_weight
+from minilora.lora import LoraLinear, lora_weights
+
+
+# The fast Functions take tensors (`LoraWeights`); these take LoraLinear modules, as the model's layers do.
+def apply_lora_mlp(x, gate, up, down):
+    return ops.lora_mlp(x, *map(lora_weights, (gate, up, down)))
+
+
+def apply_lora_qkv(x, q, k, v):
+    return ops.lora_projections(x, *map(lora_weights, (q, k, v)))
+
+
+def apply_lora_o(x, o):
+    return ops.lora_projections(x, lora_weights(o))[0]
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -142,7 +155,7 @@ def test_swiglu_backward_reuses_its_three_buffers():
 
 
 def test_nf4_base_is_dequantized_just_in_time():
-    from minilora.quant.linear4bit import Linear4bit
+    from minilora.linear4bit import Linear4bit
     torch.manual_seed(0)
     layers = []
     for d_in, d_out in [(64, 128), (64, 128), (128, 64)]:
@@ -181,7 +194,7 @@ def test_refuses_dropout_merged_and_plain_layers():
 def test_refuses_trainable_base_bias_and_integer_input():
     q = lora(4, 6, 2, torch.float32, bias=True)
     q.base_layer.bias.requires_grad_(True)
-    with pytest.raises(ValueError, match="bias requires grad"):
+    with pytest.raises(ValueError, match="trainable parameter"):
         apply_lora_o(torch.randn(2, 4), q)
     with pytest.raises(TypeError, match="floating-point"):
         apply_lora_o(torch.ones(2, 4, dtype=torch.long), lora(4, 6, 2, torch.float32))
@@ -189,16 +202,15 @@ def test_refuses_trainable_base_bias_and_integer_input():
 
 def test_second_backward_is_refused():
     layers = [lora(4, 6, 2, torch.float32), lora(4, 6, 2, torch.float32), lora(6, 4, 2, torch.float32)]
-    out = LoRA_MLP.apply(torch.randn(3, 4, requires_grad=True), *(p for l in layers for p in
-                                                                   (l.base_layer, l.lora_A.weight,
-                                                                    l.lora_B.weight, l.scaling)))
+    out = LoRA_MLP.apply(torch.randn(3, 4, requires_grad=True), False,
+                         *(p for w in map(lora_weights, layers) for p in ((w.weight, w.bias), w.A, w.B, w.scaling)))
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="only once"):
         out.sum().backward()
 
 
 def test_dense_weight_explains_unusable_layers():
-    with pytest.raises(TypeError, match="dequantize"):
+    with pytest.raises(TypeError, match="nn.Linear or a Linear4bit"):
         dense_weight(nn.ReLU(), torch.float32)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minilora import ops
-from minilora.lora import get_peft_model
+from minilora.lora import fast_lora_weights, get_peft_model
 from minilora.models.config import ModelConfig
 from minilora.models.llama import LlamaForCausalLM
 
@@ -57,7 +57,7 @@ def test_reference_is_the_default_on_cpu():
     x = torch.zeros(2, 3)
     assert not ops.use_triton(x)
     model = tiny_model()
-    assert not ops.use_fast_lora(x, model.model.layers[0].mlp.gate_proj)
+    assert fast_lora_weights(x, [model.model.layers[0].mlp.gate_proj]) is None
 
 
 def test_fast_lora_is_chosen_only_when_it_applies():
@@ -65,10 +65,10 @@ def test_fast_lora_is_chosen_only_when_it_applies():
     mlp = model.model.layers[0].mlp
     x = torch.zeros(2, 32, device=DEVICE)
     with ops.use_kernels("triton"):
-        assert ops.use_fast_lora(x, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-        assert not ops.use_fast_lora(x, model.lm_head)  # a plain nn.Linear
+        assert fast_lora_weights(x, [mlp.gate_proj, mlp.up_proj, mlp.down_proj]) is not None
+        assert fast_lora_weights(x, [model.lm_head]) is None  # a plain nn.Linear
         mlp.up_proj.merge()
-        assert not ops.use_fast_lora(x, mlp.gate_proj, mlp.up_proj)
+        assert fast_lora_weights(x, [mlp.gate_proj, mlp.up_proj]) is None
         mlp.up_proj.unmerge()
 
 

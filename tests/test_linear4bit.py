@@ -10,7 +10,7 @@ from torch import nn
 
 from minilora.lora import LoraLinear, get_peft_model, lora_layers
 from minilora.models.registry import build_model, catalogue_config
-from minilora.quant import Linear4bit, dense_weight, quantize_model
+from minilora.linear4bit import Linear4bit, dense_weight, quantize_model
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -43,7 +43,7 @@ def test_smollm2_missing_package_says_how_to_install(monkeypatch):
 
 @pytest.mark.parametrize("name", ["smollm2", "SmolLM2", "HuggingFaceTB/SmolLM2-135M-Instruct"])
 def test_smollm2_names_resolve_to_the_bundled_file(monkeypatch, name):
-    from minilora.models import loader
+    from minilora import loader
     seen = []
 
     def fake_load(path, dtype, device):  # stands in for the 5-second real load (done once in the fixture)
@@ -217,7 +217,7 @@ def test_load_in_4bit_quantizes_the_linear_layers(tiny_checkpoint):
     q = model.model.layers[0].self_attn.q_proj
     assert type(q).__name__ == "Linear4bit"
     assert type(model.lm_head) is torch.nn.Linear  # QLoRA keeps the head in full precision
-    from minilora.quant import quantize_model
+    from minilora.linear4bit import quantize_model
     with pytest.warns(UserWarning):
         by_hand, _ = FastLanguageModel.from_pretrained(directory, dtype="float32", device="cpu")
     quantize_model(by_hand)  # load_in_4bit=True must be exactly "load, then quantize_model"

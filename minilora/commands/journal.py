@@ -13,7 +13,8 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
+
+from ..io.atomic import write_text
 
 WEEKS = range(1, 6)
 ENTRY = re.compile(r"^(\d{4}-\d{2}-\d{2})\.md$")
@@ -66,15 +67,8 @@ def new_entry(journal: pathlib.Path, day: dt.date, week: int | None) -> pathlib.
                               f"(entries are never overwritten)")
     text = render(journal, day, week)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        # os.link fails if the target appeared meanwhile, so a concurrent entry is never clobbered.
-        os.link(tmp, target)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+    # exclusive: published by a hard link, which fails if the entry appeared meanwhile (never clobbered)
+    write_text(target, text, exclusive=True)
     return target
 
 

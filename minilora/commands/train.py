@@ -29,14 +29,14 @@ def _bool(text: str) -> bool:
 
 
 def _dtype(text: str):
-    low = str(text).lower()
-    if low in ("none", "auto", ""):
+    """None (automatic) or the canonical name ("bfloat16") of a float dtype."""
+    if str(text).lower() in ("none", "auto", ""):
         return None
-    names = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-             "float16": "float16", "fp16": "float16"}
-    if low not in names:
+    from ..dtypes import dtype_name, parse_dtype  # imported here: `minilora --help` doesn't wait for torch
+    try:
+        return dtype_name(parse_dtype(text))
+    except ValueError:
         raise argparse.ArgumentTypeError(f"dtype {text!r}: choose None (automatic), float32, bfloat16 or float16")
-    return names[low]
 
 
 def _checkpointing(text: str):

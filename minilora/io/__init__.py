@@ -1,6 +1,6 @@
 """Loading: Hugging Face safetensors directories, GGUF files, the tokenizer, and the bundled SmolLM2 model.
 
-Functions here return plain pieces (a config dict, a state dict, a `Tokenizer`); `minilora.models.loader` turns
+Functions here return plain pieces (a config dict, a state dict, a `Tokenizer`); `minilora.loader` turns
 them into a model.
 """
 from __future__ import annotations

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..lora import get_peft_model, lora_layers
+from .atomic import write_dir
 
 PREFIX = "base_model.model."
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -52,23 +51,17 @@ def adapter_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model, directory: str, base_model_name_or_path: str | None = None) -> str:
-    """Write the adapter (both files) into ``directory``; files are replaced atomically, never half-written."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise NotADirectoryError(f"{directory!r} is a file; pass a directory for the adapter")
+def write_adapter(model, directory: str, base_model_name_or_path: str | None = None) -> None:
+    """Write both adapter files into ``directory`` (an existing, staging directory: see `save_adapter`)."""
     config = adapter_config(model, base_model_name_or_path)
-    tensors = adapter_state_dict(model)
-    os.makedirs(directory, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-adapter-", dir=directory)
-    try:
-        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-            json.dump(config, f, indent=2)
-        for fname in (WEIGHTS_NAME, CONFIG_NAME):
-            os.replace(os.path.join(tmp, fname), os.path.join(directory, fname))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    save_file(adapter_state_dict(model), os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+    with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def save_adapter(model, directory: str, base_model_name_or_path: str | None = None) -> str:
+    """Save the adapter as the directory ``directory``, swapped in whole (`minilora.io.atomic.write_dir`)."""
+    return write_dir(directory, lambda tmp: write_adapter(model, tmp, base_model_name_or_path))
 
 
 def read_adapter(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:

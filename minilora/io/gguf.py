@@ -1,4 +1,5 @@
-"""Read a GGUF file (llama.cpp's format) into a Hugging Face-style config, a state dict and the tokenizer metadata.
+"""GGUF (llama.cpp's format), both ways: read a file into a Hugging Face-style config, a state dict and the
+tokenizer metadata; write a fine-tuned model back out (`write_gguf`).
 
 A GGUF file is one self-describing blob: key/value metadata (architecture numbers, the tokenizer's vocabulary and
 merges, the chat template) followed by tensors, each possibly block-quantized (Q4_1, Q8_0, …). Three things differ
@@ -20,8 +21,12 @@ import os
 import re
 from pathlib import Path
 
+import json
+
 import numpy as np
 import torch
+
+from .atomic import write_file
 
 GGUF_MAGIC = b"GGUF"
 
@@ -220,3 +225,112 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
             w = unpermute_qk(w, config["num_key_value_heads"])
         state_dict[name] = w
     return config, state_dict, metadata
+
+
+# --- writing -----------------------------------------------------------------------------------------------------
+GGUF_TYPES = ("f16", "q8_0", "f32")
+_GGUF_NAMES = {hf: g for g, hf in TENSOR_NAMES.items()}  # the same table, read the other way
+
+
+def gguf_name(hf: str) -> str:
+    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight`` (the inverse of `hf_name`)."""
+    module, kind = hf.rsplit(".", 1)
+    if module.startswith("model.layers."):
+        _, _, layer, rest = module.split(".", 3)
+        return f"blk.{layer}.{_GGUF_NAMES[rest]}.{kind}"
+    return f"{_GGUF_NAMES[module]}.{kind}"
+
+
+def tokenizer_metadata(tokenizer) -> dict:
+    """Vocabulary, merges and token types for GGUF's ``tokenizer.ggml.*`` keys, from the tokenizer's JSON."""
+    backend = getattr(tokenizer, "backend", None) or getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError("GGUF export needs a tokenizer backed by the `tokenizers` library (minilora's Tokenizer "
+                        "or a transformers fast tokenizer)")
+    spec = json.loads(backend.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"GGUF export supports byte-level BPE tokenizers; this one is {model.get('type')}")
+    vocab = dict(model["vocab"])
+    added = {t["content"]: t for t in spec.get("added_tokens", [])}
+    for content, t in added.items():
+        vocab.setdefault(content, t["id"])
+    size = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    types = [3 if tok in added and added[tok].get("special") else 4 if tok in added else 1 for tok in tokens]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    pre = "smollm" if "Digits" in json.dumps(spec.get("pre_tokenizer")) else "gpt2"
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": pre}
+
+
+def write_gguf(path: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg, tokenizer, quantization: str = "f16",
+               name: str = "minilora-model") -> str:
+    """Write a llama.cpp GGUF file from Hugging Face-named float tensors and the model's `ModelConfig`.
+
+    ``quantization``: f16, q8_0 or f32; norm weights always stay F32. The rows of W_q and W_k are permuted into
+    llama.cpp's interleaved RoPE layout; the tokenizer and the chat template go into the metadata."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    quantization = quantization.lower()
+    if quantization not in GGUF_TYPES:
+        raise ValueError(f"GGUF quantization {quantization!r}: choose one of {', '.join(GGUF_TYPES)}")
+    if cfg.model_type != "llama" or cfg.attention_bias or cfg.qkv_bias:
+        raise ValueError(f"GGUF export supports the plain llama architecture; this model is {cfg.model_type!r}"
+                         f"{' with attention biases' if cfg.attention_bias or cfg.qkv_bias else ''}")
+    if cfg.rope_scaling:
+        raise ValueError("GGUF export does not write RoPE scaling; export a model without rope_scaling")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"GGUF path {str(path)!r} is a directory; pass a file name like model.gguf")
+    tok = tokenizer_metadata(tokenizer)
+
+    def fill(tmp: str) -> None:
+        w = gguf.GGUFWriter(tmp, "llama")
+        w.add_name(name)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_hidden_layers)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(cfg.num_attention_heads)
+        w.add_head_count_kv(cfg.num_key_value_heads)
+        w.add_rope_freq_base(float(cfg.rope_theta))
+        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        w.add_rope_dimension_count(cfg.head_dim)
+        if cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size:
+            w.add_key_length(cfg.head_dim)
+            w.add_value_length(cfg.head_dim)
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization])
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(tok["pre"])
+        w.add_token_list(tok["tokens"])
+        w.add_token_types(tok["types"])
+        w.add_token_merges(tok["merges"])
+        for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
+                         ("pad", tokenizer.pad_token_id)):
+            if tid is not None:
+                getattr(w, f"add_{key}_token_id")(tid)
+        w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+        if getattr(tokenizer, "chat_template", None):
+            w.add_chat_template(tokenizer.chat_template)
+        for hf, t in tensors.items():
+            if hf.endswith("q_proj.weight"):
+                t = permute_qk(t, cfg.num_attention_heads)  # rotate-half rows -> llama.cpp's interleaved pairs
+            elif hf.endswith("k_proj.weight"):
+                t = permute_qk(t, cfg.num_key_value_heads)
+            data = t.numpy().astype(np.float32)
+            if data.ndim == 1 or quantization == "f32":
+                w.add_tensor(gguf_name(hf), data)
+            elif quantization == "q8_0" and data.shape[-1] % 32 == 0:  # Q8_0 blocks hold 32 values of a row
+                w.add_tensor(gguf_name(hf), gguf.quants.quantize(data, Q.Q8_0), raw_dtype=Q.Q8_0)
+            else:
+                w.add_tensor(gguf_name(hf), data.astype(np.float16))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    return write_file(path, fill)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
+
+from .atomic import write_text
 
 # GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control (special), 4 user-defined, 5 unused, 6 byte.
 CONTROL, USER_DEFINED = 3, 4
@@ -31,18 +32,6 @@ _LLAMA3_WORDS = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 _REGEX_SPLITS = {"llama-bpe": _LLAMA3_WORDS, "llama3": _LLAMA3_WORDS, "llama-v3": _LLAMA3_WORDS,
                  "qwen2": _LLAMA3_WORDS.replace(r"\p{N}{1,3}", r"\p{N}")}
 _KNOWN_PRE = {"default", "gpt2", "gpt-2"} | _DIGITS_FIRST | set(_REGEX_SPLITS)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Tokenizer:
@@ -289,8 +278,8 @@ class Tokenizer:
         if self.chat_template:
             config["chat_template"] = self.chat_template
         files = [directory / "tokenizer.json", directory / "tokenizer_config.json"]
-        _atomic_write(files[0], self.backend.to_str(pretty=False))
-        _atomic_write(files[1], json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        write_text(files[0], self.backend.to_str(pretty=False))
+        write_text(files[1], json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return [str(f) for f in files]
 
 

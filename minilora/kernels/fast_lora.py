@@ -18,84 +18,52 @@ writes h, d_gate and d_up into the memory of d_h, gate and up, and dx is accumul
 `addmm_` (five matmuls add into it, none allocates), and (4) dequantize a 4-bit base weight just in time, in the
 forward and again in the backward, so its 16-bit copy lives only while its matmul runs.
 
-The base layer can be an ``nn.Linear`` (16-bit weight) or anything that can hand over its dense weight — see
-`dense_weight`. Lora dropout must be 0 (dropout would need its mask saved; the model falls back otherwise).
+Everything here takes tensors: per projection a `LoraWeights` (the frozen base weight — a dense tensor, or the
+`NF4State` of a 4-bit weight, dequantized just in time —, its bias, A, B and the scale s), never modules. Which
+layers qualify (LoRA dropout 0, not merged, frozen base) is decided where the modules live: `minilora.lora`; whether
+the Triton kernels run is decided by `minilora.ops` and arrives here as ``use_kernel``.
 """
 from __future__ import annotations
 
-import inspect
-import weakref
+from typing import NamedTuple
 
 import torch
-from torch import nn
 
+from ..quant.blockwise import NF4State, dequantize_nf4_reference
 from ._triton import interpreter_on, tl, triton
+from .nf4_dequant import dequantize_nf4_triton
 from .swiglu import SILU, glu_forward
+
+
+class LoraWeights(NamedTuple):
+    """One LoRA projection as tensors: y = x W^T (+ bias) + scaling (x A^T) B^T."""
+    weight: torch.Tensor | NF4State  # (out, in) dense, or a 4-bit weight's quantization state
+    bias: torch.Tensor | None  # frozen
+    A: torch.Tensor  # (r, in), trained
+    B: torch.Tensor  # (out, r), trained
+    scaling: float
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The frozen base weight: 16-bit, or 4-bit dequantized just in time
 # ---------------------------------------------------------------------------------------------------------------
-def dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The base layer's (out, in) weight as a dense `dtype` tensor.
-
-    nn.Linear: its weight (no copy when the dtype already matches). A quantized layer (e.g.
-    `minilora.quant.linear4bit.Linear4bit`, whose ``weight`` holds uint8 NF4 codes): the first of ``dequantize``,
-    ``dense_weight``, ``dequantized_weight`` it has, called now, so the dense copy lives only while it is used.
-    """
-    if isinstance(base, nn.Linear) or (isinstance(getattr(base, "weight", None), torch.Tensor)
-                                       and base.weight.is_floating_point()):
-        w = base.weight
-        return w if w.dtype == dtype else w.to(dtype)
-    for name in ("dequantize", "dense_weight", "dequantized_weight"):
-        fn = getattr(base, name, None)
-        if callable(fn):
-            # minilora.quant.Linear4bit.dequantize(dtype) takes the dtype; other layers may take nothing
-            w = fn(dtype) if _takes_dtype(fn) else fn()
-            if not isinstance(w, torch.Tensor) or w.dim() != 2:
-                raise TypeError(f"{type(base).__name__}.{name}() must return a 2-D (out, in) tensor")
-            return w if w.dtype == dtype else w.to(dtype)
-    raise TypeError(f"fast LoRA cannot get a dense weight from {type(base).__name__}: give it a floating-point "
-                    "`weight` or a `dequantize()` method returning the (out, in) weight")
+def base_weight(weight: torch.Tensor | NF4State, dtype: torch.dtype, use_kernel: bool) -> torch.Tensor:
+    """The frozen (out, in) weight as a dense `dtype` tensor: a 4-bit state is dequantized now (and dropped by the
+    caller right after its matmul); a dense weight is used as is (no copy when the dtype already matches)."""
+    if isinstance(weight, NF4State):
+        return dequantize_nf4_triton(weight, dtype) if use_kernel else dequantize_nf4_reference(weight, dtype)
+    return weight if weight.dtype == dtype else weight.to(dtype)
 
 
-# Whether a dequantize method takes the dtype, remembered per function: `inspect.signature` costs ~15 µs, and this
-# question is asked for every projection three times a step (forward, recomputed forward, backward). Keyed weakly
-# by the function object (for a bound method: the class's function), so a method defined later is looked at anew.
-_TAKES_DTYPE = {True: weakref.WeakKeyDictionary(), False: weakref.WeakKeyDictionary()}
+def _bias(bias, dtype):
+    return None if bias is None else (bias if bias.dtype == dtype else bias.to(dtype))
 
 
-def _takes_dtype(fn) -> bool:
-    func = getattr(fn, "__func__", None)
-    bound = func is not None  # a bound method's signature leaves out `self`
-    key = func if bound else fn
-    cache = _TAKES_DTYPE[bound]
-    try:
-        return cache[key]
-    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable (e.g. a builtin)
-        pass
-    takes = len(inspect.signature(fn).parameters) >= 1
-    try:
-        cache[key] = takes
-    except TypeError:
-        pass
-    return takes
-
-
-def _bias(base: nn.Module, dtype):
-    b = getattr(base, "bias", None)
-    if b is None:
-        return None
-    if b.requires_grad:
-        raise ValueError("fast LoRA keeps the base layer frozen, but its bias requires grad: freeze it "
-                         "(get_peft_model does) or use the plain LoraLinear path")
-    return b if b.dtype == dtype else b.to(dtype)
-
-
-def _lora_forward(x, base, A, B, s):
+def _lora_forward(x, base, A, B, s, use_kernel):
     """y = x W^T (+ bias) + s (x A^T) B^T; returns (y, xA) with xA = x A^T (N, r) saved for dB."""
-    W = dense_weight(base, x.dtype)
-    bias = _bias(base, x.dtype)
+    weight, bias = base
+    W = base_weight(weight, x.dtype, use_kernel)
+    bias = _bias(bias, x.dtype)
     y = torch.addmm(bias, x, W.T) if bias is not None else x @ W.T  # (N, out)
     del W  # a dequantized 4-bit weight is freed here, before the next projection dequantizes its own
     xA = x @ A.T  # (N, r)
@@ -103,12 +71,12 @@ def _lora_forward(x, base, A, B, s):
     return y, xA
 
 
-def _lora_backward(dy, x, xA, base, A, B, s, dx):
+def _lora_backward(dy, x, xA, base, A, B, s, dx, use_kernel):
     """Add this projection's share of dx (N, in) into `dx` in place (or start it when dx is None); return dA, dB."""
     dyB = dy @ B  # (N, r)
     dA = _scaled(dyB.T @ x, s)  # (r, in)
     dB = _scaled(dy.T @ xA, s)  # (out, r)
-    W = dense_weight(base, dy.dtype)  # dequantized again, just in time
+    W = base_weight(base[0], dy.dtype, use_kernel)  # dequantized again, just in time
     if dx is None:
         dx = dy @ W  # (N, in)
     else:
@@ -179,31 +147,30 @@ def swiglu_backward_inplace(dh: torch.Tensor, e: torch.Tensor, g: torch.Tensor, 
     return dh, e, g
 
 
-def _use_kernel(x: torch.Tensor) -> bool:
-    from .. import ops  # late import: ops imports the kernel files
-    return x.dtype in (torch.float32, torch.float16, torch.bfloat16) and ops.use_triton(x)  # float64: PyTorch
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The autograd Functions
 # ---------------------------------------------------------------------------------------------------------------
 class LoRA_MLP(torch.autograd.Function):
-    """out = down(silu(gate(x)) * up(x)), each projection a LoRA projection; x (N, C) → (N, C)."""
+    """out = down(silu(gate(x)) * up(x)), each projection a LoRA projection; x (N, C) → (N, C).
+
+    Arguments per projection: base = (weight or NF4State, bias) — frozen, not a tensor autograd tracks —, A, B, s.
+    """
 
     @staticmethod
-    def forward(ctx, x, gate_base, gate_A, gate_B, gate_s, up_base, up_A, up_B, up_s,
+    def forward(ctx, x, use_kernel, gate_base, gate_A, gate_B, gate_s, up_base, up_A, up_B, up_s,
                 down_base, down_A, down_B, down_s):
         dt = x.dtype
         gA, gB, uA, uB, dA_, dB_ = (_as_compute(t, dt) for t in (gate_A, gate_B, up_A, up_B, down_A, down_B))
-        e, xAg = _lora_forward(x, gate_base, gA, gB, gate_s)  # (N, I)
-        g, xAu = _lora_forward(x, up_base, uA, uB, up_s)  # (N, I)
-        h = swiglu_forward(e, g, _use_kernel(x))  # (N, I); not saved: the backward recomputes it from e and g
-        out, hAd = _lora_forward(h, down_base, dA_, dB_, down_s)  # (N, C)
+        e, xAg = _lora_forward(x, gate_base, gA, gB, gate_s, use_kernel)  # (N, I)
+        g, xAu = _lora_forward(x, up_base, uA, uB, up_s, use_kernel)  # (N, I)
+        h = swiglu_forward(e, g, use_kernel)  # (N, I); not saved: the backward recomputes it from e and g
+        out, hAd = _lora_forward(h, down_base, dA_, dB_, down_s, use_kernel)  # (N, C)
         # the A/B copies in the compute dtype are saved (a few r × features values each) so the backward does not
         # cast them again; when the dtypes already match they are the parameters themselves
         ctx.save_for_backward(x, e, g, xAg, xAu, hAd, gA, gB, uA, uB, dA_, dB_)
         ctx.param_dtypes = tuple(t.dtype for t in (gate_A, gate_B, up_A, up_B, down_A, down_B))
         ctx.bases, ctx.scales, ctx.used = (gate_base, up_base, down_base), (gate_s, up_s, down_s), False
+        ctx.use_kernel = use_kernel
         return out
 
     @staticmethod
@@ -215,26 +182,26 @@ class LoRA_MLP(torch.autograd.Function):
         x, e, g, xAg, xAu, hAd, gA, gB, uA, uB, dA_, dB_ = ctx.saved_tensors  # A/B already in x's dtype
         gate_base, up_base, down_base = ctx.bases
         gs, us, ds = ctx.scales
-        dt = x.dtype
+        dt, use_kernel = x.dtype, ctx.use_kernel
         d_out = d_out.contiguous()
 
         # down projection: dh = d_out Wd + s (d_out Bd) Ad — the only new (N, I) buffer of the backward
         doutB = d_out @ dB_  # (N, r)
         d_down_B = _scaled(d_out.T @ hAd, ds)  # (C, r)
-        Wd = dense_weight(down_base, dt)
+        Wd = base_weight(down_base[0], dt, use_kernel)
         dh = d_out @ Wd  # (N, I)
         del Wd
         dh.addmm_(doutB, dA_, alpha=ds)
         # SwiGLU: h, de, dg overwrite dh, e, g
-        h, de, dg = swiglu_backward_inplace(dh, e, g, _use_kernel(x))
+        h, de, dg = swiglu_backward_inplace(dh, e, g, use_kernel)
         # dA_down needs h = silu(e) up, recomputed above rather than stored through the forward
         d_down_A = _scaled(doutB.T @ h, ds)  # (r, I)
         # gate and up: both add into one dx buffer
-        dx, d_up_A, d_up_B = _lora_backward(dg, x, xAu, up_base, uA, uB, us, None)
-        dx, d_gate_A, d_gate_B = _lora_backward(de, x, xAg, gate_base, gA, gB, gs, dx)
+        dx, d_up_A, d_up_B = _lora_backward(dg, x, xAu, up_base, uA, uB, us, None, use_kernel)
+        dx, d_gate_A, d_gate_B = _lora_backward(de, x, xAg, gate_base, gA, gB, gs, dx, use_kernel)
         grads = [d.to(pdt) for d, pdt in zip((d_gate_A, d_gate_B, d_up_A, d_up_B, d_down_A, d_down_B),
                                              ctx.param_dtypes)]
-        return (dx, None, grads[0], grads[1], None, None, grads[2], grads[3], None,
+        return (dx, None, None, grads[0], grads[1], None, None, grads[2], grads[3], None,
                 None, grads[4], grads[5], None)
 
 
@@ -242,12 +209,12 @@ class _LoRA_Projections(torch.autograd.Function):
     """Several LoRA projections of the same input x: (base, A, B, s) per projection; returns one output each."""
 
     @staticmethod
-    def forward(ctx, x, *params):
+    def forward(ctx, x, use_kernel, *params):
         groups = [params[i:i + 4] for i in range(0, len(params), 4)]
         outs, xAs, ABs = [], [], []
         for base, A, B, s in groups:
             Ac, Bc = _as_compute(A, x.dtype), _as_compute(B, x.dtype)
-            y, xA = _lora_forward(x, base, Ac, Bc, s)
+            y, xA = _lora_forward(x, base, Ac, Bc, s, use_kernel)
             outs.append(y)
             xAs.append(xA)
             ABs += (Ac, Bc)
@@ -256,6 +223,7 @@ class _LoRA_Projections(torch.autograd.Function):
         ctx.param_dtypes = [(A.dtype, B.dtype) for _, A, B, _ in groups]
         ctx.bases = [base for base, *_ in groups]
         ctx.scales = [s for *_, s in groups]
+        ctx.use_kernel = use_kernel
         return tuple(outs)
 
     @staticmethod
@@ -269,12 +237,13 @@ class _LoRA_Projections(torch.autograd.Function):
             if dy is None:  # this output was not used: no gradient flows through it
                 grads += [None, None, None, None]
                 continue
-            dx, dA, dB = _lora_backward(dy.contiguous(), x, xAs[i], ctx.bases[i], A, B, ctx.scales[i], dx)
+            dx, dA, dB = _lora_backward(dy.contiguous(), x, xAs[i], ctx.bases[i], A, B, ctx.scales[i], dx,
+                                        ctx.use_kernel)
             A_dtype, B_dtype = ctx.param_dtypes[i]
             grads += [None, dA.to(A_dtype), dB.to(B_dtype), None]
         if dx is None:
             dx = torch.zeros_like(x)
-        return (dx, *grads)
+        return (dx, None, *grads)
 
 
 class LoRA_QKV(_LoRA_Projections):
@@ -286,57 +255,38 @@ class LoRA_O(_LoRA_Projections):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Entry points taking LoraLinear modules
+# Entry points: x (..., C) and one `LoraWeights` per projection
 # ---------------------------------------------------------------------------------------------------------------
-def lora_params(layer: nn.Module):
-    """(base_layer, A, B, scaling) of a LoraLinear, checked for the fast path."""
-    from ..lora import LoraLinear
-    if not isinstance(layer, LoraLinear):
-        raise TypeError(f"fast LoRA needs LoraLinear layers, got {type(layer).__name__}")
-    if not isinstance(layer.lora_dropout, nn.Identity):
-        raise ValueError("fast LoRA needs lora_dropout=0 (dropout's random mask is not part of the hand-written "
-                         "backward); use the plain LoraLinear forward")
-    if layer.merged:
-        raise ValueError("this LoraLinear is merged: call unmerge() before training with fast LoRA")
-    return layer.base_layer, layer.lora_A.weight, layer.lora_B.weight, layer.scaling
-
-
-def fast_lora_supported(*layers) -> bool:
-    """True when every layer can take the fast path: LoraLinear, dropout 0, not merged, frozen base."""
-    from ..lora import LoraLinear
-    for layer in layers:
-        if not isinstance(layer, LoraLinear) or layer.merged or not isinstance(layer.lora_dropout, nn.Identity):
-            return False
-        base = layer.base_layer
-        # a leaf module's own parameter dict is all parameters() would visit, without its generator machinery
-        params = base.parameters() if base._modules else base._parameters.values()
-        if any(p is not None and p.requires_grad for p in params):
-            return False
-    return True
-
-
 def _flatten(x: torch.Tensor) -> torch.Tensor:
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"fast LoRA input has dtype {x.dtype}; use a floating-point activation")
     return x.reshape(-1, x.shape[-1])  # (N, C); a copy only when x is non-contiguous
 
 
-def apply_lora_mlp(x: torch.Tensor, gate, up, down) -> torch.Tensor:
+def _args(w: LoraWeights) -> tuple:
+    if not isinstance(w, LoraWeights):
+        raise TypeError(f"fast LoRA takes LoraWeights per projection (minilora.lora.lora_weights(layer) builds "
+                        f"one from a LoraLinear), got {type(w).__name__}")
+    return (w.weight, w.bias), w.A, w.B, w.scaling
+
+
+def _use_kernel(x: torch.Tensor, use_kernel: bool) -> bool:
+    return use_kernel and x.dtype != torch.float64  # float64 (gradcheck): the PyTorch ops of each step
+
+
+def apply_lora_mlp(x: torch.Tensor, gate: LoraWeights, up: LoraWeights, down: LoraWeights,
+                   use_kernel: bool = True) -> torch.Tensor:
     """x (..., C) → down(silu(gate(x)) * up(x)) (..., C) through `LoRA_MLP`."""
     x2 = _flatten(x)
-    out = LoRA_MLP.apply(x2, *lora_params(gate), *lora_params(up), *lora_params(down))
+    out = LoRA_MLP.apply(x2, _use_kernel(x, use_kernel), *_args(gate), *_args(up), *_args(down))
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def apply_lora_qkv(x: torch.Tensor, q_proj, k_proj, v_proj):
-    """x (..., C) → (q, k, v), each (..., out_i), through `LoRA_QKV`."""
+def apply_lora_projections(x: torch.Tensor, *projections: LoraWeights, use_kernel: bool = True) -> tuple:
+    """x (..., C) → one output (..., out_i) per projection through one Function: `LoRA_QKV` for q/k/v (one
+    backward, one dx buffer), `LoRA_O` for a single projection."""
     x2 = _flatten(x)
-    q, k, v = LoRA_QKV.apply(x2, *lora_params(q_proj), *lora_params(k_proj), *lora_params(v_proj))
+    fn = LoRA_O if len(projections) == 1 else LoRA_QKV
+    outs = fn.apply(x2, _use_kernel(x, use_kernel), *(a for w in projections for a in _args(w)))
     lead = x.shape[:-1]
-    return q.view(*lead, -1), k.view(*lead, -1), v.view(*lead, -1)
-
-
-def apply_lora_o(x: torch.Tensor, o_proj) -> torch.Tensor:
-    x2 = _flatten(x)
-    (y,) = LoRA_O.apply(x2, *lora_params(o_proj))
-    return y.view(*x.shape[:-1], -1)
+    return tuple(y.view(*lead, -1) for y in outs)

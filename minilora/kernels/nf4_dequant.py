@@ -24,17 +24,11 @@ from __future__ import annotations
 
 import torch
 
-try:  # the module must still import where Triton has no wheels (macOS, Windows): the reference path needs it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    from ._triton import tl, triton
-
-from ..quant.blockwise import SUPPORTED_DTYPES, NF4State, check_state, codebook_on, dequantize_nf4_reference
+from ..quant.blockwise import SUPPORTED_DTYPES, NF4State, check_state, codebook_on
 from ..quant.nf4 import NF4_CODEBOOK
+from ._triton import require_triton, tl, triton
 
-__all__ = ["LOOKUP_GATHER", "LOOKUP_PAIR", "LOOKUP_SELECT", "dequantize_nf4", "dequantize_nf4_reference",
-           "dequantize_nf4_triton"]
+__all__ = ["LOOKUP_GATHER", "LOOKUP_PAIR", "LOOKUP_SELECT", "dequantize_nf4_triton"]
 
 
 # How a 4-bit index becomes its NF4 level inside the kernel (measured against each other in bench_nf4.py):
@@ -108,7 +102,6 @@ def _pair_lut(device) -> torch.Tensor:
     return _PAIR_LUT[key]
 
 
-
 def dequantize_nf4_triton(state: NF4State, dtype: torch.dtype | None = None, *,
                           tile_bytes: int | None = None, num_warps: int | None = None,
                           lookup: int = DEFAULT_LOOKUP) -> torch.Tensor:
@@ -117,6 +110,7 @@ def dequantize_nf4_triton(state: NF4State, dtype: torch.dtype | None = None, *,
     tile_bytes: packed bytes per program (a power of two; at least one block); lookup: LOOKUP_GATHER / _PAIR /
     _SELECT. The defaults (None) are the fastest measured on an H200 (benchmarks/results/nf4-dequant-*.json).
     """
+    require_triton()
     check_state(state)
     dtype = state.dtype if dtype is None else dtype
     if dtype not in SUPPORTED_DTYPES:
@@ -143,11 +137,3 @@ def dequantize_nf4_triton(state: NF4State, dtype: torch.dtype | None = None, *,
                               HALF_BLOCK=half, BLOCKS_PER_PROG=blocks_per_prog, DQ_BLOCK=dq_block,
                               DOUBLE_QUANT=dq is not None, LOOKUP=lookup, num_warps=num_warps)
     return out.view(state.shape)
-
-
-def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Dequantize through the one switch in `minilora.ops`: Triton on CUDA, the reference on CPU."""
-    from .. import ops
-    if ops.use_triton(state.codes):
-        return dequantize_nf4_triton(state, dtype)
-    return dequantize_nf4_reference(state, dtype)

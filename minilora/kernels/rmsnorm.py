@@ -19,14 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import check_tensor, interpreter_on, num_programs_hint
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - no Triton wheel on this platform; the *_fast functions explain
-    from ._triton import tl, triton
-
+from ._triton import check_tensor, interpreter_on, num_programs_hint, tl, triton
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 for 16-bit inputs; float64 stays float64

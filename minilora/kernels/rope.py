@@ -22,14 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import check_same, check_tensor, interpreter_on
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - no Triton wheel on this platform; the *_fast functions explain
-    from ._triton import tl, triton
-
+from ._triton import check_same, check_tensor, interpreter_on, tl, triton
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2

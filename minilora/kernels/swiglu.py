@@ -18,14 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton import check_same, check_tensor, elementwise_launch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - no Triton wheel on this platform; the *_fast functions explain
-    from ._triton import tl, triton
-
+from ._triton import check_same, check_tensor, elementwise_launch, tl, triton
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up

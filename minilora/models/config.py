@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+# model_type -> the transformers class named in a saved config.json
+ARCHITECTURE_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
 
 @dataclass
 class ModelConfig:
@@ -49,6 +52,23 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return {**self.extra, **d}
+
+    def to_hf_dict(self, torch_dtype: str | None = None) -> dict:
+        """The ``config.json`` transformers reads: these numbers plus the keys it expects (the inverse of
+        `from_dict`; transformers 5 keeps rope_theta and rope_scaling under ``rope_parameters``)."""
+        d = {k: v for k, v in self.to_dict().items() if not k.startswith("_")}
+        d["architectures"] = [ARCHITECTURE_NAMES.get(self.model_type, "LlamaForCausalLM")]
+        if torch_dtype is not None:
+            d["torch_dtype"] = torch_dtype
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling:
+            rope.update(self.rope_scaling)
+        d["rope_parameters"] = rope
+        if self.model_type == "qwen2":
+            d["use_sliding_window"] = False
+            d.pop("sliding_window", None)
+        d.setdefault("mlp_bias", False)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..linear4bit import Linear4bit
+from ..lora import project, swiglu_mlp
 from .checkpointing import run_layer
 from .config import ModelConfig
 from .kv_cache import KVCache
@@ -53,10 +55,7 @@ class LlamaAttention(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None):
         B, T, _ = x.shape
         hd = self.config.head_dim
-        if ops.use_fast_lora(x, self.q_proj, self.k_proj, self.v_proj):  # LoRA on q/k/v: one hand-written backward
-            q, k, v = ops.lora_qkv(x, self.q_proj, self.k_proj, self.v_proj)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)  # with LoRA: one hand-written backward
         q = q.view(B, T, -1, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
@@ -76,7 +75,8 @@ class LlamaAttention(nn.Module):
                 v = v.repeat_interleave(n_rep, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hd)
-        return ops.lora_o(y, self.o_proj) if ops.use_fast_lora(y, self.o_proj) else self.o_proj(y)
+        (out,) = project(y, self.o_proj)
+        return out
 
 
 class LlamaMLP(nn.Module):
@@ -91,14 +91,10 @@ class LlamaMLP(nn.Module):
         self.act = config.hidden_act
 
     def forward(self, x):
-        if self.act == "silu" and ops.use_fast_lora(x, self.gate_proj, self.up_proj, self.down_proj):
-            return ops.lora_mlp(x, self.gate_proj, self.up_proj, self.down_proj)  # LoRA MLP, hand-written backward
-        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, I) each
         if self.act == "silu":
-            h = ops.swiglu(gate, up)
-        else:
-            h = ops.geglu(gate, up, "tanh" if self.act == "gelu_pytorch_tanh" else "none")
-        return self.down_proj(h)
+            return swiglu_mlp(x, self.gate_proj, self.up_proj, self.down_proj)  # with LoRA: hand-written backward
+        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, I) each
+        return self.down_proj(ops.geglu(gate, up, "tanh" if self.act == "gelu_pytorch_tanh" else "none"))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -212,26 +208,13 @@ class LlamaForCausalLM(nn.Module):
         return CausalLMOutput(logits=logits, loss=loss, past_key_values=past_key_values)
 
     def loss(self, logits, labels, num_items_in_batch=None):
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
-        V = logits.shape[-1]
-        shift_logits = logits[:, :-1].reshape(-1, V)  # token t predicts token t + 1
-        shift_labels = labels[:, 1:].reshape(-1)
-        # the logits go back to the caller: the kernel may write its gradient in place only into a copy of them
-        # (reshape copies when B > 1; for B = 1 shift_logits is a view of the returned logits)
-        is_copy = shift_logits.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr()
-        return ops.cross_entropy(shift_logits, shift_labels, num_items=num_items_in_batch, inplace_grad=is_copy)
+        return ops.next_token_loss(logits, labels, num_items_in_batch)
 
     def fused_loss(self, hidden, labels, num_items_in_batch=None):
         """The same loss from the final hidden states (B, T, C), without materializing all logits at once."""
-        if labels.shape != hidden.shape[:2]:
-            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(hidden.shape[:2])}")
         if not isinstance(self.lm_head, nn.Linear):  # e.g. a LoRA-wrapped head: take the plain route
             return self.loss(self.lm_head(hidden), labels, num_items_in_batch)
-        shift_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(T-1), C): token t predicts t + 1
-        shift_labels = labels[:, 1:].reshape(-1)
-        return ops.fused_linear_cross_entropy(shift_hidden, self.lm_head.weight, shift_labels,
-                                              num_items=num_items_in_batch, bias=self.lm_head.bias)
+        return ops.fused_next_token_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, self.lm_head.bias)
 
     @torch.no_grad()
     def generate(self, input_ids, **kwargs):
@@ -247,6 +230,6 @@ class LlamaForCausalLM(nn.Module):
                     continue
                 seen.add(id(p))  # tied weights are counted once
                 # a 4-bit layer packs two weights per uint8 byte: count the weights it stands for
-                packed = not p.is_floating_point() and hasattr(module, "in_features")
-                total += module.in_features * module.out_features if packed else p.numel()
+                packed = isinstance(module, Linear4bit) and p is module.weight
+                total += module.num_weights() if packed else p.numel()
         return total

@@ -12,10 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
-
-def _is_quantized(module: nn.Module) -> bool:
-    return not isinstance(module, nn.Linear) and callable(getattr(module, "dequantize", None)) \
-        and hasattr(module, "in_features")
+from ..linear4bit import dense_weight, is_quantized
 
 
 @contextlib.contextmanager
@@ -25,8 +22,8 @@ def dense_weights(model: nn.Module):
     with torch.no_grad():
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if _is_quantized(child):
-                    w = child.dequantize()
+                if is_quantized(child):
+                    w = dense_weight(child)
                     bias = getattr(child, "bias", None)
                     dense = nn.Linear(child.in_features, child.out_features, bias=bias is not None,
                                       device=w.device, dtype=w.dtype)

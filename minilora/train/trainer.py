@@ -15,96 +15,18 @@ no pickles). The data order is a pure function of (seed, epoch), so it needs no 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
-import resource
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .data import IGNORE_INDEX, Example, collate, count_trained_tokens
+from ..io.atomic import write_file, write_json
+from ..memory.measure import peak_memory_gib
+from . import checkpoints
+from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError  # noqa: F401  (public names)
+from .data import Example, collate, count_trained_tokens
 from .packing import collate_packed, pack_examples
-from .schedules import SCHEDULES, lr_multiplier
-
-OPTIMIZERS = ("adamw_torch", "adamw", "sgd")
-PRECISIONS = (None, "fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainingArguments:
-    output_dir: str = "outputs"
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 4
-    max_steps: int = 60
-    learning_rate: float = 2e-4
-    warmup_steps: int = 5
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    seed: int = 3407
-    logging_steps: int = 1
-    save_steps: int = 0  # 0: no intermediate checkpoints
-    eval_steps: int = 0  # 0: evaluate only when asked
-    per_device_eval_batch_size: int = 8
-    mixed_precision: str | None = None  # None/"fp32": no autocast; "bf16" or "fp16": autocast (+ loss scaling)
-    packing: bool = False
-    max_seq_length: int = 2048
-    progress_bar: bool = True
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
-                    "per_device_eval_batch_size", "max_seq_length")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "save_steps", "eval_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
-        if self.lr_scheduler_type not in SCHEDULES:
-            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}: choose one of {', '.join(SCHEDULES)}")
-        if self.optim not in OPTIMIZERS:
-            raise ValueError(f"optim={self.optim!r}: minilora implements {', '.join(OPTIMIZERS)} (8-bit AdamW "
-                             "needs bitsandbytes on a GPU; for LoRA the optimizer state is tiny anyway)")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose fp32, bf16 or fp16")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, a checkpoint for another model, ...)."""
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak GPU memory allocated by tensors, or on CPU the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-def write_atomic(path: str, write) -> None:
-    """Write a file through a temporary name in the same directory, then rename (never half a file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
+from .schedules import lr_multiplier
 
 def check_output_dir(path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
@@ -285,7 +207,7 @@ class Trainer:
                 w = csv.DictWriter(f, self.CSV_FIELDS, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(self.log_history)
-        write_atomic(self._csv_path(), write)
+        write_file(self._csv_path(), write)
 
     def _append_csv(self, record):
         with open(self._csv_path(), "a", newline="") as f:
@@ -293,102 +215,12 @@ class Trainer:
 
     def _write_json_log(self):
         path = os.path.join(self.args.output_dir, "train_log.json")
-        write_atomic(path, lambda tmp: _dump_json(tmp, self.log_history))
+        write_json(path, self.log_history, indent=1)
 
-    # --- checkpoints ----------------------------------------------------------------------------------------
+    # --- checkpoints (the format lives in checkpoints.py) -----------------------------------------------------
     def save_checkpoint(self, path: str | None = None) -> str:
-        """Write ``output_dir/checkpoint-<step>`` through a temporary directory and one rename."""
-        path = path or os.path.join(self.args.output_dir, f"checkpoint-{self.step}")
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=parent)
-        try:
-            names = list(self.params)
-            save_file({n: p.detach().contiguous().cpu() for n, p in self.params.items()},
-                      os.path.join(tmp, "trainable.safetensors"))
-            opt_state = self.optimizer.state_dict()
-            tensors, steps = {}, {}
-            for idx, st in opt_state["state"].items():
-                for key, value in st.items():
-                    if key == "step":
-                        steps[names[idx]] = float(value)
-                    else:
-                        tensors[f"{names[idx]}::{key}"] = value.detach().contiguous().cpu()
-            rng = {"rng.cpu": torch.get_rng_state()}
-            if self.device.type == "cuda":
-                rng["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-            save_file({**tensors, **rng}, os.path.join(tmp, "optimizer.safetensors"))
-            groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
-                      for g in opt_state["param_groups"]]
-            state = {"step": self.step, "param_names": names, "optimizer_steps": steps, "param_groups": groups,
-                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                     "args": {k: v for k, v in asdict(self.args).items()}, "log_history": self.log_history}
-            _dump_json(os.path.join(tmp, "trainer_state.json"), state)
-            from ..lora import lora_layers
-            if lora_layers(self.model):
-                from ..io.adapters import save_adapter
-                save_adapter(self.model, tmp)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        """Write ``output_dir/checkpoint-<step>``, swapped in whole."""
+        return checkpoints.save_checkpoint(self, path or os.path.join(self.args.output_dir, f"checkpoint-{self.step}"))
 
     def load_checkpoint(self, path: str) -> None:
-        if path == "latest":
-            path = latest_checkpoint(self.args.output_dir)
-        state_file = os.path.join(path, "trainer_state.json")
-        if not os.path.isfile(state_file):
-            raise FileNotFoundError(f"{path!r} is not a minilora checkpoint (no trainer_state.json); pass a "
-                                    "checkpoint-<step> directory written by Trainer.save_checkpoint")
-        with open(state_file) as f:
-            state = json.load(f)
-        names = state["param_names"]
-        if names != list(self.params):
-            raise TrainingError(f"checkpoint {path} trains other parameters than this model ({len(names)} vs "
-                                f"{len(self.params)}, first differing name: "
-                                f"{next((a for a, b in zip(names, self.params) if a != b), '?')}); resume with the "
-                                "same model and LoRA settings")
-        weights = load_file(os.path.join(path, "trainable.safetensors"))
-        with torch.no_grad():
-            for n, p in self.params.items():
-                if weights[n].shape != p.shape:
-                    raise TrainingError(f"checkpoint tensor {n} has shape {tuple(weights[n].shape)}, the model "
-                                        f"{tuple(p.shape)}: resume with the same model and LoRA rank")
-                p.copy_(weights[n])
-        tensors = load_file(os.path.join(path, "optimizer.safetensors"))
-        opt_state = {"state": {}, "param_groups": []}
-        for i, n in enumerate(names):
-            st = {key.split("::", 1)[1]: t.to(self.device) for key, t in tensors.items() if key.split("::")[0] == n}
-            if n in state["optimizer_steps"]:
-                st["step"] = torch.tensor(state["optimizer_steps"][n])
-            if st:
-                opt_state["state"][i] = st
-        for g in state["param_groups"]:
-            g = dict(g, params=list(range(len(names))))
-            if "betas" in g:
-                g["betas"] = tuple(g["betas"])
-            opt_state["param_groups"].append(g)
-        self.optimizer.load_state_dict(opt_state)
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.step = state["step"]
-        self.log_history = [r for r in state["log_history"] if r["step"] <= self.step]
-
-
-def latest_checkpoint(output_dir: str) -> str:
-    found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()] \
-        if os.path.isdir(output_dir) else []
-    if not found:
-        raise FileNotFoundError(f"no checkpoint-<step> directory in {output_dir!r} to resume from")
-    return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[-1])))
-
-
-def _dump_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+        checkpoints.load_checkpoint(self, path)

@@ -12,6 +12,9 @@ kernel on the GPU). `_DequantMatmul` below is that custom autograd Function; it 
 
 For LoRA on top, `minilora.lora.LoraLinear(Linear4bit(...))` works unchanged: `in_features`/`out_features` are
 here, and `.weight` is the packed uint8 code tensor (like bitsandbytes' Params4bit), frozen.
+
+`dense_weight(layer, dtype)` answers, once for the whole library, "what (out, in) weight does this frozen layer
+compute with?" — for an nn.Linear its own, for a Linear4bit the dequantized one.
 """
 from __future__ import annotations
 
@@ -19,15 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blockwise import DoubleQuantState, NF4State, check_blocksize, check_state, quantize_nf4
-from .nf4 import shared_dynamic_map
+from .ops import dequantize_nf4
+from .quant.blockwise import DoubleQuantState, NF4State, check_blocksize, check_state, quantize_nf4
+from .quant.nf4 import shared_dynamic_map
 
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:
-    from ..kernels.nf4_dequant import dequantize_nf4 as dispatch  # Triton on CUDA, the reference on CPU
-    return dispatch(state, dtype)
 
 
 class _DequantMatmul(torch.autograd.Function):
@@ -177,8 +176,53 @@ class Linear4bit(nn.Module):
         w = self.dequantize(torch.float32) + delta.float()
         self._store(quantize_nf4(w.to(self.weight_dtype), self.blocksize, self.double_quant))
 
+    def num_weights(self) -> int:
+        """How many weights the packed codes stand for (two per uint8 byte): what a parameter count counts."""
+        return self.in_features * self.out_features
+
     def extra_repr(self) -> str:
         state = self.quant_state
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"blocksize={self.blocksize}, double_quant={self.double_quant}, "
                 f"bits_per_param={state.bits_per_param():.3f}")
+
+
+def dense_weight(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The (out, in) weight a frozen linear layer computes with: an nn.Linear's own (cast to ``dtype`` if given;
+    no copy when it already matches), a Linear4bit's dequantized now (the caller drops it after use)."""
+    if isinstance(layer, Linear4bit):
+        return layer.dequantize(dtype)
+    if isinstance(layer, nn.Linear):
+        w = layer.weight
+        return w if dtype is None or w.dtype == dtype else w.to(dtype)
+    raise TypeError(f"dense_weight needs an nn.Linear or a Linear4bit, got {type(layer).__name__}")
+
+
+def is_quantized(layer: nn.Module) -> bool:
+    return isinstance(layer, Linear4bit)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = True,
+                   compute_dtype: torch.dtype | None = None, skip=("lm_head",)) -> nn.Module:
+    """Replace every nn.Linear inside ``model.model.layers`` by a frozen NF4 `Linear4bit`, in place; returns model.
+
+    Embeddings, norms and the head stay as they are (QLoRA quantizes the blocks' linear layers only). `skip` lists
+    layer names (the last part, e.g. "down_proj", or a full dotted name) to leave in full precision.
+    """
+    check_blocksize(blocksize)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"quantize_model expects a causal LM with model.model.layers (a ModuleList of decoder "
+                        f"blocks), got {type(model).__name__}")
+    if any(name.endswith(("lora_A", "lora_B")) for name, _ in model.named_modules()):
+        raise ValueError("this model already has LoRA adapters: quantize the base model first, then call "
+                         "get_peft_model (QLoRA keeps the adapters in 16/32-bit)")
+    skip = tuple(skip or ())
+    for block_idx, block in enumerate(layers):
+        for name, module in list(block.named_modules()):
+            for child_name, child in list(module.named_children()):
+                full = f"model.layers.{block_idx}.{name + '.' if name else ''}{child_name}"
+                if type(child) is nn.Linear and child_name not in skip and full not in skip:
+                    setattr(module, child_name, Linear4bit.from_linear(child, blocksize, double_quant, compute_dtype))
+    return model

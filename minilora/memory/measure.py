@@ -1,4 +1,7 @@
-"""Measure activation memory for real: the bytes a forward pass leaves behind for the backward.
+"""Measuring memory for real: the bytes of a model's tensors, of a training step's gradients and optimizer state,
+of what a forward pass leaves behind for the backward, and the peak a run reached.
+
+Activations are the hard part: the bytes a forward pass leaves behind for the backward.
 
 Two places hold them, and a measurement must look at both:
 
@@ -22,11 +25,17 @@ already. The meter works on any device, so the lesson can measure activation mem
 """
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+from ..linear4bit import Linear4bit
+
+__all__ = ["ActivationReport", "SavedTensorMeter", "function_held_bytes", "measure_activations", "measure_model_bytes",
+           "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> tuple:
@@ -155,3 +164,48 @@ def measure_activations(model: nn.Module, forward: Callable[[], object]) -> Acti
                          "pass labels, put the model in train mode and make sure some parameter requires grad")
     held = function_held_bytes(loss, exclude=set(meter.storages) | meter.excluded)
     return ActivationReport(saved=meter.bytes, held=held, saves=meter.saves, loss=loss)
+
+
+# --- the tensors of a model and of one training step ------------------------------------------------------------
+def _unique(tensors):
+    seen = {}
+    for t in tensors:
+        if t is not None:
+            seen.setdefault((t.untyped_storage().data_ptr(), t.dtype, t.numel()), t)
+    return seen.values()
+
+
+def measure_model_bytes(model: nn.Module) -> dict:
+    """Bytes of a model's tensors by role: frozen weights (incl. NF4 state), trainable parameters, buffers.
+
+    Tied weights count once. `quant_state` is the part of the buffers that belongs to Linear4bit layers."""
+    params = list(_unique(model.parameters()))
+    q_state = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, Linear4bit)
+                  for b in m.buffers(recurse=False))
+    buffers = sum(b.numel() * b.element_size() for b in _unique(model.buffers()))
+    return {"frozen": sum(p.numel() * p.element_size() for p in params if not p.requires_grad),
+            "trainable": sum(p.numel() * p.element_size() for p in params if p.requires_grad),
+            "quant_state": q_state, "other_buffers": buffers - q_state}
+
+
+def measure_training_bytes(model: nn.Module, input_ids: torch.Tensor, optimizer_cls=torch.optim.AdamW) -> dict:
+    """Run one training step and count: gradients, optimizer state and the bytes saved for backward."""
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer_cls(trainable, lr=1e-4)
+    with SavedTensorMeter(model) as meter:
+        loss = model(input_ids, labels=input_ids).loss
+    loss.backward()
+    opt.step()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
+    states = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                 if isinstance(v, torch.Tensor) and v.dim() > 0)  # the step counters are scalars
+    opt.zero_grad(set_to_none=True)
+    return {"gradients": grads, "optimizer": states, "activations": meter.bytes}
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated by tensors, or on CPU the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

@@ -1,4 +1,4 @@
-"""minilora.profile: activation bytes measured with saved-tensor hooks and a walk of the autograd graph."""
+"""minilora.memory.measure: activation bytes measured with saved-tensor hooks and a walk of the autograd graph."""
 import pytest
 import torch
 from torch import nn
@@ -7,7 +7,7 @@ from torch.utils.checkpoint import checkpoint
 from minilora.lora import get_peft_model
 from minilora.models.config import ModelConfig
 from minilora.models.registry import build_model
-from minilora.profile import (SavedTensorMeter, function_held_bytes, measure_activations, module_storage_keys,
+from minilora.memory.measure import (SavedTensorMeter, function_held_bytes, measure_activations, module_storage_keys,
                               storage_key)
 
 

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..lora import TARGET_MODULES
-from .checkpointing import check_mode
-from .config import ModelConfig
-from .registry import catalogue_config, model_class
-from .rotary import RotaryEmbedding
+from .dtypes import parse_dtype
+from .lora import TARGET_MODULES
+from .models.checkpointing import check_mode
+from .models.config import ModelConfig
+from .models.registry import catalogue_config, model_class
+from .models.rotary import RotaryEmbedding
 
 SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_NAMES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"}
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -33,13 +32,7 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if isinstance(dtype, str):
-        if dtype.lower().removeprefix("torch.") in DTYPES:
-            return DTYPES[dtype.lower().removeprefix("torch.")]
-    elif dtype in (torch.float32, torch.bfloat16, torch.float16):
-        return dtype
-    raise ValueError(f"dtype={dtype!r} is not supported: use None (automatic), 'float32', 'bfloat16', 'float16' "
-                     "or the torch dtype itself")
+    return parse_dtype(dtype)
 
 
 def resolve_device(device) -> torch.device:
@@ -121,7 +114,7 @@ class FastLanguageModel:
             model, tokenizer = _load_hf_dir(path, dtype, device)
             name_or_path = str(path.resolve())
         elif str(model_name).lower() in SMOLLM2_NAMES:
-            from ..io import find_smollm2_gguf
+            from .io import find_smollm2_gguf
             model, tokenizer = _load_gguf(find_smollm2_gguf(), dtype, device)
             name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
         else:
@@ -131,7 +124,7 @@ class FastLanguageModel:
         if tokenizer is not None:
             tokenizer.model_max_length = max_seq_length
         if load_in_4bit:
-            from ..quant import quantize_model  # imported here: only QLoRA users pay for it
+            from .linear4bit import quantize_model  # imported here: only QLoRA users pay for it
             model = quantize_model(model) or model
         model.eval()
         return model, tokenizer
@@ -146,7 +139,7 @@ class FastLanguageModel:
         use_gradient_checkpointing: False, True (recompute each layer in backward) or "unsloth" (also keep the
         saved layer inputs in CPU memory, as Unsloth's default does).
         """
-        from ..lora import get_peft_model
+        from .lora import get_peft_model
         mode = check_mode(use_gradient_checkpointing)
         if loftq_config:
             raise ValueError("loftq_config is not supported by minilora: leave it None")
@@ -175,8 +168,8 @@ class FastLanguageModel:
 
 
 def _load_gguf(path: Path, dtype, device):
-    from ..io.gguf import load_gguf
-    from ..io.tokenizer import Tokenizer
+    from .io.gguf import load_gguf
+    from .io.tokenizer import Tokenizer
     config_dict, state_dict, metadata = load_gguf(path)
     config = ModelConfig.from_dict(config_dict)
     model = model_from_state_dict(config, state_dict, dtype, device, source=f"GGUF file {str(path)!r}")
@@ -190,8 +183,8 @@ def _load_gguf(path: Path, dtype, device):
 
 
 def _load_hf_dir(path: Path, dtype, device):
-    from ..io.safetensors_dir import load_safetensors_dir, read_config
-    from ..io.tokenizer import Tokenizer
+    from .io.safetensors_dir import load_safetensors_dir, read_config
+    from .io.tokenizer import Tokenizer
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").is_file() and len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device)
@@ -207,7 +200,7 @@ def _load_hf_dir(path: Path, dtype, device):
 
 
 def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device):
-    from ..io.safetensors_dir import read_json
+    from .io.safetensors_dir import read_json
     adapter_config = read_json(path / "adapter_config.json")
     base = adapter_config.get("base_model_name_or_path")
     if not base:
@@ -218,7 +211,7 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device):
         base = str(path / base)  # a base path written relative to the adapter directory
     model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
                                                          load_in_4bit=load_in_4bit, device=device)
-    from ..io.adapters import load_adapter  # imported here: written beside the adapter saver
+    from .io.adapters import load_adapter  # imported here: written beside the adapter saver
     loaded = load_adapter(model, path)
     if isinstance(loaded, torch.nn.Module):
         model = loaded

@@ -11,8 +11,8 @@ The four terms (training with AdamW, whose two moment buffers have the parameter
 NF4's quantization state costs, per parameter, 32/blocksize bits of float32 absmax (0.5 bits at 64), or with double
 quantization 8/blocksize + 32/(blocksize·256) bits (0.127 bits): `quant_state_bits_per_param`.
 
-`measure_*` count the real tensors of a model so the predictions can be checked (tests/test_memory.py and
-lessons/week4_memory.py do exactly that for SmolLM2).
+`minilora.memory.measure` counts the real tensors of a model so the predictions can be checked
+(tests/test_memory.py and lessons/week4_memory.py do exactly that for SmolLM2).
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .models.config import ModelConfig
+from ..models.config import ModelConfig
+
+__all__ = ["ALL_LINEAR", "GiB", "METHODS", "MemoryEstimate", "activation_bytes", "block_linear_shapes",
+           "estimate_memory", "lora_param_count", "nf4_bytes", "param_counts", "quant_state_bits_per_param", "table"]
 
 METHODS = ("full", "lora", "qlora")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -171,51 +174,3 @@ def table(config: ModelConfig, title: str = "", unit: int = GiB, **kwargs) -> st
     lines.append(head)
     lines += [estimate_memory(config, m, **kwargs).row(unit) for m in METHODS]
     return "\n".join(lines)
-
-
-# --- measuring the real tensors -------------------------------------------------------------------------------------
-def _unique(tensors):
-    seen = {}
-    for t in tensors:
-        if t is not None:
-            seen.setdefault((t.untyped_storage().data_ptr(), t.dtype, t.numel()), t)
-    return seen.values()
-
-
-def measure_model_bytes(model: nn.Module) -> dict:
-    """Bytes of a model's tensors by role: frozen weights (incl. NF4 state), trainable parameters, buffers.
-
-    Tied weights count once. `quant_state` is the part of the buffers that belongs to Linear4bit layers."""
-    from .quant import Linear4bit
-    params = list(_unique(model.parameters()))
-    q_state = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, Linear4bit)
-                  for b in m.buffers(recurse=False))
-    buffers = sum(b.numel() * b.element_size() for b in _unique(model.buffers()))
-    return {"frozen": sum(p.numel() * p.element_size() for p in params if not p.requires_grad),
-            "trainable": sum(p.numel() * p.element_size() for p in params if p.requires_grad),
-            "quant_state": q_state, "other_buffers": buffers - q_state}
-
-
-def measure_training_bytes(model: nn.Module, input_ids: torch.Tensor, optimizer_cls=torch.optim.AdamW) -> dict:
-    """Run one training step and count: gradients, optimizer state and the bytes saved for backward."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params and ptr not in saved:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = optimizer_cls(trainable, lr=1e-4)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(input_ids, labels=input_ids).loss
-    loss.backward()
-    opt.step()
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
-    states = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-                 if isinstance(v, torch.Tensor) and v.dim() > 0)  # the step counters are scalars
-    opt.zero_grad(set_to_none=True)
-    return {"gradients": grads, "optimizer": states, "activations": sum(saved.values())}

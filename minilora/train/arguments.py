@@ -1,0 +1,60 @@
+"""What a training run is asked to do: `TrainingArguments`, every value checked when it is made."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .schedules import SCHEDULES
+
+OPTIMIZERS = ("adamw_torch", "adamw", "sgd")
+PRECISIONS = (None, "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = "outputs"
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 4
+    max_steps: int = 60
+    learning_rate: float = 2e-4
+    warmup_steps: int = 5
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    seed: int = 3407
+    logging_steps: int = 1
+    save_steps: int = 0  # 0: no intermediate checkpoints
+    eval_steps: int = 0  # 0: evaluate only when asked
+    per_device_eval_batch_size: int = 8
+    mixed_precision: str | None = None  # None/"fp32": no autocast; "bf16" or "fp16": autocast (+ loss scaling)
+    packing: bool = False
+    max_seq_length: int = 2048
+    progress_bar: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
+                    "per_device_eval_batch_size", "max_seq_length")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "save_steps", "eval_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"optim={self.optim!r}: minilora implements {', '.join(OPTIMIZERS)} (8-bit AdamW "
+                             "needs bitsandbytes on a GPU; for LoRA the optimizer state is tiny anyway)")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose fp32, bf16 or fp16")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, a checkpoint for another model, ...)."""
