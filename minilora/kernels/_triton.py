@@ -6,6 +6,7 @@ plain-PyTorch references in each kernel file always can: ``minilora.ops`` picks 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -43,8 +44,16 @@ if triton is None:  # pragma: no cover
 
 
 def interpreter_on() -> bool:
-    import os
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def host_checks(t: torch.Tensor) -> bool:
+    """Whether to run checks that read tensor VALUES on the host (e.g. "every label < vocabulary size").
+
+    On a GPU such a check waits for the device (a host-device sync in every step), so it runs only on CPU tensors
+    or when debugging is asked for with MINILORA_DEBUG=1. Shape, dtype and device checks always run: they are free.
+    """
+    return not t.is_cuda or os.environ.get("MINILORA_DEBUG", "0") == "1"
 
 
 def check_tensor(name: str, t: torch.Tensor, *, contiguous: bool = True) -> None:

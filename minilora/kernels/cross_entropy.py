@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton import check_tensor, interpreter_on, tl, triton
+from ._triton import check_tensor, host_checks, interpreter_on, tl, triton
 
 MAX_CHUNK = 65536  # one program handles at most this many columns of a row; longer rows are chunked
 # launch shapes on a GPU (columns loaded per step of the forward loop / per backward program, warps per program);
@@ -222,6 +222,8 @@ def check_labels(labels, N: int, V: int, device, ignore_index: int, num_items) -
         raise ValueError("labels is not contiguous: call .contiguous() first")
     if isinstance(num_items, (int, float)) and num_items <= 0:
         raise ValueError(f"num_items must be positive (the number of tokens that carry loss), got {num_items}")
+    if not host_checks(labels):
+        return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
     if labels.numel() and bool(bad.any()):
         raise ValueError(f"labels must lie in [0, {V}) or equal ignore_index={ignore_index}; found "

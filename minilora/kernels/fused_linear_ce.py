@@ -103,11 +103,11 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                                "twice (retain_graph=True); use the unfused loss for that")
         d_hidden, d_weight, d_bias = ctx.grads
         ctx.grads = None
-        # the gradients were computed for an upstream gradient of 1; scale them if the caller's differs
-        if not bool(torch.all(grad_loss == 1)):
-            for t in (d_hidden, d_weight, d_bias):
-                if t is not None:
-                    t.mul_(grad_loss.to(t.dtype))
+        # the gradients were computed for an upstream gradient of 1; scale them by the caller's. Always: asking
+        # "is it 1?" would read a GPU value on the host and stall the step (one small multiply costs far less)
+        for t in (d_hidden, d_weight, d_bias):
+            if t is not None:
+                t.mul_(grad_loss.to(t.dtype))
         if d_bias is not None:
             d_bias = d_bias.to(ctx.bias_dtype)
         return d_hidden, d_weight, d_bias, None, None, None, None, None, None

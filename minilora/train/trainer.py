@@ -15,6 +15,7 @@ no pickles). The data order is a pure function of (seed, epoch), so it needs no 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 
@@ -64,7 +65,7 @@ class Trainer:
         g = torch.Generator().manual_seed(self.args.seed * 1000 + epoch)
         return torch.randperm(len(self.rows), generator=g).tolist()
 
-    def micro_batch(self, index: int) -> dict:
+    def micro_batch(self, index: int, device: torch.device | None = None) -> dict:
         """The ``index``-th micro-batch of the run (epochs wrap around; each epoch has its own shuffle)."""
         B, n = self.args.per_device_train_batch_size, len(self.rows)
         picked = []
@@ -75,7 +76,14 @@ class Trainer:
             batch = collate_packed(picked, self.pad_token_id)
         else:
             batch = collate([row[0] for row in picked], self.pad_token_id)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return self._to_device(batch, self.device if device is None else device)
+
+    @staticmethod
+    def _to_device(batch: dict, device: torch.device) -> dict:
+        if device.type != "cuda":
+            return {k: v.to(device) for k, v in batch.items()}
+        # pinned + non_blocking: the copy is queued behind the GPU's work instead of making the host wait for it
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
     def _make_optimizer(self):
         a = self.args
@@ -96,42 +104,49 @@ class Trainer:
         a, model = self.args, self.model
         model.train()
         k = a.gradient_accumulation_steps
-        batches = [self.micro_batch(self.step * k + j) for j in range(k)]
-        n_items = sum(count_trained_tokens(b["labels"]) for b in batches)
+        host = [self.micro_batch(self.step * k + j, torch.device("cpu")) for j in range(k)]
+        n_items = sum(count_trained_tokens(b["labels"]) for b in host)  # counted on the host: no GPU wait
         if n_items == 0:
             raise TrainingError(f"step {self.step + 1}: every label of the batch is masked (-100); check the "
                                 "response marker and max_seq_length")
         n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b and b["attention_mask"].dim() == 2
-                       else b["input_ids"].numel() for b in batches)
-        loss_total = 0.0
+                       else b["input_ids"].numel() for b in host)
+        batches = [self._to_device(b, self.device) for b in host]
+        # The loss stays on the device while the micro-batches run: reading it (.item(), or `if not finite`) would
+        # make the host wait for the GPU after every forward. One read per step, before the optimizer touches
+        # anything, fetches the loss and the gradient norm together and guards against NaN.
+        loss_total = None
         for b in batches:
             with self._autocast():
                 out = model(b["input_ids"], b["labels"], attention_mask=b.get("attention_mask"),
                             position_ids=b.get("position_ids"), num_items_in_batch=n_items)
-            loss = out.loss
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}: training diverged. "
-                                    "Lower learning_rate, keep max_grad_norm on, or use fp32/bf16 instead of fp16. "
-                                    "Nothing of this step was saved.")
-            self.scaler.scale(loss).backward()
-            loss_total += loss.item()
+            self.scaler.scale(out.loss).backward()
+            loss = out.loss.detach().float()
+            loss_total = loss if loss_total is None else loss_total + loss
         self.scaler.unscale_(self.optimizer)
         params = list(self.params.values())
         if a.max_grad_norm and a.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         else:
             grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        loss_value, grad_norm = torch.stack([loss_total, grad_norm.float()]).tolist()  # the step's one sync
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"the loss became {loss_value} at step {self.step + 1}: training diverged. "
+                                "Lower learning_rate, keep max_grad_norm on, or use fp32/bf16 instead of fp16. "
+                                "Nothing of this step was saved.")
         lr = a.learning_rate * lr_multiplier(self.step, a.max_steps, a.warmup_steps, a.lr_scheduler_type)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
-            raise TrainingError(f"the gradient norm became {grad_norm.item()} at step {self.step + 1}: lower "
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"the gradient norm became {grad_norm} at step {self.step + 1}: lower "
                                 "learning_rate or use fp32. Nothing of this step was saved.")
         self.scaler.step(self.optimizer)  # with fp16 loss scaling, a step with inf gradients is skipped
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "loss": loss_total, "lr": lr, "grad_norm": float(grad_norm),
+        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "trained_tokens": n_items, "tokens": n_tokens}
 
     # --- evaluation -----------------------------------------------------------------------------------------
