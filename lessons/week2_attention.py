@@ -230,11 +230,11 @@ print(f"max |repeat_interleave − enable_gqa| = {(repeated - grouped).abs().max
 # (from the catalogue) in bf16:
 
 # %%
-l3 = catalogue_config("llama-3-8b")
 def kv_bytes_per_token(cfg, n_kv, bytes_per=2):
-    return 2 * cfg.num_hidden_layers * n_kv * cfg.head_dim * bytes_per
+    return 2 * cfg.num_hidden_layers * n_kv * cfg.head_dim * bytes_per  # k and v, every layer, bf16
 
 
+l3 = catalogue_config("llama-3-8b")
 context = l3.max_position_embeddings
 full_mha = kv_bytes_per_token(l3, l3.num_attention_heads)
 gqa = kv_bytes_per_token(l3, l3.num_key_value_heads)
@@ -243,7 +243,7 @@ print(f"Llama-3-8B: {l3.num_attention_heads} query heads, {l3.num_key_value_head
 print(f"KV cache per token: {full_mha / 1024:.0f} KiB if every head had its own K/V, {gqa / 1024:.0f} KiB with GQA")
 print(f"at its {context:,}-token context, one sequence: {full_mha * context / GiB:.2f} GiB vs {gqa * context / GiB:.2f} GiB"
       f" — GQA {'saves' if gqa < full_mha else 'adds'} {abs(full_mha - gqa) * context / GiB:.2f} GiB "
-      f"({full_mha / gqa:.0f}x {'smaller' if gqa < full_mha else 'larger'})")
+      f"({max(full_mha, gqa) / min(full_mha, gqa):.0f}x {'smaller' if gqa < full_mha else 'larger'})")
 
 # %% [markdown]
 # ## 5. Why memory is O(T²) on the naive path and O(T) in SDPA — measured

@@ -3,14 +3,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exercises.conftest import exercise
 
 pytestmark = pytest.mark.ex2_4
 ex = exercise("ex2_4_causal_attention")
 
-TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
 _SDPA = F.scaled_dot_product_attention  # the reference, kept before any test hides it from the exercise
 
 
@@ -61,13 +62,14 @@ def diagnose(out, q, k, v, causal, window):
          by_hand(q, k, v, 1 / math.sqrt(hd), allowed, dim=-2)),
     ]
     if n_rep > 1 and k.shape[1] > 1:
-        mistakes.append(("the KV heads are tiled (k0 k1 k0 k1) instead of repeated in place (k0 k0 k1 k1): query "
-                         "heads 0..n_rep-1 must share KV head 0 — use repeat_interleave on the head axis",
-                         by_hand(q, k, v, 1 / math.sqrt(hd), allowed, expand="tile")))
+        tiled = ("the KV heads are tiled (k0 k1 k0 k1) instead of repeated in place (k0 k0 k1 k1): query heads "
+                 "0..n_rep-1 must share KV head 0 — use repeat_interleave on the head axis")
+        mistakes.append((tiled, by_hand(q, k, v, 1 / math.sqrt(hd), allowed, expand="tile")))
     if window is not None:
+        one_too_many = ("the window lets in one position too many (with window=W a query sees i - j < W, itself "
+                        "included)")
         mistakes.append(("the window is ignored", by_hand(q, k, v, 1 / math.sqrt(hd), allowed_positions(T, causal, None))))
-        mistakes.append(("the window lets in one position too many (with window=W a query sees i - j < W, itself "
-                         "included)", by_hand(q, k, v, 1 / math.sqrt(hd), allowed_positions(T, causal, window + 1))))
+        mistakes.append((one_too_many, by_hand(q, k, v, 1 / math.sqrt(hd), allowed_positions(T, causal, window + 1))))
     expected = reference(q, k, v, causal, window)
     hints = [hint for hint, wrong in mistakes
              if not torch.allclose(wrong, expected, rtol=1e-6, atol=1e-6) and torch.allclose(out, wrong, rtol=1e-5, atol=1e-5)]
@@ -89,8 +91,8 @@ def check(q, k, v, causal=True, window=None):
     return out
 
 
-shapes = dict(B=st.integers(1, 2), nkv=st.integers(1, 3), n_rep=st.integers(1, 3), T=st.integers(1, 11),
-              hd=st.integers(1, 9), dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+shapes = {"B": st.integers(1, 2), "nkv": st.integers(1, 3), "n_rep": st.integers(1, 3), "T": st.integers(1, 11),
+              "hd": st.integers(1, 9), "dtype": st.sampled_from([torch.float32, torch.float64]), "seed": st.integers(0, 2**16)}
 
 
 def draw_qkv(B, nkv, n_rep, T, hd, dtype, seed, requires_grad=False):
@@ -180,9 +182,9 @@ def test_written_by_hand_not_with_sdpa(monkeypatch):
 
 
 @pytest.mark.parametrize("bad, why", [
-    (dict(nh=3, nkv=2), "3 query heads, 2 KV heads"),
-    (dict(causal=False, window=2), "a window without causal"),
-    (dict(window=0), "window 0"),
+    ({"nh": 3, "nkv": 2}, "3 query heads, 2 KV heads"),
+    ({"causal": False, "window": 2}, "a window without causal"),
+    ({"window": 0}, "window 0"),
 ])
 def test_bad_input_is_refused(bad, why):
     nh, nkv = bad.get("nh", 4), bad.get("nkv", 2)
