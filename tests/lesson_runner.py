@@ -22,7 +22,7 @@ CELL_TIMEOUT_S = int(os.environ.get("MINILORA_CELL_TIMEOUT", "300"))  # a guard 
 # Course order inside a week (lessons not listed here come after the listed ones of their week, by name).
 COURSE_ORDER = [
     "week1_big_picture", "week1_lora",
-    "week2_model_family",
+    "week2_model_family", "week2_attention",
     "week3_nf4", "week3_kernels_rope_swiglu", "week3_cross_entropy",
     "week4_memory",
     "week5_triton_fast_lora", "week5_saving",

@@ -26,6 +26,7 @@ UNSLOTH_MAP = {
     "models/loader.py": (["minilora/loader.py"], "week2_model_family"),
     "models/llama.py": (["minilora/models/llama.py"], "week2_model_family"),
     "models/mistral.py": (["minilora/models/mistral.py"], "week2_model_family"),
+    "LlamaAttention_fast_forward": (["minilora/models/llama.py", "minilora/models/mistral.py"], "week2_attention"),
     "models/qwen2.py": (["minilora/models/qwen2.py"], "week2_model_family"),
     "models/_utils.py": (["minilora/memory/estimate.py"], "week4_memory"),
     "kernels/utils.py": (["minilora/lora.py"], "week1_lora"),
