@@ -12,7 +12,7 @@ Two places hold them, and a measurement must look at both:
    Gradient checkpointing shows up correctly: a checkpointed layer's inner saves go through the checkpoint's own
    hooks (they are replaced by placeholders and recomputed), so only the layer's saved *input* reaches ours.
 2. **Attributes of custom autograd Functions** — a Function may keep tensors as plain ``ctx`` attributes instead
-   of saving them (minilora's offloaded checkpoint keeps the layer input in CPU memory as ``ctx.x_cpu``; the fused
+   of saving them (minilora's offloaded checkpoint keeps the layer input in CPU memory in ``ctx.saved``; the fused
    linear + cross-entropy keeps its already computed gradients). Hooks never see those. `function_held_bytes`
    walks the autograd graph from the loss and adds them up, by Function.
 
@@ -102,10 +102,17 @@ class SavedTensorMeter:
 
 
 def _tensors_in(value, depth: int = 0) -> Iterable[torch.Tensor]:
+    """Tensors in a ctx attribute: the value itself, inside tuples/lists, or inside a small holder object (the
+    offloaded checkpoint keeps its CPU copy in one); modules are weights, not activations, and are skipped."""
     if isinstance(value, torch.Tensor):
         yield value
-    elif isinstance(value, (tuple, list)) and depth < 3:
+    elif depth >= 3 or isinstance(value, nn.Module):
+        return
+    elif isinstance(value, (tuple, list)):
         for v in value:
+            yield from _tensors_in(v, depth + 1)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        for v in vars(value).values():
             yield from _tensors_in(v, depth + 1)
 
 

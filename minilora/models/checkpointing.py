@@ -9,6 +9,11 @@ the layer's *inputs* alive itself (inside the closure it uses to recompute) — 
 nothing. `OffloadedCheckpoint` below stores the one tensor that matters, the layer input (B, T, C), in CPU memory,
 runs the layer without building a graph, and in backward copies the input back, re-runs the layer with the same
 random state (dropout draws the same mask) and backpropagates through that fresh graph.
+
+On a GPU the copies must not stall the computation: both directions run on a side stream (`_CopyStream`), so the
+device-to-host copy of layer i's input overlaps layer i's forward, and the backward of layer i starts bringing
+back layer i-1's input (a prefetch, `OffloadChain`) while layer i is recomputed. The price is one extra layer
+input on the device during the backward.
 """
 from __future__ import annotations
 
@@ -45,41 +50,102 @@ class _RngState:
         return ctx
 
 
+class _CopyStream:
+    """One side stream per device for the offload copies, created on first use."""
+    _streams: dict = {}
+
+    @classmethod
+    def get(cls, device: torch.device):
+        key = device.index if device.index is not None else torch.cuda.current_device()
+        if key not in cls._streams:
+            cls._streams[key] = torch.cuda.Stream(device=key)
+        return cls._streams[key]
+
+
+class _Offloaded:
+    """A layer input held in CPU memory, and (after a prefetch) its copy on the way back to the device."""
+
+    def __init__(self, x: torch.Tensor):
+        self.device = x.device
+        if not x.is_cuda:
+            self.cpu = x.detach().clone()  # on CPU "offloading" is a copy: same code path, testable anywhere
+            self.back = None
+            return
+        compute, copy = torch.cuda.current_stream(x.device), _CopyStream.get(x.device)
+        copy.wait_stream(compute)  # x is complete before it is read
+        with torch.cuda.stream(copy):
+            self.cpu = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
+            self.cpu.copy_(x, non_blocking=True)
+        x.record_stream(copy)  # x's memory is not reused before the copy has read it
+        self.back = None  # (device tensor, event) once prefetched
+
+    def prefetch(self) -> None:
+        """Start the host-to-device copy on the side stream (no-op on CPU or when already started)."""
+        if self.back is not None or self.device.type != "cuda" or self.cpu is None:
+            return
+        copy = _CopyStream.get(self.device)
+        with torch.cuda.stream(copy):
+            x = self.cpu.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(copy)
+        self.back = (x, done)
+
+    def fetch(self) -> torch.Tensor:
+        """The input on its device, ready for the current stream; frees the CPU copy."""
+        if self.device.type != "cuda":
+            x, self.cpu = self.cpu.to(self.device), None
+            return x
+        self.prefetch()
+        x, done = self.back
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(done)
+        x.record_stream(compute)  # allocated on the copy stream, used on this one
+        self.cpu, self.back = None, None
+        return x
+
+
+class OffloadChain:
+    """The offloaded inputs of one forward pass, in layer order, so each backward can prefetch the one before."""
+
+    def __init__(self):
+        self.last: _Offloaded | None = None
+
+
 class OffloadedCheckpoint(torch.autograd.Function):
     """Forward: run the layer with no graph; keep its input x (B, T, C) in CPU memory only.
     Backward: bring x back, recompute the layer with grad on, backpropagate ``grad_out`` through it."""
 
     @staticmethod
-    def forward(ctx, x, layer, *args):
-        ctx.layer, ctx.args, ctx.device = layer, args, x.device
+    def forward(ctx, x, layer, chain, *args):
+        ctx.layer, ctx.args = layer, args
         ctx.rng = _RngState(x.device)
         ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
-        # non_blocking + pinned memory lets the copy overlap the next layer's compute on a GPU
-        if x.is_cuda:
-            ctx.x_cpu = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
-            ctx.x_cpu.copy_(x, non_blocking=True)
-        else:
-            ctx.x_cpu = x.detach().clone()  # on CPU "offloading" is a copy: same code path, testable anywhere
+        ctx.saved = _Offloaded(x)
+        ctx.previous = chain.last if chain is not None else None  # the layer before: prefetched in backward
+        if chain is not None:
+            chain.last = ctx.saved
         with torch.no_grad():
             return layer(x, *args)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x = ctx.x_cpu.to(ctx.device, non_blocking=True).requires_grad_(True)
-        del ctx.x_cpu
+        x = ctx.saved.fetch().requires_grad_(True)
+        if ctx.previous is not None:
+            ctx.previous.prefetch()  # the next layer to be recomputed: its copy overlaps this layer's work
+        ctx.saved = ctx.previous = None
         rng = ctx.rng.fork_and_restore()
         try:
             enabled, dtype = ctx.autocast
-            with torch.enable_grad(), torch.autocast(ctx.device.type, dtype=dtype, enabled=enabled):
+            with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
                 out = ctx.layer(x, *ctx.args)
         finally:
             rng.__exit__(None, None, None)
         # gradients for the layer's trainable parameters accumulate into .grad right here
         torch.autograd.backward(out, grad_out)
-        return (x.grad, None) + (None,) * len(ctx.args)
+        return (x.grad, None, None) + (None,) * len(ctx.args)
 
 
-def run_layer(layer, mode, x, *args):
+def run_layer(layer, mode, x, *args, chain: OffloadChain | None = None):
     """Run one decoder layer under the chosen checkpointing mode (args must not need gradients)."""
     if not mode:
         return layer(x, *args)
@@ -88,5 +154,13 @@ def run_layer(layer, mode, x, *args):
             # the first layer's input comes from a frozen embedding: without this the Function would look
             # constant to autograd and the LoRA weights inside the layers would get no gradient at all
             x = x.detach().requires_grad_(True)
-        return OffloadedCheckpoint.apply(x, layer, *args)
+        return OffloadedCheckpoint.apply(x, layer, chain, *args)
     return checkpoint(layer, x, *args, use_reentrant=False)
+
+
+def run_layers(layers, mode, x, *args):
+    """Run the decoder layers in order under one checkpointing mode (one offload chain per forward pass)."""
+    chain = OffloadChain() if mode == "offload" else None
+    for layer in layers:
+        x = run_layer(layer, mode, x, *args, chain=chain)
+    return x

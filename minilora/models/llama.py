@@ -15,7 +15,7 @@ from torch import nn
 from .. import ops
 from ..linear4bit import Linear4bit
 from ..lora import project, swiglu_mlp
-from .checkpointing import run_layer
+from .checkpointing import run_layers
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .rotary import RotaryEmbedding
@@ -195,8 +195,7 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, T, hd)
         mask, is_causal = self.attention_mask(T, past, attention_mask, input_ids.device)
         checkpointing = self.gradient_checkpointing if (self.training and torch.is_grad_enabled()) else False
-        for layer in self.model.layers:
-            x = run_layer(layer, checkpointing, x, cos, sin, mask, is_causal, past_key_values)
+        x = run_layers(self.model.layers, checkpointing, x, cos, sin, mask, is_causal, past_key_values)
         x = self.model.norm(x)
         if not return_logits:
             return CausalLMOutput(logits=None, loss=self.fused_loss(x, labels, num_items_in_batch),

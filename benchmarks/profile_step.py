@@ -1,0 +1,138 @@
+"""Where one QLoRA training step's GPU time goes: matmuls, NF4 dequantization, attention, the Triton elementwise
+kernels, other PyTorch ops, copies — and the gaps where the GPU waits for the host.
+
+Runs warm-up steps of one end-to-end stage (see bench_e2e.py), then one step under torch.profiler, buckets every
+CUDA kernel by name, and reports each bucket's milliseconds and share of the step, the GPU-idle time, and the
+model-FLOPs utilisation: 6·N·tokens FLOPs (N = the model's weights; LoRA trains a frozen base, so the backward
+computes dX only — with recompute-checkpointing that is forward + forward + dX, i.e. 6·N per token) over the step
+time, against the card's dense bf16 peak. Usage (GPU machine, repository root):
+
+    python -m benchmarks.profile_step --model llama-3-8b --batch 2 --seq 2048 --stage 4 --out profile.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+
+import torch
+
+BUCKETS = [  # first match wins
+    ("dequant (NF4)", r"nf4|dequant"),
+    ("attention", r"flash|fmha|attention|sdpa|cudnn"),
+    ("matmul", r"gemm|cutlass|sm90_xmma|nvjet|wgmma|matmul|ampere|sm80|splitk"),
+    ("Triton: rope/rmsnorm/swiglu/CE", r"_rope|_rms|_swiglu|_glu|cross_entropy|_ce_|_lse|softmax"),
+    ("copies (H2D/D2H/D2D)", r"memcpy|Memcpy|copy"),
+    ("other elementwise / reductions", r".*"),
+]
+DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # datasheet, SXM, dense (no sparsity)
+
+
+def bucket(name: str) -> str:
+    for label, pattern in BUCKETS:
+        if re.search(pattern, name, re.IGNORECASE):
+            return label
+    return BUCKETS[-1][0]
+
+
+def peak_tflops() -> tuple[float, str]:
+    name = torch.cuda.get_device_name()
+    for key, value in DENSE_BF16_TFLOPS.items():
+        if key in name:
+            return value, f"{name}: datasheet dense bf16 {value} TFLOP/s"
+    return float("nan"), f"{name}: peak unknown"
+
+
+def main(argv=None):
+    from benchmarks.bench_e2e import STAGES, build
+    from minilora import ops
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llama-3-8b")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--stage", type=int, default=len(STAGES) - 1, help=f"0..{len(STAGES) - 1}: {STAGES}")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", help="write the breakdown as JSON here")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = build(args.model, args.stage, "cuda", torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device="cuda")
+    n_weights = model.num_parameters() - sum(p.numel() for p in params)
+
+    def step():
+        loss = model(x, labels=x, return_logits=args.stage < 3).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    from torch.profiler import ProfilerActivity, profile
+    with ops.use_kernels("triton" if args.stage >= 2 else "reference"):
+        for _ in range(args.warmup):
+            step()
+        torch.cuda.synchronize()
+        # memory by phase: what stays (weights, adapters, optimizer state), then the peaks of forward and backward
+        static = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        loss = model(x, labels=x, return_logits=args.stage < 3).loss
+        torch.cuda.synchronize()
+        fwd_peak, after_fwd = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        loss.backward()
+        torch.cuda.synchronize()
+        bwd_peak = torch.cuda.max_memory_allocated()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        del loss
+        memory = {"static_gib": static / 2**30, "forward_peak_gib": fwd_peak / 2**30,
+                  "after_forward_gib": after_fwd / 2**30, "backward_peak_gib": bwd_peak / 2**30}
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        plain_ms = 1000 * (time.perf_counter() - t0)
+        memory["step_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_bucket: dict[str, float] = {}
+    for e in kernels:
+        by_bucket[bucket(e.name)] = by_bucket.get(bucket(e.name), 0.0) + e.device_time / 1000
+    start = min(e.time_range.start for e in kernels)
+    end = max(e.time_range.end for e in kernels)
+    span_ms = (end - start) / 1000
+    busy_ms = sum(by_bucket.values())
+    tokens = args.batch * args.seq
+    peak, peak_note = peak_tflops()
+    mfu = 6 * n_weights * tokens / (plain_ms / 1000) / (peak * 1e12)
+    top = sorted(((e.device_time / 1000, e.name) for e in kernels), reverse=True)
+    names: dict[str, float] = {}
+    for ms, name in top:
+        names[name[:90]] = names.get(name[:90], 0.0) + ms
+    result = {"model": args.model, "batch": args.batch, "seq": args.seq, "stage": STAGES[args.stage],
+              "step_ms_unprofiled": plain_ms, "gpu_span_ms": span_ms, "gpu_busy_ms": busy_ms,
+              "idle_ms": span_ms - busy_ms, "tokens_per_s": tokens / plain_ms * 1000,
+              "weights": n_weights, "mfu": mfu, "memory": memory, "peak_note": peak_note, "kernels": len(kernels),
+              "buckets_ms": by_bucket, "top_kernels_ms": dict(sorted(names.items(), key=lambda kv: -kv[1])[:25]),
+              "card": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    print(f"{args.model} B{args.batch} S{args.seq} stage {STAGES[args.stage]!r}: step {plain_ms:.1f} ms "
+          f"({result['tokens_per_s']:,.0f} tok/s), MFU {100 * mfu:.1f}% ({peak_note}); {len(kernels)} kernels, "
+          f"GPU busy {busy_ms:.1f} of {span_ms:.1f} ms")
+    print("  memory GiB: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in memory.items()))
+    for label, ms in sorted(by_bucket.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:<34}{ms:>9.1f} ms {100 * ms / span_ms:>6.1f}%")
+    print(f"  {'GPU idle (gaps between kernels)':<34}{span_ms - busy_ms:>9.1f} ms {100 * (span_ms - busy_ms) / span_ms:>6.1f}%")
+    for name, ms in list(result["top_kernels_ms"].items())[:12]:
+        print(f"    {ms:8.1f} ms  {name}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
