@@ -55,6 +55,7 @@ def main(argv=None):
     p.add_argument("--stage", type=int, default=len(STAGES) - 1, help=f"0..{len(STAGES) - 1}: {STAGES}")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="write the breakdown as JSON here")
+    p.add_argument("--host-profile", help="also run one step under cProfile and write its top functions here")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = build(args.model, args.stage, "cuda", torch.bfloat16)
@@ -99,6 +100,19 @@ def main(argv=None):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
             torch.cuda.synchronize()
+        if args.host_profile:  # which Python functions cost the host the most (inflated by cProfile's overhead)
+            import cProfile
+            import io
+            import pstats
+            host = cProfile.Profile()
+            host.enable()
+            step()
+            torch.cuda.synchronize()
+            host.disable()
+            text = io.StringIO()
+            pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(40)
+            with open(args.host_profile, "w") as f:
+                f.write(text.getvalue())
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     by_bucket: dict[str, float] = {}
     for e in kernels:
