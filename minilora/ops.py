@@ -155,6 +155,14 @@ def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(hidden.shape[:2])}")
     shift_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(T-1), C)
     shift_labels = labels[:, 1:].reshape(-1)
+    if not hidden.is_cuda:
+        # Only positions that carry a label need logits: with response-only labels that is a small share of the
+        # tokens (the head's matmul and its backward shrink with it). Picking them is a boolean index — free on a
+        # CPU, a host-device sync on a GPU, where the fused kernel skips ignored rows inside instead.
+        keep = shift_labels != -100
+        if num_items is None:
+            num_items = keep.sum()
+        shift_hidden, shift_labels = shift_hidden[keep], shift_labels[keep]
     return fused_linear_cross_entropy(shift_hidden, weight, shift_labels, num_items=num_items, bias=bias)
 
 

@@ -39,6 +39,19 @@ def _dtype(text: str):
         raise argparse.ArgumentTypeError(f"dtype {text!r}: choose None (automatic), float32, bfloat16 or float16")
 
 
+def _loss_or_none(text: str):
+    low = str(text).lower()
+    if low in ("auto", "none"):
+        return low
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"stop_at_loss {text!r}: give a positive number, 'auto' or 'none'")
+    return value
+
+
 def _checkpointing(text: str):
     low = str(text).lower()
     if low in ("unsloth", "offload"):
@@ -109,6 +122,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--warmup_steps", type=int, default=d["warmup_steps"],
                    help="steps over which the learning rate ramps up from ~0 (default %(default)s)")
     g.add_argument("--max_steps", type=int, default=d["max_steps"], help="optimizer steps to run (default %(default)s)")
+    g.add_argument("--stop_at_loss", type=_loss_or_none, default="auto",
+                   help="stop before max_steps once the training loss stayed below this for 3 steps in a row: the "
+                        "task is learned and further steps cost time for nothing. 'auto': 0.05 for the bundled "
+                        "dates task, off for your own data; 'none': always run max_steps (default %(default)s)")
     g.add_argument("--learning_rate", type=float, default=d["learning_rate"],
                    help="peak learning rate of AdamW. LoRA tolerates larger rates than full fine-tuning; "
                         "unsloth-cli's default is 2e-4 for long runs (default %(default)s)")
@@ -188,6 +205,13 @@ def check_args(args) -> None:
         raise SystemExit(f"--raw_text_file {args.raw_text_file!r} does not exist")
 
 
+def stop_at_loss(args) -> float | None:
+    """--stop_at_loss resolved: 'auto' stops the bundled dates task once it is learned, and nothing else."""
+    if args.stop_at_loss == "auto":
+        return 0.05 if args.dataset == "dates" and not args.raw_text_file else None
+    return None if args.stop_at_loss == "none" else args.stop_at_loss
+
+
 def build_data(args, tokenizer):
     """(train examples, held-out records for exact-match or None)."""
     from ..train import build_examples, chunk_text, dates_task, read_records
@@ -243,7 +267,8 @@ def run(args) -> int:
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
         weight_decay=args.weight_decay, optim=args.optim, seed=args.seed, logging_steps=args.logging_steps,
         save_steps=args.save_steps, packing=args.packing, max_seq_length=args.max_seq_length,
-        mixed_precision=precision if precision == "fp16" else None, progress_bar=not args.no_progress)
+        mixed_precision=precision if precision == "fp16" else None, progress_bar=not args.no_progress,
+        stop_at_loss=stop_at_loss(args))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(model, targs, examples, pad_token_id=pad)
     try:

@@ -34,6 +34,8 @@ class TrainingArguments:
     packing: bool = False
     max_seq_length: int = 2048
     progress_bar: bool = True
+    stop_at_loss: float | None = None  # stop early once the loss stayed below this for `stop_patience` steps
+    stop_patience: int = 3
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -52,6 +54,11 @@ class TrainingArguments:
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"optim={self.optim!r}: minilora implements {', '.join(OPTIMIZERS)} (8-bit AdamW "
                              "needs bitsandbytes on a GPU; for LoRA the optimizer state is tiny anyway)")
+        if self.stop_at_loss is not None and not (self.stop_at_loss > 0 and math.isfinite(self.stop_at_loss)):
+            raise ValueError(f"stop_at_loss must be a positive number (or None: run all max_steps), "
+                             f"got {self.stop_at_loss}")
+        if not isinstance(self.stop_patience, int) or self.stop_patience < 1:
+            raise ValueError(f"stop_patience must be a positive integer, got {self.stop_patience!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose fp32, bf16 or fp16")
 

@@ -118,8 +118,10 @@ class Trainer:
         loss_total = None
         for b in batches:
             with self._autocast():
+                # return_logits=False: only the loss is needed, so the head's logits are never held at once (a
+                # fused, chunked loss on a GPU; on a CPU only the positions that carry a label get logits)
                 out = model(b["input_ids"], b["labels"], attention_mask=b.get("attention_mask"),
-                            position_ids=b.get("position_ids"), num_items_in_batch=n_items)
+                            position_ids=b.get("position_ids"), num_items_in_batch=n_items, return_logits=False)
             self.scaler.scale(out.loss).backward()
             loss = out.loss.detach().float()
             loss_total = loss if loss_total is None else loss_total + loss
@@ -187,7 +189,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start_time = time.perf_counter()
-        while self.step < end:
+        below, stopped_early = 0, False  # steps in a row with the loss under stop_at_loss
+        while self.step < end and not stopped_early:
             t0 = time.perf_counter()
             record = self.training_step()
             seconds = time.perf_counter() - t0
@@ -195,7 +198,9 @@ class Trainer:
                           peak_mem_gib=round(peak_memory_gib(self.device), 4))
             if a.eval_steps and self.step % a.eval_steps == 0 and self.eval_dataset:
                 record.update(self.evaluate())
-            if self.step % a.logging_steps == 0 or self.step == a.max_steps:
+            below = below + 1 if a.stop_at_loss is not None and record["loss"] < a.stop_at_loss else 0
+            stopped_early = below >= a.stop_patience and self.step < a.max_steps
+            if self.step % a.logging_steps == 0 or self.step == a.max_steps or stopped_early:
                 self.log_history.append(record)
                 self._append_csv(record)
             bar.update(1)
@@ -203,10 +208,13 @@ class Trainer:
             if a.save_steps and self.step % a.save_steps == 0:
                 self.save_checkpoint()
         bar.close()
+        if stopped_early:
+            print(f"stopped early at step {self.step} of {a.max_steps}: the loss stayed below {a.stop_at_loss} for "
+                  f"{a.stop_patience} steps in a row (the task is learned; --stop_at_loss none runs every step)")
         runtime = time.perf_counter() - start_time
         self._write_json_log()
         losses = [r["loss"] for r in self.log_history]
-        return {"global_step": self.step, "train_runtime": runtime,
+        return {"global_step": self.step, "train_runtime": runtime, "stopped_early": stopped_early,
                 "train_loss": sum(losses) / len(losses) if losses else float("nan"), "log_history": self.log_history}
 
     # --- logs -----------------------------------------------------------------------------------------------
