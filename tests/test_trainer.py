@@ -244,3 +244,22 @@ def test_mixed_precision_trains(tmp_path, precision):
     out = tr.train()
     assert all(math.isfinite(r["loss"]) for r in out["log_history"])
     assert all(p.dtype == torch.float32 for p in tr.params.values())  # master weights stay fp32
+
+
+def test_stops_early_once_the_loss_stays_below_the_threshold(tmp_path):
+    out = Trainer(lora_model(), args(tmp_path, max_steps=10, stop_at_loss=1e9, stop_patience=3), dataset()).train()
+    assert out["stopped_early"] and out["global_step"] == 3
+    out = Trainer(lora_model(), args(tmp_path / "b", max_steps=4, stop_at_loss=1e-9), dataset()).train()
+    assert not out["stopped_early"] and out["global_step"] == 4
+    with pytest.raises(ValueError, match="stop_at_loss"):
+        TrainingArguments(stop_at_loss=float("nan"))
+
+
+def test_loss_only_at_labelled_positions_equals_the_full_loss():
+    m = lora_model()
+    ids = torch.randint(0, 64, (3, 12))
+    labels = ids.clone()
+    labels[:, :8] = -100  # response-only: most positions carry no label
+    full = m(ids, labels).loss
+    fused = m(ids, labels, return_logits=False).loss
+    torch.testing.assert_close(fused, full)
