@@ -62,6 +62,22 @@ class _CopyStream:
         return cls._streams[key]
 
 
+class _PinnedPool:
+    """Pinned CPU buffers, reused from step to step instead of allocated anew (a fresh pinned allocation can make
+    the host wait for the device). A buffer is handed back once its copy to the device is queued: every copy runs
+    on the one side stream in the order it was queued, so the next step's copy into it starts only after."""
+    _free: dict = {}
+
+    @classmethod
+    def take(cls, shape, dtype) -> torch.Tensor:
+        free = cls._free.get((tuple(shape), dtype))
+        return free.pop() if free else torch.empty(shape, dtype=dtype, device="cpu", pin_memory=True)
+
+    @classmethod
+    def give_back(cls, buffer: torch.Tensor) -> None:
+        cls._free.setdefault((tuple(buffer.shape), buffer.dtype), []).append(buffer)
+
+
 class _Offloaded:
     """A layer input held in CPU memory, and (after a prefetch) its copy on the way back to the device."""
 
@@ -74,7 +90,7 @@ class _Offloaded:
         compute, copy = torch.cuda.current_stream(x.device), _CopyStream.get(x.device)
         copy.wait_stream(compute)  # x is complete before it is read
         with torch.cuda.stream(copy):
-            self.cpu = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
+            self.cpu = _PinnedPool.take(x.shape, x.dtype)
             self.cpu.copy_(x, non_blocking=True)
         x.record_stream(copy)  # x's memory is not reused before the copy has read it
         self.back = None  # (device tensor, event) once prefetched
@@ -88,6 +104,7 @@ class _Offloaded:
             x = self.cpu.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(copy)
+        _PinnedPool.give_back(self.cpu)
         self.back = (x, done)
 
     def fetch(self) -> torch.Tensor:
