@@ -84,8 +84,9 @@ def blocks_absmax_and_scaled(flat: torch.Tensor, blocksize: int) -> tuple[torch.
     # a short last block is padded with zeros, which never raise an absmax
     padded = flat if n % blocksize == 0 else torch.nn.functional.pad(flat, (0, n_blocks * blocksize - n))
     blocks = padded.view(n_blocks, blocksize)  # (n_blocks, blocksize)
-    lo, hi = torch.aminmax(blocks, dim=1)  # one pass, no |x| copy
-    absmax = torch.maximum(hi, -lo)  # (n_blocks,)
+    # no |x| copy; amax + amin rather than aminmax, whose CPU kernel took 20 ms on a (4, 256) input on a busy
+    # 2-core machine (torch 2.13) against 4 µs for these two
+    absmax = torch.maximum(blocks.amax(dim=1), -blocks.amin(dim=1))  # (n_blocks,)
     # multiply by the reciprocal (as bitsandbytes' kernels do), so the boundaries fall in exactly the same place
     # (no clamp to [-1, 1] needed: a value one rounding step past ±1 still falls beyond the outermost midpoint)
     scaled = blocks * (1.0 / absmax.clamp(min=_TINY)).unsqueeze(1)
