@@ -15,7 +15,7 @@ import torch
 
 from .memory import ALL_LINEAR, block_linear_shapes, param_counts
 
-OPTIMIZERS = ("adamw", "adamw_8bit")
+STATE_FORMATS = ("adamw", "adamw_8bit")
 ADAM8_BLOCKSIZE, MIN_8BIT_SIZE = 256, 4096  # bitsandbytes' (and minilora's) blockwise 8-bit optimizer
 
 
@@ -50,8 +50,8 @@ def adamw8bit_state_bytes(numel: int, blocksize: int = ADAM8_BLOCKSIZE, min_8bit
 def optimizer_state_bytes(tensor_sizes, optim: str = "adamw", state_dtype=torch.float32) -> int:
     """Bytes of AdamW's state for tensors of the given sizes: "adamw" (2 moments in `state_dtype`) or
     "adamw_8bit"."""
-    if optim not in OPTIMIZERS:
-        raise ValueError(f"optim={optim!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if optim not in STATE_FORMATS:
+        raise ValueError(f"optim={optim!r}: choose one of {', '.join(STATE_FORMATS)}")
     if optim == "adamw_8bit":
         return sum(adamw8bit_state_bytes(n) for n in tensor_sizes)
     return sum(2 * n * _nbytes(state_dtype) for n in tensor_sizes)
