@@ -35,7 +35,7 @@
 # | bitsandbytes `functional.int8_vectorwise_quant` | LLM.int8 row-wise int8 + outlier columns | `minilora/quant/int8.py` |
 # | `unsloth/models/loader.py` (`load_in_8bit=True`) → bitsandbytes `Linear8bitLt` | a frozen 8-bit linear layer | `minilora/linear8bit.py` → `Linear8bit`, `quantize_model_8bit` |
 # | Unsloth's trainer arguments `optim="adamw_8bit"` → bitsandbytes `optim.AdamW8bit` | AdamW with 8-bit states | `minilora/train/adamw8bit.py` → `AdamW8bit` |
-# | — | bytes of 8-bit weights and states | `minilora/memory_8bit.py` |
+# | — | bytes of 8-bit weights and states | `minilora/memory/estimate.py` |
 
 # %%
 import inspect
@@ -52,7 +52,7 @@ import bitsandbytes.functional as bnbF
 from minilora import FastLanguageModel
 from minilora.linear8bit import Linear8bit
 from minilora.lora import get_peft_model
-from minilora.memory_8bit import int8_weight_bytes, optimizer_state_bytes, trainable_tensor_sizes
+from minilora.memory import int8_weight_bytes, optimizer_state_bytes, trainable_tensor_sizes
 from minilora.models import ModelConfig, build_model, catalogue_config
 from minilora.models.registry import init_weights
 from minilora.quant import dequantize_nf4_reference, quantize_nf4

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear4bit import QuantizedLinear, replace_block_linears
 from .quant.int8 import dequantize_rowwise_int8, quantize_rowwise_int8
 
 
@@ -49,7 +50,7 @@ class _Int8DequantMatmul(torch.autograd.Function):
         return grad_x, grad_bias, None, None, None, None
 
 
-class Linear8bit(nn.Module):
+class Linear8bit(QuantizedLinear):
     """A frozen nn.Linear stored as int8 codes + row scales (+ outlier columns). Build one with `from_linear`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, threshold: float = 0.0,
@@ -93,15 +94,7 @@ class Linear8bit(nn.Module):
         self.register_buffer("scales", scales)  # float32 (out,)
         self.register_buffer("outlier_idx", cols)  # int64 (n_outliers,)
         self.register_buffer("weight_outliers", w.index_select(1, cols).clone())  # (out, n_outliers), w's dtype
-
-    def _apply(self, fn, recurse=True):
-        # model.half() must not round the float32 row scales; they follow only the DEVICE the cast asks for
-        scales = self._buffers.pop("scales")
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            self.register_buffer("scales", scales.to(fn(torch.empty(0, device=scales.device)).device))
-        return self
+        # (floating buffers keep their dtype through model.half() / .to(bfloat16): QuantizedLinear._apply)
 
     # --- use ---------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,18 +139,5 @@ def quantize_model_8bit(model: nn.Module, threshold: float = 0.0, skip=("lm_head
     As `quantize_model` (NF4): embeddings, norms and the head stay as they are; `skip` lists layer names (the last
     part, e.g. "down_proj", or a full dotted name) to leave in full precision.
     """
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"quantize_model_8bit expects a causal LM with model.model.layers (a ModuleList of decoder "
-                        f"blocks), got {type(model).__name__}")
-    if any(name.endswith(("lora_A", "lora_B")) for name, _ in model.named_modules()):
-        raise ValueError("this model already has LoRA adapters: quantize the base model first, then call "
-                         "get_peft_model (the adapters stay in 16/32-bit)")
-    skip = tuple(skip or ())
-    for block_idx, block in enumerate(layers):
-        for name, module in list(block.named_modules()):
-            for child_name, child in list(module.named_children()):
-                full = f"model.layers.{block_idx}.{name + '.' if name else ''}{child_name}"
-                if type(child) is nn.Linear and child_name not in skip and full not in skip:
-                    setattr(module, child_name, Linear8bit.from_linear(child, threshold))
-    return model
+    return replace_block_linears(model, lambda linear: Linear8bit.from_linear(linear, threshold), skip,
+                                 "quantize_model_8bit")
