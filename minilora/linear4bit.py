@@ -211,7 +211,7 @@ def dense_weight(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Te
     if isinstance(layer, nn.Linear):
         w = layer.weight
         return w if dtype is None or w.dtype == dtype else w.to(dtype)
-    raise TypeError(f"dense_weight needs an nn.Linear or a quantized linear layer (Linear4bit, Linear8bit), got "
+    raise TypeError(f"dense_weight needs an nn.Linear or a Linear4bit / Linear8bit (a QuantizedLinear), got "
                     f"{type(layer).__name__}")
 
 
