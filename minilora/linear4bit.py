@@ -61,8 +61,16 @@ class QuantizedLinear(nn.Module):
         """The dense (out, in) weight this layer computes with."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def add_to_weight(self, delta: torch.Tensor) -> None:
-        """W ← quantize(dequantize(W) + delta) (merging a LoRA update: lossy, requantized)."""
+        """W ← quantize(dequantize(W) + delta): how a LoRA update merges into a quantized base (lossy)."""
+        if delta.shape != (self.out_features, self.in_features):
+            raise ValueError(f"delta of shape {tuple(delta.shape)} does not match the weight "
+                             f"({self.out_features}, {self.in_features})")
+        self._requantize(self.dequantize(torch.float32) + delta.float())
+
+    def _requantize(self, w: torch.Tensor) -> None:
+        """Store the float32 dense weight w in this layer's format."""
         raise NotImplementedError
 
     def num_weights(self) -> int:
@@ -187,13 +195,7 @@ class Linear4bit(QuantizedLinear):
         """The dense (out, in) weight this layer computes with."""
         return dequantize_nf4(self.quant_state, dtype)
 
-    @torch.no_grad()
-    def add_to_weight(self, delta: torch.Tensor) -> None:
-        """W ← quantize(dequantize(W) + delta): how a LoRA update merges into a 4-bit base (lossy: requantized)."""
-        if delta.shape != (self.out_features, self.in_features):
-            raise ValueError(f"delta of shape {tuple(delta.shape)} does not match the weight "
-                             f"({self.out_features}, {self.in_features})")
-        w = self.dequantize(torch.float32) + delta.float()
+    def _requantize(self, w: torch.Tensor) -> None:
         self._store(quantize_nf4(w.to(self.weight_dtype), self.blocksize, self.double_quant))
 
     def extra_repr(self) -> str:

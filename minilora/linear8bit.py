@@ -111,13 +111,7 @@ class Linear8bit(QuantizedLinear):
         w = dequantize_rowwise_int8(self.weight, self.scales, dtype)
         return w.index_copy(1, self.outlier_idx, self.weight_outliers.to(dtype))
 
-    @torch.no_grad()
-    def add_to_weight(self, delta: torch.Tensor) -> None:
-        """W ← quantize(dequantize(W) + delta): how a LoRA update merges into an 8-bit base (lossy: requantized)."""
-        if delta.shape != (self.out_features, self.in_features):
-            raise ValueError(f"delta of shape {tuple(delta.shape)} does not match the weight "
-                             f"({self.out_features}, {self.in_features})")
-        w = self.dequantize(torch.float32) + delta.float()
+    def _requantize(self, w: torch.Tensor) -> None:  # add_to_weight (merging LoRA): the same outlier columns
         self._store(w.to(self.weight_dtype), self.outlier_idx)
 
     @property
