@@ -14,7 +14,9 @@ For LoRA on top, `minilora.lora.LoraLinear(Linear4bit(...))` works unchanged: `i
 here, and `.weight` is the packed uint8 code tensor (like bitsandbytes' Params4bit), frozen.
 
 `dense_weight(layer, dtype)` answers, once for the whole library, "what (out, in) weight does this frozen layer
-compute with?" — for an nn.Linear its own, for a Linear4bit the dequantized one.
+compute with?" — for an nn.Linear its own, for a quantized layer (`QuantizedLinear`: Linear4bit here, Linear8bit in
+`minilora.linear8bit`) the dequantized one. `replace_block_linears` is the one loop that swaps a model's block
+linears for quantized ones (`quantize_model` here, `quantize_model_8bit` there).
 """
 from __future__ import annotations
 
@@ -50,7 +52,48 @@ class _DequantMatmul(torch.autograd.Function):
         return grad_x, grad_bias, None
 
 
-class Linear4bit(nn.Module):
+class QuantizedLinear(nn.Module):
+    """What a frozen quantized linear layer offers the rest of the library (LoRA, saving, inference, counting)."""
+    in_features: int
+    out_features: int
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense (out, in) weight this layer computes with."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def add_to_weight(self, delta: torch.Tensor) -> None:
+        """W ← quantize(dequantize(W) + delta): how a LoRA update merges into a quantized base (lossy)."""
+        if delta.shape != (self.out_features, self.in_features):
+            raise ValueError(f"delta of shape {tuple(delta.shape)} does not match the weight "
+                             f"({self.out_features}, {self.in_features})")
+        self._requantize(self.dequantize(torch.float32) + delta.float())
+
+    def _requantize(self, w: torch.Tensor) -> None:
+        """Store the float32 dense weight w in this layer's format."""
+        raise NotImplementedError
+
+    def num_weights(self) -> int:
+        """How many weights the stored codes stand for: what a parameter count counts."""
+        return self.in_features * self.out_features
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / model.to(bfloat16) must not touch the float32 scales of the quantized state (the integer
+        # codes are safe: dtype casts skip integer tensors). Floating buffers follow only the DEVICE of the cast.
+        self.__dict__.pop("_state_cache", None)  # don't keep the old tensors alive through a cached state
+        scales = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        for k in scales:
+            del self._buffers[k]
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for k, b in scales.items():
+                target = fn(torch.empty(0, dtype=b.dtype, device=b.device)).device  # where the cast sends tensors
+                self.register_buffer(k, b.to(target))
+        return self
+
+
+class Linear4bit(QuantizedLinear):
     """A frozen nn.Linear stored in NF4. Build one with `Linear4bit.from_linear(linear)`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, blocksize: int = 64,
@@ -136,21 +179,6 @@ class Linear4bit(nn.Module):
                               self.double_quant_blocksize, shared_dynamic_map(self.weight.device))
         return NF4State(self.weight.data, None, self.blocksize, shape, self.weight_dtype, dq)
 
-    def _apply(self, fn, recurse=True):
-        # model.half() / model.to(bfloat16) must not touch the float32 scales of the NF4 state (the uint8 codes
-        # are safe: dtype casts skip integer tensors). The scales follow only the DEVICE the cast asks for.
-        self.__dict__.pop("_state_cache", None)  # don't keep the old tensors alive through the cached state
-        scales = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
-        for k in scales:
-            del self._buffers[k]
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            for k, b in scales.items():
-                target = fn(torch.empty(0, dtype=b.dtype, device=b.device)).device  # where the cast sends tensors
-                self.register_buffer(k, b.to(target))
-        return self
-
     # --- use ---------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
@@ -167,18 +195,8 @@ class Linear4bit(nn.Module):
         """The dense (out, in) weight this layer computes with."""
         return dequantize_nf4(self.quant_state, dtype)
 
-    @torch.no_grad()
-    def add_to_weight(self, delta: torch.Tensor) -> None:
-        """W ← quantize(dequantize(W) + delta): how a LoRA update merges into a 4-bit base (lossy: requantized)."""
-        if delta.shape != (self.out_features, self.in_features):
-            raise ValueError(f"delta of shape {tuple(delta.shape)} does not match the weight "
-                             f"({self.out_features}, {self.in_features})")
-        w = self.dequantize(torch.float32) + delta.float()
+    def _requantize(self, w: torch.Tensor) -> None:
         self._store(quantize_nf4(w.to(self.weight_dtype), self.blocksize, self.double_quant))
-
-    def num_weights(self) -> int:
-        """How many weights the packed codes stand for (two per uint8 byte): what a parameter count counts."""
-        return self.in_features * self.out_features
 
     def extra_repr(self) -> str:
         state = self.quant_state
@@ -189,17 +207,18 @@ class Linear4bit(nn.Module):
 
 def dense_weight(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The (out, in) weight a frozen linear layer computes with: an nn.Linear's own (cast to ``dtype`` if given;
-    no copy when it already matches), a Linear4bit's dequantized now (the caller drops it after use)."""
-    if isinstance(layer, Linear4bit):
+    no copy when it already matches), a quantized layer's dequantized now (the caller drops it after use)."""
+    if isinstance(layer, QuantizedLinear):
         return layer.dequantize(dtype)
     if isinstance(layer, nn.Linear):
         w = layer.weight
         return w if dtype is None or w.dtype == dtype else w.to(dtype)
-    raise TypeError(f"dense_weight needs an nn.Linear or a Linear4bit, got {type(layer).__name__}")
+    raise TypeError(f"dense_weight needs an nn.Linear or a Linear4bit / Linear8bit (a QuantizedLinear), got "
+                    f"{type(layer).__name__}")
 
 
 def is_quantized(layer: nn.Module) -> bool:
-    return isinstance(layer, Linear4bit)
+    return isinstance(layer, QuantizedLinear)
 
 
 @torch.no_grad()
@@ -211,9 +230,17 @@ def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = T
     layer names (the last part, e.g. "down_proj", or a full dotted name) to leave in full precision.
     """
     check_blocksize(blocksize)
+    return replace_block_linears(
+        model, lambda linear: Linear4bit.from_linear(linear, blocksize, double_quant, compute_dtype), skip,
+        "quantize_model")
+
+
+def replace_block_linears(model: nn.Module, make, skip=("lm_head",), caller: str = "replace_block_linears"):
+    """Replace every plain nn.Linear inside ``model.model.layers`` by ``make(linear)``, in place; returns model.
+    `skip`: layer names (the last part, e.g. "down_proj", or a full dotted name) to leave as they are."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"quantize_model expects a causal LM with model.model.layers (a ModuleList of decoder "
+        raise TypeError(f"{caller} expects a causal LM with model.model.layers (a ModuleList of decoder "
                         f"blocks), got {type(model).__name__}")
     if any(name.endswith(("lora_A", "lora_B")) for name, _ in model.named_modules()):
         raise ValueError("this model already has LoRA adapters: quantize the base model first, then call "
@@ -224,5 +251,5 @@ def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = T
             for child_name, child in list(module.named_children()):
                 full = f"model.layers.{block_idx}.{name + '.' if name else ''}{child_name}"
                 if type(child) is nn.Linear and child_name not in skip and full not in skip:
-                    setattr(module, child_name, Linear4bit.from_linear(child, blocksize, double_quant, compute_dtype))
+                    setattr(module, child_name, make(child))
     return model

@@ -92,21 +92,24 @@ class FastLanguageModel:
 
     @staticmethod
     def from_pretrained(model_name: str | os.PathLike = "smollm2", max_seq_length: int = 2048, dtype=None,
-                        load_in_4bit: bool = False, device=None):
+                        load_in_4bit: bool = False, device=None, load_in_8bit: bool = False):
         """Return (model, tokenizer).
 
         model_name: "smollm2" (or "HuggingFaceTB/SmolLM2-135M-Instruct") for the bundled GGUF; a path to a .gguf
         file; a Hugging Face safetensors directory; or a LoRA adapter directory (adapter_config.json), whose base
         model is loaded first. dtype None picks bfloat16 on a CUDA GPU that supports it, else float32.
-        load_in_4bit stores the linear layers' weights as NF4 (QLoRA). device None: CUDA if available, else CPU.
+        load_in_4bit stores the linear layers' weights as NF4 (QLoRA); load_in_8bit as LLM.int8-style int8 codes with
+        row scales (`minilora.linear8bit.Linear8bit`). device None: CUDA if available, else CPU.
         """
+        if load_in_4bit and load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are exclusive: choose one weight format")
         if not isinstance(max_seq_length, int) or max_seq_length <= 0:
             raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         path = Path(model_name)
         if path.is_dir() and (path / "adapter_config.json").is_file():
-            return _load_adapter_dir(path, max_seq_length, dtype, load_in_4bit, device)
+            return _load_adapter_dir(path, max_seq_length, dtype, load_in_4bit, device, load_in_8bit)
         if path.is_file():
             model, tokenizer = _load_gguf(path, dtype, device)
             name_or_path = str(path.resolve())
@@ -126,6 +129,9 @@ class FastLanguageModel:
         if load_in_4bit:
             from .linear4bit import quantize_model  # imported here: only QLoRA users pay for it
             model = quantize_model(model) or model
+        elif load_in_8bit:
+            from .linear8bit import quantize_model_8bit
+            model = quantize_model_8bit(model)
         model.eval()
         return model, tokenizer
 
@@ -199,7 +205,7 @@ def _load_hf_dir(path: Path, dtype, device):
     return model, tokenizer
 
 
-def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device):
+def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, load_in_8bit=False):
     from .io.safetensors_dir import read_json
     adapter_config = read_json(path / "adapter_config.json")
     base = adapter_config.get("base_model_name_or_path")
@@ -210,7 +216,8 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device):
     if not Path(base).exists() and (path / base).exists():
         base = str(path / base)  # a base path written relative to the adapter directory
     model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
-                                                         load_in_4bit=load_in_4bit, device=device)
+                                                         load_in_4bit=load_in_4bit, device=device,
+                                                         load_in_8bit=load_in_8bit)
     from .io.adapters import load_adapter  # imported here: written beside the adapter saver
     loaded = load_adapter(model, path)
     if isinstance(loaded, torch.nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import ops
 from .kernels.fast_lora import LoraWeights
-from .linear4bit import Linear4bit, dense_weight
+from .linear4bit import Linear4bit, QuantizedLinear, dense_weight
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -68,7 +68,7 @@ class LoraLinear(nn.Module):
             self.merged = False
 
     def _add_to_base(self, delta: torch.Tensor) -> None:
-        if isinstance(self.base_layer, Linear4bit):  # dequantize, add, requantize (lossy)
+        if isinstance(self.base_layer, QuantizedLinear):  # dequantize, add, requantize (lossy)
             self.base_layer.add_to_weight(delta)
         else:
             w = dense_weight(self.base_layer)
@@ -79,10 +79,11 @@ class LoraLinear(nn.Module):
 
 
 def _stored_weight(layer: nn.Module) -> torch.Tensor:
-    """The tensor a base layer stores its weight in (uint8 codes for a 4-bit layer): its device and dtype decide
-    where and in which precision the adapters are created."""
-    if not isinstance(layer, (nn.Linear, Linear4bit)):
-        raise TypeError(f"cannot wrap {type(layer).__name__} in LoRA: LoRA wraps nn.Linear or Linear4bit layers")
+    """The tensor a base layer stores its weight in (uint8 / int8 codes for a 4- / 8-bit layer): its device and
+    dtype decide where and in which precision the adapters are created."""
+    if not isinstance(layer, (nn.Linear, QuantizedLinear)):
+        raise TypeError(f"cannot wrap {type(layer).__name__} in LoRA: LoRA wraps nn.Linear, Linear4bit or "
+                        "Linear8bit layers")
     return layer.weight.data
 
 
@@ -100,6 +101,9 @@ def lora_weights(layer: nn.Module) -> LoraWeights:
     if any(p.requires_grad for p in base.parameters()):
         raise ValueError("fast LoRA keeps the base layer frozen, but it has a trainable parameter: freeze it "
                          "(get_peft_model does) or use the plain LoraLinear path")
+    if isinstance(base, QuantizedLinear) and not isinstance(base, Linear4bit):
+        raise TypeError(f"fast LoRA takes a dense or NF4 base weight, not a {type(base).__name__}: use the plain "
+                        "LoraLinear path")
     weight = base.quant_state if isinstance(base, Linear4bit) else base.weight
     return LoraWeights(weight, base.bias, layer.lora_A.weight, layer.lora_B.weight, layer.scaling)
 
@@ -112,6 +116,8 @@ def fast_lora_weights(x: torch.Tensor, layers) -> list[LoraWeights] | None:
         if not isinstance(layer, LoraLinear) or layer.merged or not isinstance(layer.lora_dropout, nn.Identity):
             return None
         base = layer.base_layer
+        if isinstance(base, QuantizedLinear) and not isinstance(base, Linear4bit):
+            return None  # the fast kernels take a dense or NF4 weight; an int8 base goes layer by layer
         # a leaf module's own parameter dict is all parameters() would visit, without its generator machinery
         params = base.parameters() if base._modules else base._parameters.values()
         if any(p is not None and p.requires_grad for p in params):

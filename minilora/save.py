@@ -25,7 +25,7 @@ from torch import nn
 from .dtypes import dtype_name, parse_dtype
 from .io.atomic import write_dir
 from .io.gguf import GGUF_TYPES, write_gguf
-from .linear4bit import Linear4bit, dense_weight
+from .linear4bit import dense_weight, is_quantized
 from .lora import LoraLinear
 
 SAVE_METHODS = ("lora", "merged_16bit", "merged_4bit")
@@ -55,8 +55,8 @@ def merged_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16, quan
             if bias is not None:
                 out[f"{prefix}bias"] = bias.detach().to(dtype)
             return
-        if isinstance(module, Linear4bit):
-            w = dense_weight(module, torch.float32)  # a 4-bit base layer that LoRA does not wrap
+        if is_quantized(module):
+            w = dense_weight(module, torch.float32)  # a 4- or 8-bit base layer that LoRA does not wrap
             out[f"{prefix}weight"] = w.to(dtype)
             if getattr(module, "bias", None) is not None:
                 out[f"{prefix}bias"] = module.bias.detach().to(dtype)

@@ -24,7 +24,7 @@ COURSE_ORDER = [
     "week1_big_picture", "week1_lora",
     "week2_model_family", "week2_attention",
     "week3_nf4", "week3_kernels_rope_swiglu", "week3_cross_entropy",
-    "week4_memory",
+    "week4_memory", "week4_8bit",
     "week5_triton_fast_lora", "week5_saving",
 ]
 _WEEK = re.compile(r"^week(\d+)_")

@@ -37,6 +37,8 @@ UNSLOTH_MAP = {
     "registry/": (["minilora/models/registry.py"], "week2_model_family"),
     "__init__.py": ([], "week4_memory"),
     "save.py": (["minilora/save.py"], "week5_saving"),
+    "load_in_8bit": (["minilora/linear8bit.py", "minilora/train/adamw8bit.py", "minilora/quant/dynamic8.py",
+                      "minilora/quant/int8.py"], "week4_8bit"),
 }
 
 

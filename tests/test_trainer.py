@@ -147,7 +147,7 @@ def test_bad_arguments_and_inputs(tmp_path):
     with pytest.raises(ValueError, match="lr_scheduler_type"):
         args(tmp_path, lr_scheduler_type="exp")
     with pytest.raises(ValueError, match="optim"):
-        args(tmp_path, optim="adamw_8bit")
+        args(tmp_path, optim="adamw_16bit")
     with pytest.raises(ValueError, match="max_steps"):
         args(tmp_path, max_steps=0)
     with pytest.raises(ValueError, match="empty"):

@@ -129,9 +129,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--learning_rate", type=float, default=d["learning_rate"],
                    help="peak learning rate of AdamW. LoRA tolerates larger rates than full fine-tuning; "
                         "unsloth-cli's default is 2e-4 for long runs (default %(default)s)")
-    g.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw", "sgd"],
-                   help="optimizer. unsloth-cli's default adamw_8bit needs bitsandbytes on a GPU; with LoRA the "
-                        "optimizer state is small, so 32-bit AdamW costs little (default %(default)s)")
+    g.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw", "adamw_8bit", "sgd"],
+                   help="optimizer. adamw_8bit (unsloth-cli's default) keeps AdamW's two moments in 8 bits, "
+                        "blockwise (minilora.train.AdamW8bit, runs on a CPU too; tensors under 4096 values keep "
+                        "32-bit states); with LoRA the optimizer state is small either way (default %(default)s)")
     g.add_argument("--weight_decay", type=float, default=0.01,
                    help="AdamW's decoupled weight decay: pulls weights toward 0 each step (default %(default)s)")
     g.add_argument("--lr_scheduler_type", default=d["lr_scheduler_type"], choices=["linear", "cosine", "constant"],

@@ -11,6 +11,14 @@ The four terms (training with AdamW, whose two moment buffers have the parameter
 NF4's quantization state costs, per parameter, 32/blocksize bits of float32 absmax (0.5 bits at 64), or with double
 quantization 8/blocksize + 32/(blocksize·256) bits (0.127 bits): `quant_state_bits_per_param`.
 
+8-bit storage, exact to the byte (`minilora.linear8bit`, `minilora.train.adamw8bit`):
+
+    int8 weight (out, in):   out·in codes + 4·out row scales + for each outlier column: out 16-bit values + 8 (index)
+    8-bit AdamW, a tensor:   2·n codes (m and v) + 2·4·ceil(n / 256) absmax      (n ≥ min_8bit_size = 4096)
+                             8·n (two float32 moments)                             (smaller tensors)
+
+The 8-bit rule applies tensor by tensor (a norm of 576 values keeps 32-bit states): `trainable_tensor_sizes`.
+
 `minilora.memory.measure` counts the real tensors of a model so the predictions can be checked
 (tests/test_memory.py and lessons/week4_memory.py do exactly that for SmolLM2).
 """
@@ -23,8 +31,10 @@ from torch import nn
 
 from ..models.config import ModelConfig
 
-__all__ = ["ALL_LINEAR", "GiB", "METHODS", "MemoryEstimate", "activation_bytes", "block_linear_shapes",
-           "estimate_memory", "lora_param_count", "nf4_bytes", "param_counts", "quant_state_bits_per_param", "table"]
+__all__ = ["ALL_LINEAR", "GiB", "METHODS", "MemoryEstimate", "STATE_FORMATS", "activation_bytes",
+           "adamw8bit_state_bytes", "block_linear_shapes", "estimate_memory", "int8_model_weight_bytes",
+           "int8_weight_bytes", "lora_param_count", "nf4_bytes", "optimizer_state_bytes", "param_counts",
+           "quant_state_bits_per_param", "table", "trainable_tensor_sizes"]
 
 METHODS = ("full", "lora", "qlora")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -174,3 +184,61 @@ def table(config: ModelConfig, title: str = "", unit: int = GiB, **kwargs) -> st
     lines.append(head)
     lines += [estimate_memory(config, m, **kwargs).row(unit) for m in METHODS]
     return "\n".join(lines)
+
+
+# --- 8-bit weights and optimizer states ---------------------------------------------------------------------------
+STATE_FORMATS = ("adamw", "adamw_8bit")
+ADAM8_BLOCKSIZE, MIN_8BIT_SIZE = 256, 4096  # bitsandbytes' (and minilora's) blockwise 8-bit optimizer
+
+
+def int8_weight_bytes(out_features: int, in_features: int, outlier_columns: int = 0,
+                      outlier_dtype=torch.bfloat16) -> dict:
+    """Exact bytes of one `Linear8bit` weight: int8 codes, float32 row scales, outlier columns (+ int64 indices)."""
+    codes, scales = out_features * in_features, 4 * out_features
+    outliers = outlier_columns * (out_features * _dtype_bytes(outlier_dtype) + 8)
+    return {"codes": codes, "scales": scales, "outliers": outliers, "total": codes + scales + outliers}
+
+
+def int8_model_weight_bytes(config, dtype=torch.bfloat16) -> dict:
+    """Weights of a model loaded with load_in_8bit: block linears int8 (no outlier columns), the rest in `dtype`."""
+    L = config.num_hidden_layers
+    int8 = sum(int8_weight_bytes(o, i)["total"] for o, i in block_linear_shapes(config).values()) * L
+    counts = param_counts(config)
+    rest = (counts["total"] - counts["block_linear"]) * _dtype_bytes(dtype)
+    return {"int8_linear": int8, "dense": rest, "total": int8 + rest}
+
+
+def adamw8bit_state_bytes(numel: int, blocksize: int = ADAM8_BLOCKSIZE, min_8bit_size: int = MIN_8BIT_SIZE) -> int:
+    """Bytes of m and v for one tensor of `numel` values under 8-bit AdamW."""
+    if numel < min_8bit_size:
+        return 8 * numel  # two float32 moments
+    return 2 * numel + 2 * 4 * -(-numel // blocksize)  # two uint8 codes + two float32 absmax per block
+
+
+def optimizer_state_bytes(tensor_sizes, optim: str = "adamw", state_dtype=torch.float32) -> int:
+    """Bytes of AdamW's state for tensors of the given sizes: "adamw" (2 moments in `state_dtype`) or
+    "adamw_8bit"."""
+    if optim not in STATE_FORMATS:
+        raise ValueError(f"optim={optim!r}: choose one of {', '.join(STATE_FORMATS)}")
+    if optim == "adamw_8bit":
+        return sum(adamw8bit_state_bytes(n) for n in tensor_sizes)
+    return sum(2 * n * _dtype_bytes(state_dtype) for n in tensor_sizes)
+
+
+def trainable_tensor_sizes(config, method: str = "lora", r: int = 16, target_modules=ALL_LINEAR) -> list[int]:
+    """numel of every trainable tensor: all parameters ("full") or LoRA's A (r, in) and B (out, r) ("lora")."""
+    L, C = config.num_hidden_layers, config.hidden_size
+    shapes = block_linear_shapes(config)
+    if method == "lora":
+        return [n for t in target_modules for n in (r * shapes[t][1], shapes[t][0] * r)] * L
+    if method != "full":
+        raise ValueError(f"method={method!r}: choose 'full' or 'lora'")
+    counts = param_counts(config)
+    per_block = [o * i for o, i in shapes.values()] + [C, C]  # 7 linears + 2 norms
+    qkv = [shapes[t][0] for t in ("q_proj", "k_proj", "v_proj")]
+    biases = qkv if (config.qkv_bias or config.attention_bias) else []
+    biases += [C] if config.attention_bias else []
+    head = [counts["lm_head"]] if counts["lm_head"] else []
+    sizes = (per_block + biases) * L + [C, counts["embedding"]] + head  # + final norm, embedding, head
+    assert sum(sizes) == counts["total"]
+    return sizes

@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..linear4bit import Linear4bit
+from ..linear4bit import QuantizedLinear
 
 __all__ = ["ActivationReport", "SavedTensorMeter", "function_held_bytes", "measure_activations", "measure_model_bytes",
            "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
@@ -185,9 +185,10 @@ def _unique(tensors):
 def measure_model_bytes(model: nn.Module) -> dict:
     """Bytes of a model's tensors by role: frozen weights (incl. NF4 state), trainable parameters, buffers.
 
-    Tied weights count once. `quant_state` is the part of the buffers that belongs to Linear4bit layers."""
+    Tied weights count once. `quant_state` is the part of the buffers that belongs to quantized layers (Linear4bit's
+    absmax, Linear8bit's row scales and outlier columns)."""
     params = list(_unique(model.parameters()))
-    q_state = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, Linear4bit)
+    q_state = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, QuantizedLinear)
                   for b in m.buffers(recurse=False))
     buffers = sum(b.numel() * b.element_size() for b in _unique(model.buffers()))
     return {"frozen": sum(p.numel() * p.element_size() for p in params if not p.requires_grad),

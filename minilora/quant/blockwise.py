@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .nf4 import NF4_CODEBOOK, NF4_ZERO_CODE, dynamic_map_8bit, nf4_midpoints, shared_dynamic_map
+from .dynamic8 import (blocks_absmax_and_scaled as _blocks_absmax_and_scaled, check_blocksize,
+                       dequantize_blockwise_8bit, dynamic_map_8bit, quantize_blockwise_8bit, shared_dynamic_map)
+from .nf4 import NF4_CODEBOOK, NF4_ZERO_CODE, nf4_midpoints
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DOUBLE_QUANT_BLOCKSIZE = 256  # absmax values per 8-bit group, as bitsandbytes' compress_statistics
-_TINY = 1e-38  # floor for the reciprocal of an all-zero block's absmax (0 · 1e38 = 0: zeros stay zeros)
+_TINY = 1e-38  # guards the relative error of an all-zero tensor
 
 
 # --- the state objects --------------------------------------------------------------------------------------------
@@ -101,12 +103,6 @@ def _nbytes(*tensors) -> int:
 
 
 # --- checks --------------------------------------------------------------------------------------------------------
-def check_blocksize(blocksize) -> int:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 2 or blocksize & (blocksize - 1):
-        raise ValueError(f"blocksize must be a power of two ≥ 2 (e.g. 64, as QLoRA uses), got {blocksize!r}")
-    return blocksize
-
-
 def _check_float_tensor(x, what: str = "tensor") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -174,21 +170,6 @@ def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 # --- NF4 ------------------------------------------------------------------------------------------------------------
-def _blocks_absmax_and_scaled(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """flat float32 (n,) → absmax (n_blocks,) and flat / its block's absmax (in [-1, 1] up to rounding)."""
-    n = flat.numel()
-    n_blocks = -(-n // blocksize)
-    # a short last block is padded with zeros, which never raise an absmax
-    padded = flat if n % blocksize == 0 else torch.nn.functional.pad(flat, (0, n_blocks * blocksize - n))
-    blocks = padded.view(n_blocks, blocksize)  # (n_blocks, blocksize)
-    lo, hi = torch.aminmax(blocks, dim=1)  # one pass, no |x| copy
-    absmax = torch.maximum(hi, -lo)  # (n_blocks,)
-    # multiply by the reciprocal (as bitsandbytes' kernels do), so the boundaries fall in exactly the same place
-    # (no clamp to [-1, 1] needed: a value one rounding step past ±1 still falls beyond the outermost midpoint)
-    scaled = blocks * (1.0 / absmax.clamp(min=_TINY)).unsqueeze(1)
-    return absmax, scaled.reshape(-1)[:n]
-
-
 def quantize_nf4(x: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> NF4State:
     """Quantize a float tensor to NF4 in blocks of `blocksize` values (flat, row-major)."""
     _check_float_tensor(x, "the tensor to quantize")
@@ -228,23 +209,7 @@ def dequantize_nf4_reference(state: NF4State, dtype: torch.dtype | None = None) 
     return values.reshape(-1)[:n].to(dtype).reshape(state.shape)
 
 
-# --- 8-bit blockwise (for the absmax values) ------------------------------------------------------------------------
-def quantize_blockwise_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int = DOUBLE_QUANT_BLOCKSIZE):
-    """float32 (n,) → uint8 indices into the sorted 256-entry `code` (n,), and float32 block scales."""
-    check_blocksize(blocksize)
-    absmax, scaled = _blocks_absmax_and_scaled(x.reshape(-1).float(), blocksize)
-    idx = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2).to(torch.uint8)
-    return idx, absmax
-
-
-def dequantize_blockwise_8bit(idx: torch.Tensor, scales: torch.Tensor, code: torch.Tensor,
-                              blocksize: int = DOUBLE_QUANT_BLOCKSIZE) -> torch.Tensor:
-    n = idx.numel()
-    values = code[idx.long()]
-    values = torch.nn.functional.pad(values, (0, scales.numel() * blocksize - n)).view(-1, blocksize)
-    return (values * scales.unsqueeze(1)).reshape(-1)[:n]
-
-
+# --- 8-bit blockwise (for the absmax values): see dynamic8.py -----------------------------------------------------
 def double_quantize_absmax(absmax: torch.Tensor, blocksize: int = DOUBLE_QUANT_BLOCKSIZE) -> DoubleQuantState:
     """Centre the absmax values on their mean, then store them as 8-bit dynamic codes in groups of `blocksize`."""
     offset = absmax.mean()  # absmax > 0 always; centring puts them around 0, where the dynamic map is densest

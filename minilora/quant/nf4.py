@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .dynamic8 import dynamic_map_8bit, shared_dynamic_map  # noqa: F401  (the 8-bit map NF4 double quant uses)
+
 # The 16 NF4 levels as published with QLoRA (Dettmers et al., 2023, appendix E), sorted, as float32.
 _NF4_PUBLISHED = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -62,33 +64,3 @@ def uniform_int4_codebook() -> torch.Tensor:
     """For comparison: 16 evenly spaced levels over [-1, 1] (symmetric absmax int4 with 15 used steps + 1)."""
     return torch.linspace(-1.0, 1.0, 16, dtype=torch.float32)
 
-
-# --- the 8-bit "dynamic" map used to double-quantize the absmax values ---------------------------------------------
-_MAP_CACHE: dict = {}
-
-
-def shared_dynamic_map(device) -> torch.Tensor:
-    """One read-only copy of the 8-bit map per device, shared by every quantized weight (1 KiB, not 1 KiB each)."""
-    key = str(torch.device(device))
-    if key not in _MAP_CACHE:
-        _MAP_CACHE[key] = dynamic_map_8bit().to(device)
-    return _MAP_CACHE[key]
-
-
-def dynamic_map_8bit(max_exponent_bits: int = 7) -> torch.Tensor:
-    """The signed 8-bit dynamic data type (Dettmers, 8-bit approximations, 2015) that bitsandbytes uses for absmax.
-
-    Each level is a decimal exponent 10^-(6-i) times a linear fraction: for exponent i the interval [0.1, 1] is cut
-    into 2^i equal bins and the bin centres become levels (positive and negative). Small exponents get few levels,
-    large ones many, so relative precision stays roughly even across six decades. Plus 0 and 1.0; 256 values, sorted.
-    """
-    values: list[float] = []
-    for i in range(max_exponent_bits):
-        n_bins = 2 ** i  # more fraction bits as the exponent grows
-        edges = torch.linspace(0.1, 1, n_bins + 1, dtype=torch.float32)
-        centres = (edges[:-1] + edges[1:]) / 2.0
-        scale = 10 ** (i - (max_exponent_bits - 1))
-        values += (scale * centres).tolist() + (-scale * centres).tolist()
-    values += [0.0, 1.0]
-    values += [0.0] * (256 - len(values))  # unused slots (none for the default 7 exponent bits)
-    return torch.tensor(sorted(values), dtype=torch.float32)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .schedules import SCHEDULES
 
-OPTIMIZERS = ("adamw_torch", "adamw", "sgd")
+OPTIMIZERS = ("adamw_torch", "adamw", "adamw_8bit", "sgd")  # adamw_8bit: minilora.train.adamw8bit
 PRECISIONS = (None, "fp32", "bf16", "fp16")
 
 
@@ -52,8 +52,7 @@ class TrainingArguments:
         if self.lr_scheduler_type not in SCHEDULES:
             raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}: choose one of {', '.join(SCHEDULES)}")
         if self.optim not in OPTIMIZERS:
-            raise ValueError(f"optim={self.optim!r}: minilora implements {', '.join(OPTIMIZERS)} (8-bit AdamW "
-                             "needs bitsandbytes on a GPU; for LoRA the optimizer state is tiny anyway)")
+            raise ValueError(f"optim={self.optim!r}: minilora implements {', '.join(OPTIMIZERS)}")
         if self.stop_at_loss is not None and not (self.stop_at_loss > 0 and math.isfinite(self.stop_at_loss)):
             raise ValueError(f"stop_at_loss must be a positive number (or None: run all max_steps), "
                              f"got {self.stop_at_loss}")

@@ -24,6 +24,7 @@ import torch
 from ..io.atomic import write_file, write_json
 from ..memory.measure import peak_memory_gib
 from . import checkpoints
+from .adamw8bit import AdamW8bit
 from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError  # noqa: F401  (public names)
 from .data import Example, collate, count_trained_tokens
 from .packing import collate_packed, pack_examples
@@ -90,6 +91,9 @@ class Trainer:
         params = list(self.params.values())
         if a.optim == "sgd":
             return torch.optim.SGD(params, lr=a.learning_rate, weight_decay=a.weight_decay)
+        if a.optim == "adamw_8bit":  # m and v in 8 bits, blockwise (tensors under 4096 values keep 32-bit states)
+            return AdamW8bit(params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon,
+                             weight_decay=a.weight_decay)
         return torch.optim.AdamW(params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon,
                                  weight_decay=a.weight_decay, foreach=False)
 

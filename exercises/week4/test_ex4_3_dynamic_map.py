@@ -1,0 +1,51 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from exercises.conftest import exercise
+from minilora.quant.dynamic8 import dynamic_map, quantize_blockwise_8bit
+
+pytestmark = pytest.mark.ex4_3
+ex = exercise("ex4_3_dynamic_map")
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_map_is_the_library_map_and_bitsandbytes_map(signed):
+    ours = ex.dynamic_map(signed)
+    assert ours.dtype == torch.float32 and ours.shape == (256,), "256 float32 levels"
+    assert torch.all(ours[1:] > ours[:-1]), "sorted ascending, no level twice"
+    assert torch.equal(ours, dynamic_map(signed)), "the levels differ from minilora.quant.dynamic8.dynamic_map"
+    bnbF = pytest.importorskip("bitsandbytes.functional")
+    assert torch.equal(ours, bnbF.create_dynamic_map(signed=signed))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 256), signed=st.booleans(), seed=st.integers(0, 10_000))
+def test_quantize_block_matches_the_library(n, signed, seed):
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(3)  # values over several decades
+    block = block if signed else block.abs()
+    code = dynamic_map(signed)
+    idx, absmax = ex.quantize_block(block, code)
+    want_idx, want_absmax = quantize_blockwise_8bit(block, code, blocksize=256)  # one block
+    assert idx.dtype == torch.uint8 and idx.shape == (n,)
+    assert float(absmax) == want_absmax.item()
+    assert torch.equal(idx, want_idx), f"{int((idx != want_idx).sum())} of {n} indices are not the nearest level"
+
+
+def test_nearest_is_never_farther_than_bitsandbytes():
+    """bitsandbytes' CPU kernel first rounds block/absmax to a grid of 65,536 points: its level may be farther."""
+    bnbF = pytest.importorskip("bitsandbytes.functional")
+    block = torch.randn(256, generator=torch.Generator().manual_seed(0)) * 1e-3
+    block[5] = 0.0
+    code = dynamic_map(True)
+    idx, absmax = ex.quantize_block(block, code)
+    theirs, _ = bnbF.quantize_blockwise(block, code=code.clone(), blocksize=256)
+    v = block / absmax
+    assert torch.all((code[idx.long()] - v).abs() <= (code[theirs.long()] - v).abs() + 1e-7)
+    assert code[int(idx[5])] == 0 and code[int(theirs[5])] > 0  # an exact zero: level 0 here, 2e-5 on bitsandbytes' grid
+
+
+def test_all_zero_block():
+    idx, absmax = ex.quantize_block(torch.zeros(7), dynamic_map(True))
+    assert float(absmax) == 0.0 and idx.tolist() == [0] * 7
