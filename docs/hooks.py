@@ -18,10 +18,12 @@ import json
 import logging
 import pathlib
 import re
-import sys
+import subprocess
 
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
+
+from minilora.course import discover_exercises, lesson_files, lesson_week
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -29,11 +31,6 @@ EXECUTED = DOCS / "lessons"
 RESULTS = ROOT / "benchmarks" / "results"
 log = logging.getLogger("mkdocs.hooks.minilora")
 
-sys.path.insert(0, str(ROOT / "tests"))
-from lesson_runner import course_key  # noqa: E402  (one definition of the course order)
-
-sys.path.insert(0, str(ROOT))
-from minilora.commands.exercises import discover  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- lessons
@@ -60,7 +57,7 @@ def _error_outputs(path: pathlib.Path) -> list[str]:
 def lessons() -> list[dict]:
     """Every lesson source in course order, with its executed notebook (or None) and title."""
     found = []
-    for source in sorted((ROOT / "lessons").glob("*.py"), key=lambda p: course_key(p.stem)):
+    for source in lesson_files(ROOT):
         executed = EXECUTED / f"{source.stem}.ipynb"
         ok = executed.is_file()
         found.append({
@@ -125,21 +122,50 @@ and ends with its exercises (`pytest -m exN_M`) and a prompt for your [journal](
 
 
 # ---------------------------------------------------------------------------------------------------- exercises
-def _stub_info(path: pathlib.Path) -> tuple[list[str], str | None]:
-    """(functions the learner writes, the lesson the stub points to)."""
-    text = path.read_text(encoding="utf-8")
-    tree = ast.parse(text)
-    funcs = [node.name for node in ast.walk(tree)
+def _stubbed_functions(text: str) -> list[str]:
+    """Functions (and methods) of a stub whose body raises NotImplementedError: what the learner writes."""
+    found = [node for node in ast.walk(ast.parse(text))
              if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
              and any(isinstance(n, ast.Raise) and "NotImplementedError" in ast.unparse(n) for n in ast.walk(node))]
-    m = re.search(r"lessons/(\w+)\.py", text)
+    return [node.name for node in sorted(found, key=lambda node: node.lineno)]
+
+
+def _committed_stub(path: pathlib.Path) -> str | None:
+    """The newest committed version of a stub that is still a stub (so a learner's filled-in copy, committed or
+    not, still shows what the exercise asks for); None outside a git checkout."""
+    rel = path.relative_to(ROOT).as_posix()
+    try:
+        commits = subprocess.run(["git", "log", "--format=%H", "-n", "20", "--", rel], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60).stdout.split()
+        for commit in commits:
+            text = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=60).stdout
+            if _stubbed_functions(text):
+                return text
+    except (OSError, subprocess.SubprocessError, SyntaxError):
+        pass
+    return None
+
+
+def _stub_info(path: pathlib.Path, text: str | None = None) -> tuple[list[str], str | None]:
+    """(functions the learner writes, the lesson the stub points to) — the same before and after the learner
+    has written them: the names come from the stub as committed, plus any still raising in the working copy
+    (`text`, read from `path` when not given)."""
+    text = path.read_text(encoding="utf-8") if text is None else text
+    try:
+        current = _stubbed_functions(text)
+    except SyntaxError:  # a learner's half-written file must not break the site
+        current = []
+    committed = _committed_stub(path) or ""
+    funcs = list(dict.fromkeys(_stubbed_functions(committed) + current))
+    m = re.search(r"lessons/(\w+)\.py", text) or re.search(r"lessons/(\w+)\.py", committed)
     return funcs, (m[1] if m else None)
 
 
 def _exercises_table() -> str:
     executed = {lesson["name"] for lesson in lessons() if lesson["notebook"]}
     rows = ["| Exercise | What you build | You write | Lesson to read first | Run |", "|---|---|---|---|---|"]
-    for e in discover(ROOT):
+    for e in discover_exercises(ROOT):
         funcs, lesson = _stub_info(e.stub)
         if lesson in executed:
             lesson_cell = f"[{lesson}](lessons/{lesson}.ipynb)"
@@ -155,13 +181,13 @@ def _exercises_table() -> str:
 def _roadmap_cells(markdown: str) -> str:
     """Fill the roadmap's per-week cells with the lessons and exercises that exist."""
     course = lessons()
-    found = discover(ROOT)
+    found = discover_exercises(ROOT)
 
     def lessons_of(m):
         week = int(m[1])
         cells = [f"[{lesson['title']}](lessons/{lesson['name']}.ipynb)" if lesson["notebook"]
                  else f"`lessons/{lesson['name']}.py`"
-                 for lesson in course if course_key(lesson["name"])[0] == week]
+                 for lesson in course if lesson_week(lesson["name"]) == week]
         return "<br>".join(cells) or "—"
 
     def exercises_of(m):

@@ -15,7 +15,6 @@ import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))  # one shared lesson_runner module, whatever the import mode
 from lesson_runner import EXECUTED, ROOT, execute_lesson, lesson_files, prefetch
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
