@@ -1,9 +1,10 @@
 """mkdocs hooks: build the parts of the site that must stay true as the course grows.
 
-- Lessons: the nav lists every lesson that has been executed (docs/lessons/<name>.ipynb, written by
-  tests/test_lessons.py or `make docs`), in course order. A lesson source (lessons/*.py) without an up-to-date executed
-  notebook, or an executed notebook holding an error output, is a warning, so `mkdocs build --strict` fails on it.
-  A lesson that is not written yet is simply not listed.
+- Lessons: the nav lists every lesson (lessons/*.py) in course order (minilora/course.py). An executed lesson
+  (docs/lessons/<name>.ipynb, written by tests/test_lessons.py or `make site`) is rendered with its outputs; one not
+  executed yet gets a placeholder page saying what to run, and the build logs a warning (so `mkdocs build --strict`
+  fails on it), as it does for an executed notebook older than its source. A notebook holding an error output stops
+  the build.
 - Exercises: the table on exercises.md is generated from the stub files in exercises/weekN/.
 - Benchmarks: benchmarks.md shows every benchmarks/results/*.json as tables and every PNG there as a figure.
 - API: api.md gets one mkdocstrings block per module of the minilora package that exists.
@@ -69,22 +70,30 @@ def lessons() -> list[dict]:
     return found
 
 
+NOT_EXECUTED = "run `make site` (or `pytest tests/test_lessons.py`) first"
+
+
 def on_config(config):
     course = lessons()
+    waiting = [lesson["name"] for lesson in course if lesson["notebook"] is None]
+    if course and len(waiting) == len(course):
+        log.warning(f"no lesson has been executed yet, so every lesson page is a placeholder: {NOT_EXECUTED}; "
+                    f"it executes each lessons/*.py once and saves its outputs to docs/lessons/ for the site")
+    elif waiting:
+        log.warning(f"{len(waiting)} lesson(s) not executed yet, shown as placeholder pages: {', '.join(waiting)}: "
+                    f"{NOT_EXECUTED}")
     for lesson in course:
-        if lesson["notebook"] is None:
-            log.warning(f"lesson lessons/{lesson['name']}.py has not been executed, so the site would not show it: "
-                        f"run `make docs` or `pytest tests/test_lessons.py` first")
-        elif lesson["stale"]:
+        if lesson["stale"]:
             log.warning(f"docs/lessons/{lesson['name']}.ipynb is older than lessons/{lesson['name']}.py: "
                         f"execute the lessons again (`pytest tests/test_lessons.py`)")
-        else:
+        elif lesson["notebook"] is not None:
             errors = _error_outputs(lesson["notebook"])
             if errors:
                 raise PluginError(f"executed lesson {lesson['name']} holds error output ({'; '.join(errors)}): "
                                   f"fix the lesson and execute it again")
     entries = [{"Overview": "lessons/index.md"}] + [
-        {lesson["title"]: f"lessons/{lesson['name']}.ipynb"} for lesson in course if lesson["notebook"]]
+        {lesson["title"]: f"lessons/{lesson['name']}.ipynb" if lesson["notebook"] else f"lessons/{lesson['name']}.md"}
+        for lesson in course]
     nav = config.get("nav") or []
     for i, item in enumerate(nav):
         if isinstance(item, dict) and "Lessons" in item:
@@ -93,6 +102,17 @@ def on_config(config):
     else:
         nav.append({"Lessons": entries})
     return config
+
+
+def _placeholder(lesson: dict) -> str:
+    """The page of a lesson that has not been executed: what to run to see it, and where its source is."""
+    return f"""# {lesson['title']}
+
+!!! warning "This lesson has not been executed yet"
+    The site shows each lesson with the outputs and figures of a real run, and this one has not run yet:
+    {NOT_EXECUTED}, then build the site again. Meanwhile its source is `lessons/{lesson['name']}.py`
+    (`python lessons/{lesson['name']}.py` runs it; `make lab` opens it as a notebook).
+"""
 
 
 def _lessons_index() -> str:
@@ -104,7 +124,8 @@ def _lessons_index() -> str:
             took = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
             rows.append(f"| [{lesson['title']}]({lesson['name']}.ipynb) | `lessons/{lesson['name']}.py` | {took} |")
         else:
-            rows.append(f"| {lesson['title']} (not executed yet) | `lessons/{lesson['name']}.py` | |")
+            rows.append(f"| [{lesson['title']}]({lesson['name']}.md) (not executed yet: {NOT_EXECUTED}) "
+                        f"| `lessons/{lesson['name']}.py` | |")
     table = "\n".join(["| Lesson | Source | Ran in (CPU) |", "|---|---|---|", *rows]) if rows else \
         "*No lessons have been written yet.*"
     return f"""# Lessons
@@ -306,6 +327,9 @@ def on_files(files: Files, config) -> Files:
         if src.startswith("lessons/") and src.endswith(".ipynb") and pathlib.PurePosixPath(src).stem not in known:
             files.remove(file)
     files.append(File.generated(config, "lessons/index.md", content=_lessons_index()))
+    for lesson in lessons():
+        if lesson["notebook"] is None:
+            files.append(File.generated(config, f"lessons/{lesson['name']}.md", content=_placeholder(lesson)))
     files.append(File.generated(config, "api.md", content=_api_page()))
     if RESULTS.is_dir():
         for image in sorted(RESULTS.glob("*.png")):
@@ -320,10 +344,20 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         markdown = markdown.replace("<!-- benchmark-results -->", _benchmarks_section())
     if "<!-- lessons-week-" in markdown or "<!-- exercises-week-" in markdown:
         markdown = _roadmap_cells(markdown)
-    if page.file.src_uri == "unsloth-map.md":
-        executed = {lesson["name"] for lesson in lessons() if lesson["notebook"]}
-
-        def unlink(m):
-            return m[0] if m[2] in executed else f"`{m[1]}` (not on the site yet)"
-        markdown = re.sub(r"\[([^\]]+)\]\(lessons/(\w+)\.ipynb\)", unlink, markdown)
+    if page.file.src_uri in ("unsloth-map.md", "reading.md"):
+        markdown = _link_lessons(markdown, page.file.src_uri == "reading.md")
     return markdown
+
+
+def _link_lessons(markdown: str, by_source: bool) -> str:
+    """Keep a link to lessons/<name>.ipynb only when that lesson is on the site; a lesson split into parts
+    (<name>_cpu, <name>_gpu) links its first part. Otherwise show the name as text: the lesson's source file when
+    `by_source`, else the link text marked "(not on the site yet)"."""
+    executed = [lesson["name"] for lesson in lessons() if lesson["notebook"]]
+
+    def relink(m):
+        name = m[2] if m[2] in executed else next((n for n in executed if n.startswith(m[2] + "_")), None)
+        if name is not None:
+            return f"[{m[1]}](lessons/{name}.ipynb)"
+        return f"{m[1]} (`lessons/{m[2]}.py`)" if by_source else f"`{m[1]}` (not on the site yet)"
+    return re.sub(r"\[([^\]]+)\]\(lessons/(\w+)\.ipynb\)", relink, markdown)
