@@ -13,13 +13,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from minilora.course import course_key, lesson_files as course_lesson_files  # noqa: F401  (re-exported)
+from minilora.course import lesson_files as course_lesson_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "lessons"
 EXECUTED = ROOT / "docs" / "lessons"
 CELL_TIMEOUT_S = int(os.environ.get("MINILORA_CELL_TIMEOUT", "300"))  # a guard against hangs; lessons aim at ~1 min
-
 
 
 def lesson_files() -> list[pathlib.Path]:
