@@ -14,9 +14,8 @@ import pathlib
 import re
 import sys
 
-from ..io.atomic import write_text
-
 from ..course import find_checkout
+from ..io.atomic import write_text
 
 WEEKS = range(1, 6)
 ENTRY = re.compile(r"^(\d{4}-\d{2}-\d{2})\.md$")
