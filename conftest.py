@@ -1,8 +1,12 @@
-"""Repo-wide pytest set-up: run Triton kernels through the interpreter when there is no GPU.
+"""Repo-wide pytest set-up: run Triton kernels through the interpreter when there is no GPU, and keep
+`pytest -m exN_M` (the workbook's command for one exercise) inside that exercise's test files.
 
 TRITON_INTERPRET must be set before Triton is first imported, so it is set here, before any test module loads.
 """
 import os
+import pathlib
+
+from minilora.course import marker_of_test_file, markers_selected_only
 
 try:
     import torch
@@ -27,3 +31,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`pytest -m ex1_1` with no paths: collect only exercises/weekN/test_ex1_1_*.py.
+
+    Without this, pytest would import every module under tests/ (torch, transformers, peft...) only to deselect
+    them all, which takes a minute on a small machine. Applies only when the -m expression is nothing but exercise
+    markers (`ex1_1`, `ex1_1 or ex2_2`) and no paths were given; otherwise collection is pytest's own.
+    """
+    selected = markers_selected_only(config.option.markexpr or "")
+    if selected is None or config.args_source is not config.ArgsSource.TESTPATHS:
+        return None
+    path = pathlib.Path(collection_path)
+    if path.is_dir():
+        inside = pathlib.Path(config.rootpath, "exercises")
+        return not (path == inside or inside in path.parents or path in inside.parents)
+    if path.name.startswith("test_"):
+        return marker_of_test_file(path.name) not in selected
+    return None

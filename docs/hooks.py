@@ -1,9 +1,10 @@
 """mkdocs hooks: build the parts of the site that must stay true as the course grows.
 
-- Lessons: the nav lists every lesson that has been executed (docs/lessons/<name>.ipynb, written by
-  tests/test_lessons.py or `make docs`), in course order. A lesson source (lessons/*.py) without an up-to-date executed
-  notebook, or an executed notebook holding an error output, is a warning, so `mkdocs build --strict` fails on it.
-  A lesson that is not written yet is simply not listed.
+- Lessons: the nav lists every lesson (lessons/*.py) in course order (minilora/course.py). An executed lesson
+  (docs/lessons/<name>.ipynb, written by tests/test_lessons.py or `make site`) is rendered with its outputs; one not
+  executed yet gets a placeholder page saying what to run, and the build logs a warning (so `mkdocs build --strict`
+  fails on it), as it does for an executed notebook older than its source. A notebook holding an error output stops
+  the build.
 - Exercises: the table on exercises.md is generated from the stub files in exercises/weekN/.
 - Benchmarks: benchmarks.md shows every benchmarks/results/*.json as tables and every PNG there as a figure.
 - API: api.md gets one mkdocstrings block per module of the minilora package that exists.
@@ -18,10 +19,12 @@ import json
 import logging
 import pathlib
 import re
-import sys
+import subprocess
 
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
+
+from minilora.course import discover_exercises, lesson_files, lesson_week
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -29,11 +32,6 @@ EXECUTED = DOCS / "lessons"
 RESULTS = ROOT / "benchmarks" / "results"
 log = logging.getLogger("mkdocs.hooks.minilora")
 
-sys.path.insert(0, str(ROOT / "tests"))
-from lesson_runner import course_key  # noqa: E402  (one definition of the course order)
-
-sys.path.insert(0, str(ROOT))
-from minilora.commands.exercises import discover  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- lessons
@@ -60,7 +58,7 @@ def _error_outputs(path: pathlib.Path) -> list[str]:
 def lessons() -> list[dict]:
     """Every lesson source in course order, with its executed notebook (or None) and title."""
     found = []
-    for source in sorted((ROOT / "lessons").glob("*.py"), key=lambda p: course_key(p.stem)):
+    for source in lesson_files(ROOT):
         executed = EXECUTED / f"{source.stem}.ipynb"
         ok = executed.is_file()
         found.append({
@@ -72,22 +70,30 @@ def lessons() -> list[dict]:
     return found
 
 
+NOT_EXECUTED = "run `make site` (or `pytest tests/test_lessons.py`) first"
+
+
 def on_config(config):
     course = lessons()
+    waiting = [lesson["name"] for lesson in course if lesson["notebook"] is None]
+    if course and len(waiting) == len(course):
+        log.warning(f"no lesson has been executed yet, so every lesson page is a placeholder: {NOT_EXECUTED}; "
+                    f"it executes each lessons/*.py once and saves its outputs to docs/lessons/ for the site")
+    elif waiting:
+        log.warning(f"{len(waiting)} lesson(s) not executed yet, shown as placeholder pages: {', '.join(waiting)}: "
+                    f"{NOT_EXECUTED}")
     for lesson in course:
-        if lesson["notebook"] is None:
-            log.warning(f"lesson lessons/{lesson['name']}.py has not been executed, so the site would not show it: "
-                        f"run `make docs` or `pytest tests/test_lessons.py` first")
-        elif lesson["stale"]:
+        if lesson["stale"]:
             log.warning(f"docs/lessons/{lesson['name']}.ipynb is older than lessons/{lesson['name']}.py: "
                         f"execute the lessons again (`pytest tests/test_lessons.py`)")
-        else:
+        elif lesson["notebook"] is not None:
             errors = _error_outputs(lesson["notebook"])
             if errors:
                 raise PluginError(f"executed lesson {lesson['name']} holds error output ({'; '.join(errors)}): "
                                   f"fix the lesson and execute it again")
     entries = [{"Overview": "lessons/index.md"}] + [
-        {lesson["title"]: f"lessons/{lesson['name']}.ipynb"} for lesson in course if lesson["notebook"]]
+        {lesson["title"]: f"lessons/{lesson['name']}.ipynb" if lesson["notebook"] else f"lessons/{lesson['name']}.md"}
+        for lesson in course]
     nav = config.get("nav") or []
     for i, item in enumerate(nav):
         if isinstance(item, dict) and "Lessons" in item:
@@ -96,6 +102,17 @@ def on_config(config):
     else:
         nav.append({"Lessons": entries})
     return config
+
+
+def _placeholder(lesson: dict) -> str:
+    """The page of a lesson that has not been executed: what to run to see it, and where its source is."""
+    return f"""# {lesson['title']}
+
+!!! warning "This lesson has not been executed yet"
+    The site shows each lesson with the outputs and figures of a real run, and this one has not run yet:
+    {NOT_EXECUTED}, then build the site again. Meanwhile its source is `lessons/{lesson['name']}.py`
+    (`python lessons/{lesson['name']}.py` runs it; `make lab` opens it as a notebook).
+"""
 
 
 def _lessons_index() -> str:
@@ -107,7 +124,8 @@ def _lessons_index() -> str:
             took = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
             rows.append(f"| [{lesson['title']}]({lesson['name']}.ipynb) | `lessons/{lesson['name']}.py` | {took} |")
         else:
-            rows.append(f"| {lesson['title']} (not executed yet) | `lessons/{lesson['name']}.py` | |")
+            rows.append(f"| [{lesson['title']}]({lesson['name']}.md) (not executed yet: {NOT_EXECUTED}) "
+                        f"| `lessons/{lesson['name']}.py` | |")
     table = "\n".join(["| Lesson | Source | Ran in (CPU) |", "|---|---|---|", *rows]) if rows else \
         "*No lessons have been written yet.*"
     return f"""# Lessons
@@ -125,21 +143,50 @@ and ends with its exercises (`pytest -m exN_M`) and a prompt for your [journal](
 
 
 # ---------------------------------------------------------------------------------------------------- exercises
-def _stub_info(path: pathlib.Path) -> tuple[list[str], str | None]:
-    """(functions the learner writes, the lesson the stub points to)."""
-    text = path.read_text(encoding="utf-8")
-    tree = ast.parse(text)
-    funcs = [node.name for node in ast.walk(tree)
+def _stubbed_functions(text: str) -> list[str]:
+    """Functions (and methods) of a stub whose body raises NotImplementedError: what the learner writes."""
+    found = [node for node in ast.walk(ast.parse(text))
              if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
              and any(isinstance(n, ast.Raise) and "NotImplementedError" in ast.unparse(n) for n in ast.walk(node))]
-    m = re.search(r"lessons/(\w+)\.py", text)
+    return [node.name for node in sorted(found, key=lambda node: node.lineno)]
+
+
+def _committed_stub(path: pathlib.Path) -> str | None:
+    """The newest committed version of a stub that is still a stub (so a learner's filled-in copy, committed or
+    not, still shows what the exercise asks for); None outside a git checkout."""
+    rel = path.relative_to(ROOT).as_posix()
+    try:
+        commits = subprocess.run(["git", "log", "--format=%H", "-n", "20", "--", rel], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60).stdout.split()
+        for commit in commits:
+            text = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=60).stdout
+            if _stubbed_functions(text):
+                return text
+    except (OSError, subprocess.SubprocessError, SyntaxError):
+        pass
+    return None
+
+
+def _stub_info(path: pathlib.Path, text: str | None = None) -> tuple[list[str], str | None]:
+    """(functions the learner writes, the lesson the stub points to) — the same before and after the learner
+    has written them: the names come from the stub as committed, plus any still raising in the working copy
+    (`text`, read from `path` when not given)."""
+    text = path.read_text(encoding="utf-8") if text is None else text
+    try:
+        current = _stubbed_functions(text)
+    except SyntaxError:  # a learner's half-written file must not break the site
+        current = []
+    committed = _committed_stub(path) or ""
+    funcs = list(dict.fromkeys(_stubbed_functions(committed) + current))
+    m = re.search(r"lessons/(\w+)\.py", text) or re.search(r"lessons/(\w+)\.py", committed)
     return funcs, (m[1] if m else None)
 
 
 def _exercises_table() -> str:
     executed = {lesson["name"] for lesson in lessons() if lesson["notebook"]}
     rows = ["| Exercise | What you build | You write | Lesson to read first | Run |", "|---|---|---|---|---|"]
-    for e in discover(ROOT):
+    for e in discover_exercises(ROOT):
         funcs, lesson = _stub_info(e.stub)
         if lesson in executed:
             lesson_cell = f"[{lesson}](lessons/{lesson}.ipynb)"
@@ -155,13 +202,13 @@ def _exercises_table() -> str:
 def _roadmap_cells(markdown: str) -> str:
     """Fill the roadmap's per-week cells with the lessons and exercises that exist."""
     course = lessons()
-    found = discover(ROOT)
+    found = discover_exercises(ROOT)
 
     def lessons_of(m):
         week = int(m[1])
         cells = [f"[{lesson['title']}](lessons/{lesson['name']}.ipynb)" if lesson["notebook"]
                  else f"`lessons/{lesson['name']}.py`"
-                 for lesson in course if course_key(lesson["name"])[0] == week]
+                 for lesson in course if lesson_week(lesson["name"]) == week]
         return "<br>".join(cells) or "—"
 
     def exercises_of(m):
@@ -280,6 +327,9 @@ def on_files(files: Files, config) -> Files:
         if src.startswith("lessons/") and src.endswith(".ipynb") and pathlib.PurePosixPath(src).stem not in known:
             files.remove(file)
     files.append(File.generated(config, "lessons/index.md", content=_lessons_index()))
+    for lesson in lessons():
+        if lesson["notebook"] is None:
+            files.append(File.generated(config, f"lessons/{lesson['name']}.md", content=_placeholder(lesson)))
     files.append(File.generated(config, "api.md", content=_api_page()))
     if RESULTS.is_dir():
         for image in sorted(RESULTS.glob("*.png")):
@@ -294,10 +344,20 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         markdown = markdown.replace("<!-- benchmark-results -->", _benchmarks_section())
     if "<!-- lessons-week-" in markdown or "<!-- exercises-week-" in markdown:
         markdown = _roadmap_cells(markdown)
-    if page.file.src_uri == "unsloth-map.md":
-        executed = {lesson["name"] for lesson in lessons() if lesson["notebook"]}
-
-        def unlink(m):
-            return m[0] if m[2] in executed else f"`{m[1]}` (not on the site yet)"
-        markdown = re.sub(r"\[([^\]]+)\]\(lessons/(\w+)\.ipynb\)", unlink, markdown)
+    if page.file.src_uri in ("unsloth-map.md", "reading.md"):
+        markdown = _link_lessons(markdown, page.file.src_uri == "reading.md")
     return markdown
+
+
+def _link_lessons(markdown: str, by_source: bool) -> str:
+    """Keep a link to lessons/<name>.ipynb only when that lesson is on the site; a lesson split into parts
+    (<name>_cpu, <name>_gpu) links its first part. Otherwise show the name as text: the lesson's source file when
+    `by_source`, else the link text marked "(not on the site yet)"."""
+    executed = [lesson["name"] for lesson in lessons() if lesson["notebook"]]
+
+    def relink(m):
+        name = m[2] if m[2] in executed else next((n for n in executed if n.startswith(m[2] + "_")), None)
+        if name is not None:
+            return f"[{m[1]}](lessons/{name}.ipynb)"
+        return f"{m[1]} (`lessons/{m[2]}.py`)" if by_source else f"`{m[1]}` (not on the site yet)"
+    return re.sub(r"\[([^\]]+)\]\(lessons/(\w+)\.ipynb\)", relink, markdown)

@@ -8,39 +8,22 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from minilora.course import lesson_files as course_lesson_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "lessons"
 EXECUTED = ROOT / "docs" / "lessons"
 CELL_TIMEOUT_S = int(os.environ.get("MINILORA_CELL_TIMEOUT", "300"))  # a guard against hangs; lessons aim at ~1 min
 
-# Course order inside a week (lessons not listed here come after the listed ones of their week, by name).
-COURSE_ORDER = [
-    "week1_big_picture", "week1_lora",
-    "week2_model_family", "week2_attention",
-    "week3_nf4", "week3_kernels_rope_swiglu", "week3_cross_entropy",
-    "week4_memory", "week4_8bit",
-    "week5_triton_fast_lora", "week5_saving",
-]
-_WEEK = re.compile(r"^week(\d+)_")
-
-
-def course_key(name: str):
-    """Sort key: week number, then the position in COURSE_ORDER, then the name; `capstone*` comes last."""
-    m = _WEEK.match(name)
-    week = int(m[1]) if m else (99 if name.startswith("capstone") else 98)
-    rank = COURSE_ORDER.index(name) if name in COURSE_ORDER else len(COURSE_ORDER)
-    return (week, rank, name)
-
 
 def lesson_files() -> list[pathlib.Path]:
-    """Every lessons/*.py in course order."""
-    return sorted(LESSONS.glob("*.py"), key=lambda p: course_key(p.stem))
+    """Every lessons/*.py in course order (minilora/course.py holds the order)."""
+    return course_lesson_files(ROOT)
 
 
 class LessonFailed(AssertionError):

@@ -15,7 +15,6 @@ import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))  # one shared lesson_runner module, whatever the import mode
 from lesson_runner import EXECUTED, ROOT, execute_lesson, lesson_files, prefetch
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
@@ -136,10 +135,12 @@ def _chromium() -> str:
 
 
 def _browse(chromium: str, url: str, profile: pathlib.Path, screenshot: pathlib.Path) -> str:
-    """Render url headless: save a screenshot, return the DOM after scripts ran."""
+    """Render url headless: save a screenshot, return the DOM after scripts ran (MathJax included: the virtual-time
+    budget lets the page's scripts and the files they load finish before the DOM is dumped)."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1600"]
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1600",
+             "--virtual-time-budget=30000"]
     shot = subprocess.run([chromium, *flags, f"--screenshot={screenshot}", url],
                           capture_output=True, text=True, timeout=120)
     assert screenshot.is_file(), f"chromium made no screenshot of {url}:\n{shot.stderr[-2000:]}"
@@ -152,6 +153,16 @@ def _text(dom: str) -> str:
     """The page's visible text (tags removed, entities decoded)."""
     dom = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S | re.I)
     return html.unescape(re.sub(r"<[^>]+>", "", dom))
+
+
+def _markdown_math(notebook: pathlib.Path) -> tuple[int, int]:
+    """(display formulas $$...$$, inline formulas $...$) in a notebook's markdown cells."""
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    text = "\n".join("".join(c.get("source", "")) for c in nb["cells"] if c.get("cell_type") == "markdown")
+    display = re.findall(r"\$\$.+?\$\$", text, flags=re.S)
+    for d in display:
+        text = text.replace(d, " ")
+    return len(display), len(re.findall(r"(?<![\\$])\$[^$\n]+?\$", text))
 
 
 def _not_blank(png: pathlib.Path) -> bool:
@@ -187,3 +198,59 @@ def test_browser_shows_home_page_and_a_lesson_with_figures_and_outputs(site, tmp
     assert "jp-OutputArea-output" in dom, f"lesson {lesson}: no cell outputs rendered"
     for marker in ("Traceback (most recent call last)", "Cell In[", "application/vnd.jupyter.error"):
         assert marker not in text and marker not in dom, f"lesson {lesson}: the page shows error output ({marker!r})"
+
+
+def test_browser_typesets_a_lessons_math_offline(site, tmp_path):
+    """MathJax comes from the site itself (docs/hooks_math.py), never a CDN, and turns every formula of a lesson
+    into typeset math: no raw $$ is left on the page."""
+    chromium = _chromium()
+    pages = sorted(site.rglob("*.html"))
+    cdn = [str(p.relative_to(site)) for p in pages if re.search(r"<script[^>]+src=\"https?://", p.read_text("utf-8"))]
+    assert not cdn, f"pages loading a script from the network (the site must work offline): {cdn[:5]}"
+    with_display = [p.stem for p in lesson_files() if _markdown_math(EXECUTED / f"{p.stem}.ipynb")[0]]
+    assert with_display, "no lesson has display math ($$...$$) to check in the browser"
+    lesson = with_display[0]
+    display, inline = _markdown_math(EXECUTED / f"{lesson}.ipynb")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    dom = _browse(chromium, (site / "lessons" / lesson / "index.html").as_uri(), tmp_path / "profile-math",
+                  SCREENSHOTS / f"{lesson}-math.png")
+    assert "assets/mathjax/MathJax.js" in dom, f"lesson {lesson}: MathJax is not loaded from the site's assets"
+    shown_display = len(re.findall(r'class="MathJax_Display"', dom))
+    shown = len(re.findall(r'class="MathJax"', dom))
+    assert shown_display >= display and shown >= display + inline, (
+        f"lesson {lesson}: MathJax typeset {shown_display} display and {shown} formulas in all; its markdown holds "
+        f"{display} display and {inline} inline formulas (screenshot: {SCREENSHOTS / (lesson + '-math.png')})")
+    text = _text(dom)
+    assert "$$" not in text, f"lesson {lesson}: raw $$ left on the page: the math was not typeset"
+    assert "Math Processing Error" not in text, f"lesson {lesson}: MathJax reports a Math Processing Error"
+
+
+def _hooks(monkeypatch, executed: pathlib.Path):
+    """docs/hooks.py as mkdocs loads it (by path), with the executed lessons looked for in `executed`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("minilora_docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    monkeypatch.setattr(hooks, "EXECUTED", executed)
+    return hooks
+
+
+def test_a_build_without_executed_lessons_says_what_to_run(monkeypatch, tmp_path, caplog):
+    hooks = _hooks(monkeypatch, tmp_path)  # an empty folder: nothing executed
+    with caplog.at_level("WARNING", logger="mkdocs.hooks.minilora"):
+        config = hooks.on_config({"nav": [{"Lessons": "lessons/index.md"}]})
+    assert "run `make site` (or `pytest tests/test_lessons.py`) first" in caplog.text
+    entries = config["nav"][0]["Lessons"]
+    assert len(entries) == 1 + len(lesson_files()), "every lesson keeps its place in the menu"
+    placeholder = hooks._placeholder(hooks.lessons()[0])
+    assert "has not been executed yet" in placeholder and "make site" in placeholder
+    assert "not executed yet: run `make site`" in hooks._lessons_index()
+
+
+def test_the_exercises_table_keeps_what_you_write_once_an_exercise_is_done(monkeypatch, tmp_path):
+    from minilora.course import discover_exercises
+    hooks = _hooks(monkeypatch, tmp_path)
+    for e in discover_exercises(ROOT):
+        solved = (ROOT / "exercises" / "solutions" / e.stub.name).read_text(encoding="utf-8")
+        before, after = hooks._stub_info(e.stub), hooks._stub_info(e.stub, text=solved)
+        assert before[0] and after == before, f"exercise {e.label}: 'You write' {before} becomes {after} once solved"

@@ -4,12 +4,9 @@ Each lessons/*.py (jupytext percent format) is converted with jupytext and execu
 root as working directory, inline matplotlib figures and a per-cell timeout (MINILORA_CELL_TIMEOUT, default 300 s).
 The executed notebook is saved to docs/lessons/<name>.ipynb, which the docs site renders without running it again.
 """
-import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))  # one shared lesson_runner module, whatever the import mode
 from lesson_runner import LESSONS, execute_lesson, lesson_files, prefetch
 
 LESSON_FILES = lesson_files()

@@ -112,3 +112,30 @@ def test_exercises_progress_table(tmp_path, monkeypatch, capsys):
 def test_every_real_exercise_is_discovered_with_a_title():
     found = ex_cmd.discover(ROOT)
     assert found and all(e.title and e.tests for e in found)
+
+
+def test_exercises_check_gives_a_verdict_on_one_exercise(tmp_path, monkeypatch, capsys):
+    root = _workbook(tmp_path)
+    monkeypatch.chdir(root)
+    assert main(["exercises", "--check", "1.1"]) == 0
+    out = capsys.readouterr().out
+    assert "Exercise 1.1 — add two numbers" in out and "DONE: all 2 tests pass" in out
+    assert main(["exercises", "--check", "ex1_2"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT STARTED" in out and "exercises/week1/test_ex1_2_mul.py" in out and "1.1" not in out
+    assert main(["exercises", "--check", "1.2", "--solutions"]) == 0
+    assert main(["exercises", "--check", "7.7"]) == 2
+    assert "there is no exercise 7.7" in capsys.readouterr().err
+
+
+def test_exercises_stops_an_exercise_that_runs_too_long(tmp_path, monkeypatch, capsys):
+    root = _workbook(tmp_path)
+    (root / "exercises" / "week1" / "ex1_2_mul.py").write_text(
+        '"""Exercise 1.2 — multiply."""\ndef mul(a, b):\n    while True:\n        pass\n')
+    monkeypatch.chdir(root)
+    assert main(["exercises", "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "exercise 1.2: its tests ran longer than 5 s and were stopped" in out
+    row_11 = next(line for line in out.splitlines() if line.strip().startswith("1.1"))
+    row_12 = next(line for line in out.splitlines() if line.strip().startswith("1.2"))
+    assert row_11.endswith("done") and row_12.endswith("timed out")

@@ -31,3 +31,16 @@ def test_merged_weight_gives_same_output():
 def test_zero_B_leaves_the_base_output():
     x, W, A = torch.randn(3, 6), torch.randn(4, 6), torch.randn(2, 6)
     torch.testing.assert_close(ex.lora_forward(x, W, A, torch.zeros(4, 2), 16, 2), x @ W.T)
+
+
+def test_lora_forward_never_forms_B_times_A():
+    """The low-rank path is x -> (x A^T) -> (x A^T) B^T: two thin matmuls; an (out, in) matrix B A is never built."""
+    from exercises.checks import new_tensors_of_shape, record_torch_calls
+    N, d_in, d_out, r = 3, 11, 7, 2
+    x, W, A, B = torch.randn(N, d_in), torch.randn(d_out, d_in), torch.randn(r, d_in), torch.randn(d_out, r)
+    with record_torch_calls() as calls:
+        y = ex.lora_forward(x, W, A, B, 16, r)
+    torch.testing.assert_close(y, x @ W.T + 8 * (x @ A.T) @ B.T, rtol=1e-4, atol=1e-4)
+    formed = new_tensors_of_shape(calls, (d_out, d_in), (d_in, d_out))
+    assert not formed, (f"lora_forward built a full ({d_out}, {d_in}) matrix (in {', '.join(formed)}): compute "
+                        f"(x @ A.T) first, an (N, r) matrix, then multiply it by B.T — never B @ A")

@@ -9,11 +9,13 @@ pytestmark = pytest.mark.ex1_2
 ex = exercise("ex1_2_lora_memory")
 
 configs = st.builds(
-    lambda layers, heads, groups, hd, ffn, vocab, tied, qkv_bias: ModelConfig(
+    lambda layers, heads, groups, hd, ffn, vocab, tied, bias: ModelConfig(
         num_hidden_layers=layers, num_attention_heads=heads * groups, num_key_value_heads=heads, head_dim=hd,
-        hidden_size=8 * heads, intermediate_size=ffn, vocab_size=vocab, tie_word_embeddings=tied, qkv_bias=qkv_bias),
+        hidden_size=8 * heads, intermediate_size=ffn, vocab_size=vocab, tie_word_embeddings=tied,
+        qkv_bias=bias == "qkv", attention_bias=bias == "attention"),
     layers=st.integers(1, 3), heads=st.integers(1, 3), groups=st.integers(1, 3), hd=st.sampled_from([2, 4, 8]),
-    ffn=st.integers(1, 40), vocab=st.integers(2, 50), tied=st.booleans(), qkv_bias=st.booleans())
+    ffn=st.integers(1, 40), vocab=st.integers(2, 50), tied=st.booleans(),
+    bias=st.sampled_from([None, "qkv", "attention"]))
 
 
 def meta_model(config):
@@ -42,6 +44,18 @@ def test_model_parameter_count_matches_the_model(config):
 def test_lora_count_matches_get_peft_model(config, r, targets):
     model = get_peft_model(meta_model(config), r=r, target_modules=targets, random_state=None, verbose=False)
     assert ex.lora_parameter_count(config, r, targets) == model.num_parameters(trainable_only=True)
+
+
+@pytest.mark.parametrize("bias", ["qkv_bias", "attention_bias"])
+def test_model_parameter_count_counts_each_kind_of_attention_bias(bias):
+    """qkv_bias (Qwen2) puts a bias on q, k and v; attention_bias (Llama's option) on q, k, v and o."""
+    config = ModelConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                         hidden_size=16, intermediate_size=24, vocab_size=30, **{bias: True})
+    plain = ModelConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                        hidden_size=16, intermediate_size=24, vocab_size=30)
+    per_layer = 16 + 8 + 8 + (16 if bias == "attention_bias" else 0)  # q (nh·hd) + k, v (nkv·hd) [+ o (C)]
+    assert ex.model_parameter_count(config) - ex.model_parameter_count(plain) == 2 * per_layer, (
+        f"with {bias}=True the model gains {2 * per_layer} bias parameters over its 2 layers")
 
 
 def test_smollm2_all_seven_projections_rank_16():

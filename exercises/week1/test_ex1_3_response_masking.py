@@ -26,6 +26,12 @@ def test_two_turns_mask_the_second_question_too():
     assert ex.mask_labels(ids, ASSISTANT, USER) == want
 
 
+def test_without_an_instruction_marker_the_answer_runs_to_the_end():
+    ids = USER + [20, 21] + ASSISTANT + [30, 31, 2]
+    assert ex.mask_labels(ids, ASSISTANT) == [-100] * 6 + [30, 31, 2]  # instruction_marker defaults to None
+    assert ex.mask_labels(ids, ASSISTANT, None) == [-100] * 6 + [30, 31, 2]
+
+
 def test_missing_marker_is_an_error():
     with pytest.raises(ValueError, match="response marker"):
         ex.mask_labels(USER + [20, 21], ASSISTANT, USER)

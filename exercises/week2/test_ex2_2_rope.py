@@ -106,3 +106,21 @@ def test_both_layouts_give_the_same_attention_inputs():
     wrong, _ = ex.apply_rope(q_wrong, q_wrong, full.cos().float()[None], full.sin().float()[None])
     assert not torch.allclose(wrong[0].double(), rotated_gguf, atol=1e-3)
     assert math.isclose(float(wrong.norm()), float(rotated_gguf.norm()), rel_tol=1e-4)  # still a rotation, just wrong
+
+
+@pytest.mark.parametrize("B", [2, 3])
+def test_apply_rope_uses_each_sequences_own_positions(B):
+    """cos/sin of shape (B, T, hd) carry one row of positions per sequence (left padding, packed sequences):
+    sequence b must be rotated by row b — the head axis goes between the batch and the time axes."""
+    hd, T = 8, 5
+    q, k = torch.randn(B, B, T, hd), torch.randn(B, 1, T, hd)  # as many heads as sequences: a misplaced axis shows
+    offsets = [0, 7, 30][:B]
+    ang = torch.stack([angles(T, hd, offset=o) for o in offsets])  # (B, T, hd/2): a different start per sequence
+    full = torch.cat((ang, ang), -1)
+    q_out, k_out = ex.apply_rope(q, k, full.cos().float(), full.sin().float())
+    assert q_out.shape == q.shape and k_out.shape == k.shape
+    for b, o in enumerate(offsets):
+        want = angles(T, hd, offset=o)[None]
+        torch.testing.assert_close(q_out[b].double(), rope_as_complex(q[b], want), rtol=1e-5, atol=1e-5,
+                                   msg=f"sequence {b} (positions {o}..{o + T - 1}) was not rotated by its own angles")
+        torch.testing.assert_close(k_out[b].double(), rope_as_complex(k[b], want), rtol=1e-5, atol=1e-5)

@@ -43,3 +43,16 @@ def test_half_precision_output():
     assert y.dtype == torch.float16
     expected = x.float() * cos.half().float() + rotate_half(x.float()) * sin.half().float()
     torch.testing.assert_close(y.float(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_half_precision_is_computed_in_float32():
+    """Step 2 converts every load to fp32: the result must be the fp32 formula rounded ONCE to fp16 at the store
+    (fp16 products and sums would round at every step and drift by up to a few fp16 steps)."""
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(64, 48, generator=gen) * 4).half()
+    cos, sin = (t.half() for t in _tables(64, 48, gen))
+    y = ex.rope_rows(x, cos, sin)
+    exact = (x.float() * cos.float() + rotate_half(x.float()) * sin.float()).half()
+    off = int((y != exact).sum())
+    assert off == 0, f"{off} of {y.numel()} fp16 outputs differ from the fp32 computation: convert x, cos and sin " \
+                     f"to tl.float32 after loading, and cast back only when storing"

@@ -37,3 +37,17 @@ def test_matches_the_library_kernel_formula():
     dg, du = ex.swiglu_backward(torch.ones(4, 5, dtype=torch.float64), g.detach(), u.detach())
     torch.testing.assert_close(dg, g.grad)
     torch.testing.assert_close(du, u.grad)
+
+
+def test_the_formula_is_written_out_not_asked_of_autograd():
+    """The point is the formula the Triton kernel recomputes from g: autograd may check it, not produce it."""
+    from exercises.checks import no_autograd
+    g, u, dh = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), \
+        torch.randn(3, 4, dtype=torch.float64)
+    with no_autograd("write silu'(g) and the two gradients as formulas (s = torch.sigmoid(g)): no autograd here"):
+        d_silu = ex.silu_derivative(g)
+        dg, du = ex.swiglu_backward(dh, g, u)
+    s = torch.sigmoid(g)
+    torch.testing.assert_close(d_silu, s * (1 + g * (1 - s)))
+    torch.testing.assert_close(dg, dh * u * d_silu)
+    torch.testing.assert_close(du, dh * g * s)

@@ -42,3 +42,28 @@ def test_combine_chunks_equals_whole_row():
     torch.testing.assert_close(ex.combine_chunks(parts), torch.logsumexp(z, dim=1))
     big = torch.tensor([[800.0, 801.0]])
     assert torch.isfinite(ex.combine_chunks(big)).all()
+
+
+def test_reads_each_row_block_by_block():
+    """online_logsumexp folds the row in with lse_update, one block of at most block_size columns at a time, and
+    never reduces a whole row at once (no torch.logsumexp / softmax / max over all V columns)."""
+    from exercises.checks import record_torch_calls
+    N, V, block = 3, 50, 8
+    z = torch.randn(N, V, generator=torch.Generator().manual_seed(0)) * 5
+    widths, update = [], ex.lse_update
+
+    def spy(m, s, blk):
+        widths.append(blk.shape[1])
+        return update(m, s, blk)
+    ex.lse_update = spy  # online_logsumexp looks lse_update up in its module when it runs
+    try:
+        with record_torch_calls() as calls:
+            out = ex.online_logsumexp(z, block)
+    finally:
+        ex.lse_update = update
+    torch.testing.assert_close(out, torch.logsumexp(z, dim=1))
+    assert widths == [8] * 6 + [2], f"lse_update saw blocks of widths {widths}: expected 8, 8, 8, 8, 8, 8, 2"
+    whole_row = sorted({name for name, args, _ in calls
+                        if name in ("logsumexp", "softmax", "log_softmax", "max", "amax", "sort", "topk")
+                        and args and isinstance(args[0], torch.Tensor) and args[0].shape[-1] == V})
+    assert not whole_row, f"{', '.join(whole_row)} ran over a whole row of {V} columns: see each block only once"

@@ -39,3 +39,19 @@ def test_zero_B_still_trains_A_only_through_B():
     assert torch.count_nonzero(dA) == 0
     assert torch.count_nonzero(dB) > 0
     assert dx.shape == x.shape
+
+
+def test_thin_intermediates_and_no_autograd():
+    """By hand, with thin matmuls: no (out, in) matrix (not B A, and no dW: W is frozen), no autograd."""
+    from exercises.checks import new_tensors_of_shape, no_autograd, record_torch_calls
+    N, d_in, d_out, r = 5, 11, 7, 2
+    g = torch.Generator().manual_seed(3)
+    x, W, A, B, dy = (torch.randn(*s, generator=g, dtype=torch.float64)
+                      for s in ((N, d_in), (d_out, d_in), (r, d_in), (d_out, r), (N, d_out)))
+    with no_autograd("derive dx, dA and dB with the chain rule: no autograd here"), record_torch_calls() as calls:
+        got = ex.lora_backward(x, W, A, B, 0.5, dy)
+    for a, b in zip(got, autograd_grads(x, W, A, B, 0.5, dy)):
+        torch.testing.assert_close(a, b)
+    formed = new_tensors_of_shape(calls, (d_out, d_in), (d_in, d_out))
+    assert not formed, (f"lora_backward built a full ({d_out}, {d_in}) matrix (in {', '.join(formed)}): keep every "
+                        f"intermediate thin — dy @ B is (N, r), x @ A.T is (N, r) — and compute no dW")

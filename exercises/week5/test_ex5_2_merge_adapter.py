@@ -43,3 +43,28 @@ def test_adapter_for_another_model_is_refused():
                "base_model.model.model.layers.9.mlp.up_proj.lora_B.weight": torch.zeros(4, 1)}
     with pytest.raises(KeyError, match="layers.9"):
         ex.merge_state_dict(base, adapter, 1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_merged_in_float32_then_rounded_once(dtype):
+    """The update is small next to W: added in 16-bit it would be rounded twice (once alone, once in the sum)."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(64, 48, generator=g).to(dtype)
+    A, B = torch.randn(4, 48, generator=g) * 0.05, torch.randn(64, 4, generator=g) * 0.05
+    merged = ex.merged_weight(W, A.to(dtype), B.to(dtype), 8, 4)
+    assert merged.dtype == dtype
+    once = (W.float() + 2.0 * (B.to(dtype).float() @ A.to(dtype).float())).to(dtype)
+    off = int((merged != once).sum())
+    assert off == 0, (f"{off} of {W.numel()} merged weights differ from W + scaling·B@A computed in float32 and "
+                      f"rounded once to {dtype}: cast W, A and B to float32 first, then back to W's dtype at the end")
+
+
+def test_the_base_state_dict_is_left_unchanged():
+    base = {"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 3)}
+    adapter = {"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(1, 3),
+               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.ones(4, 1)}
+    merged = ex.merge_state_dict(base, adapter, 1, 1)
+    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], torch.ones(4, 3))
+    assert torch.equal(base["model.layers.0.mlp.up_proj.weight"], torch.zeros(4, 3)), (
+        "merge_state_dict changed the base state dict it was given: return a NEW dict (dict(base), then replace "
+        "the merged entries)")

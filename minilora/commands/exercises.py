@@ -14,29 +14,13 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-STUB = re.compile(r"^ex(\d+)_(\d+)_(\w+)\.py$")
+from ..course import Exercise, discover_exercises, exercise_marker, find_checkout
+
 TEST_MODULE = re.compile(r"test_ex(\d+)_(\d+)_\w+")
-
-
-@dataclass
-class Exercise:
-    week: int
-    number: int
-    stem: str            # ex1_1_lora_forward
-    title: str           # from the stub's docstring
-    stub: pathlib.Path
-    tests: list[pathlib.Path]
-
-    @property
-    def marker(self) -> str:
-        return f"ex{self.week}_{self.number}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.week}.{self.number}"
 
 
 @dataclass
@@ -46,6 +30,7 @@ class Outcome:
     errors: int = 0
     skipped: int = 0
     not_implemented: int = 0          # failures raised by a stub that is still a stub
+    timed_out: bool = False           # stopped after running longer than the time limit
     messages: list[str] = field(default_factory=list)
 
     @property
@@ -54,6 +39,8 @@ class Outcome:
 
     @property
     def status(self) -> str:
+        if self.timed_out:
+            return "timed out"
         if self.total == 0:
             return "no tests"
         if self.passed == self.total:
@@ -68,54 +55,67 @@ class Outcome:
 
 
 def find_root(start: pathlib.Path | None = None) -> pathlib.Path:
-    """The minilora checkout that holds exercises/: the working directory (or a parent), else the package's parent."""
-    here = (start or pathlib.Path.cwd()).resolve()
-    for candidate in (here, *here.parents, pathlib.Path(__file__).resolve().parents[2]):
-        if (candidate / "exercises" / "conftest.py").is_file():
-            return candidate
-    raise FileNotFoundError("no exercises/ folder found: run this command inside your minilora checkout "
-                            "(the folder with exercises/, lessons/ and journal/)")
-
-
-def _title(stub: pathlib.Path) -> str:
-    """The stub docstring's first line without the 'Exercise N.M —' prefix."""
-    text = stub.read_text(encoding="utf-8").strip()
-    first = text.splitlines()[0].strip().strip('"\' #') if text else ""
-    return re.sub(r"^Exercise\s+\d+\.\d+\s*[—:-]+\s*", "", first).rstrip(".") or stub.stem
+    """The minilora checkout that holds exercises/ (the working directory, a parent, or beside the package)."""
+    return find_checkout("exercises/conftest.py", start)
 
 
 def discover(root: pathlib.Path) -> list[Exercise]:
-    """Every exercise under root/exercises/week*/, in course order."""
-    found = []
-    for stub in (root / "exercises").glob("week*/ex*_*.py"):
-        m = STUB.match(stub.name)
-        if not m:
-            continue
-        tests = sorted(stub.parent.glob(f"test_{stub.stem}*.py"))
-        found.append(Exercise(int(m[1]), int(m[2]), stub.stem, _title(stub), stub, tests))
-    return sorted(found, key=lambda e: (e.week, e.number))
+    """Every exercise under root/exercises/week*/, in course order (see minilora/course.py)."""
+    return discover_exercises(root)
 
 
-def run_tests(root: pathlib.Path, exercises: list[Exercise], solutions: bool,
-              extra_args: tuple[str, ...] = ()) -> dict[str, Outcome]:
-    """Run the exercises' tests once in a pytest subprocess; return an Outcome per exercise marker.
+DEFAULT_TIMEOUT_S = 120  # per exercise; the reference solutions' tests take a few seconds each
 
-    Raises RuntimeError with pytest's output when pytest itself could not run (exit code other than 0 or 1).
+
+class _TimedOut(Exception):
+    def __init__(self, marker: str | None):
+        self.marker = marker
+
+
+def run_tests(root: pathlib.Path, exercises: list[Exercise], solutions: bool, extra_args: tuple[str, ...] = (),
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Outcome]:
+    """Run the exercises' tests in a pytest subprocess; return an Outcome per exercise marker.
+
+    An exercise whose tests run longer than `timeout_s` (an endless loop in a stub, say) is stopped and marked
+    "timed out", and the others are run again without it. Raises RuntimeError with pytest's output when pytest
+    itself could not run (exit code other than 0 or 1).
     """
     outcomes = {e.marker: Outcome() for e in exercises}
+    remaining = [e for e in exercises if e.tests]
+    while remaining:
+        try:
+            outcomes.update(_run_once(root, remaining, solutions, extra_args, timeout_s))
+            break
+        except _TimedOut as stopped:
+            # Unknown marker: pytest never started a test (a stub that loops while it is imported); blame them all.
+            hit = [e for e in remaining if stopped.marker in (None, e.marker)]
+            for e in hit:
+                o = outcomes[e.marker] = Outcome(timed_out=True)
+                o.messages.append(f"exercise {e.label}: its tests ran longer than {timeout_s:g} s and were stopped "
+                                  f"(an endless loop in exercises/week{e.week}/{e.stub.name}?); "
+                                  f"run `pytest -m {e.marker} -x` to see where it hangs")
+            remaining = [e for e in remaining if e not in hit]
+    return outcomes
+
+
+def _run_once(root, exercises, solutions, extra_args, timeout_s) -> dict[str, Outcome]:
+    outcomes = {e.marker: Outcome() for e in exercises}
     paths = [str(t.relative_to(root)) for e in exercises for t in e.tests]
-    if not paths:
-        return outcomes
-    env = dict(os.environ, MINILORA_SOLUTIONS="1" if solutions else "0")
     with tempfile.TemporaryDirectory(prefix="minilora-exercises-") as tmp:
-        report = pathlib.Path(tmp) / "report.xml"
+        report, progress = pathlib.Path(tmp) / "report.xml", pathlib.Path(tmp) / "progress"
+        env = dict(os.environ, MINILORA_SOLUTIONS="1" if solutions else "0",
+                   MINILORA_EXERCISE_PROGRESS=str(progress))
         cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
                "--continue-on-collection-errors", f"--junitxml={report}", "-o", "junit_family=xunit2",
                *extra_args]
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        with open(pathlib.Path(tmp) / "out", "w+") as out:
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+            _wait_watching(proc, progress, timeout_s)
+            out.seek(0)
+            output = out.read()
         if proc.returncode not in (0, 1) or not report.exists():
             raise RuntimeError(f"pytest could not run the exercise tests (exit code {proc.returncode}):\n"
-                               f"{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+                               f"{output[-6000:]}")
         tree = ET.parse(report)
     for case in tree.iter("testcase"):
         m = TEST_MODULE.search(case.get("classname", "") + " " + case.get("name", ""))
@@ -141,6 +141,24 @@ def run_tests(root: pathlib.Path, exercises: list[Exercise], solutions: bool,
     return outcomes
 
 
+def _wait_watching(proc: subprocess.Popen, progress: pathlib.Path, timeout_s: float) -> None:
+    """Wait for pytest; kill it when one exercise (named in `progress` by exercises/conftest.py) runs too long."""
+    current, since = None, time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=0.2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        lines = progress.read_text(encoding="utf-8").split() if progress.exists() else []
+        if lines and lines[-1] != current:
+            current, since = lines[-1], time.monotonic()
+        if time.monotonic() - since > timeout_s:
+            proc.kill()
+            proc.wait()
+            raise _TimedOut(current)
+
+
 def format_table(exercises: list[Exercise], outcomes: dict[str, Outcome], solutions: bool) -> str:
     lines = []
     title_width = min(max((len(e.title) for e in exercises), default=5), 60)
@@ -163,7 +181,27 @@ def format_table(exercises: list[Exercise], outcomes: dict[str, Outcome], soluti
         nxt = next((e for e in exercises if outcomes[e.marker].status != "done"), None)
         if nxt is not None:
             lines.append(f"Next: exercise {nxt.label} — edit exercises/{nxt.stub.parent.name}/{nxt.stub.name}, "
-                         f"then run `pytest -m {nxt.marker}`.")
+                         f"then run `minilora exercises --check {nxt.label}` (or `pytest -m {nxt.marker}`).")
+    return "\n".join(lines)
+
+
+def format_check(e: Exercise, o: Outcome, solutions: bool) -> str:
+    """The verdict on one exercise: done, or which tests fail and why (first line of each failure)."""
+    whose = "the reference solution" if solutions else f"exercises/week{e.week}/{e.stub.name}"
+    head = f"Exercise {e.label} — {e.title} ({whose})"
+    tests = " ".join(str(t.relative_to(t.parents[2])) for t in e.tests)
+    if o.status == "done":
+        return f"{head}\nDONE: all {o.total} tests pass."
+    if o.status == "timed out":
+        return f"{head}\nTIMED OUT: {o.messages[0]}"
+    if o.status == "not started":
+        verdict = (f"NOT STARTED: {o.failed} tests fail on the unfilled stub (NotImplementedError). "
+                   f"Replace each `raise NotImplementedError(...)` with your code.")
+    else:
+        verdict = f"NOT YET: {o.passed}/{o.total} tests pass."
+    lines = [head, verdict]
+    lines += [f"  - {msg}" for msg in o.messages if "NotImplementedError" not in msg or o.status != "not started"]
+    lines.append(f"Full output: pytest {tests}")
     return "\n".join(lines)
 
 
@@ -172,8 +210,12 @@ def add_parser(subparsers) -> None:
         "exercises", help="run the exercise tests and show your progress per week",
         description="Run the workbook's exercise tests (exercises/weekN/) and print a progress table: exercise, "
                     "title, tests passed/total and status (done / in progress / not started / failing). "
-                    "Run one exercise's tests with `pytest -m exN_M`.")
-    parser.add_argument("--week", type=int, metavar="N", help="only this week's exercises (1-5)")
+                    "Check one exercise with `minilora exercises --check N.M` (or `pytest -m exN_M`).")
+    parser.add_argument("--week", type=int, metavar="N", help="only this week's exercises")
+    parser.add_argument("--check", metavar="N.M",
+                        help="run exactly exercise N.M's tests and print a verdict (exit code 0 when all pass)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                        help=f"stop an exercise whose tests run longer than S seconds (default {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--solutions", action="store_true",
                         help="run the same tests against the reference solutions in exercises/solutions/")
     parser.add_argument("--details", action="store_true", help="also print the first failure message of each test")
@@ -190,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
     if not exercises:
         print(f"minilora exercises: no exercises found under {root / 'exercises'}", file=sys.stderr)
         return 2
+    if args.check is not None:
+        return _check(root, exercises, args)
     if args.week is not None:
         weeks = sorted({e.week for e in exercises})
         exercises = [e for e in exercises if e.week == args.week]
@@ -200,13 +244,40 @@ def run(args: argparse.Namespace) -> int:
     print(f"Running the tests of {len(exercises)} exercise(s)"
           f"{' against the reference solutions' if args.solutions else ''}…", flush=True)
     try:
-        outcomes = run_tests(root, exercises, solutions=args.solutions)
+        outcomes = run_tests(root, exercises, solutions=args.solutions, timeout_s=args.timeout)
     except RuntimeError as e:
         print(f"minilora exercises: {e}", file=sys.stderr)
         return 2
+    for o in outcomes.values():
+        if o.timed_out:
+            print(o.messages[0])
     print(format_table(exercises, outcomes, args.solutions))
     if args.details:
         for e in exercises:
             for msg in outcomes[e.marker].messages:
                 print(f"  {e.label}  {msg}")
     return 0
+
+
+def _check(root: pathlib.Path, exercises: list[Exercise], args: argparse.Namespace) -> int:
+    try:
+        marker = exercise_marker(args.check)
+    except ValueError as e:
+        print(f"minilora exercises: --check: {e}", file=sys.stderr)
+        return 2
+    chosen = next((e for e in exercises if e.marker == marker), None)
+    if chosen is None:
+        print(f"minilora exercises: there is no exercise {args.check}; the exercises are "
+              f"{', '.join(e.label for e in exercises)}", file=sys.stderr)
+        return 2
+    if not chosen.tests:
+        print(f"minilora exercises: exercise {chosen.label} has no test file "
+              f"exercises/week{chosen.week}/test_{chosen.stem}.py", file=sys.stderr)
+        return 2
+    try:
+        outcome = run_tests(root, [chosen], solutions=args.solutions, timeout_s=args.timeout)[chosen.marker]
+    except RuntimeError as e:
+        print(f"minilora exercises: {e}", file=sys.stderr)
+        return 2
+    print(format_check(chosen, outcome, args.solutions))
+    return 0 if outcome.status == "done" else 1

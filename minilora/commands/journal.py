@@ -14,6 +14,7 @@ import pathlib
 import re
 import sys
 
+from ..course import find_checkout
 from ..io.atomic import write_text
 
 WEEKS = range(1, 6)
@@ -22,12 +23,10 @@ ENTRY = re.compile(r"^(\d{4}-\d{2}-\d{2})\.md$")
 
 def find_journal(start: pathlib.Path | None = None) -> pathlib.Path:
     """The journal/ folder of the minilora checkout: in the working directory or a parent, else beside the package."""
-    here = (start or pathlib.Path.cwd()).resolve()
-    for candidate in (here, *here.parents, pathlib.Path(__file__).resolve().parents[2]):
-        if (candidate / "journal" / "TEMPLATE.md").is_file():
-            return candidate / "journal"
-    raise FileNotFoundError("no journal/TEMPLATE.md found: run this command inside your minilora checkout, "
-                            "or pass --journal-dir PATH")
+    try:
+        return find_checkout("journal/TEMPLATE.md", start) / "journal"
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}, or pass --journal-dir PATH") from None
 
 
 def entries(journal: pathlib.Path) -> list[pathlib.Path]:
