@@ -1,7 +1,7 @@
 # minilora — the two commands a fresh machine needs:
 #   make demo   set up .venv and run the main job (`minilora train`: QLoRA fine-tune of the bundled SmolLM2)
 #   make test   set up .venv and run every test (library, exercises, lessons, docs site, browser check)
-# Other targets: setup, lab (JupyterLab with the lessons as notebooks), docs (execute the lessons, serve the site),
+# Other targets: setup, check (ruff lint), lab (JupyterLab with the lessons as notebooks), docs (execute the lessons, serve the site),
 # site (build the site into site/), clean.
 
 PYTHON ?= python3
@@ -22,7 +22,7 @@ STAMP := $(VENV)/.minilora-installed
 
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test lab docs site clean
+.PHONY: setup demo test check lab docs site clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,10 @@ demo: $(STAMP)
 # then `mkdocs build --strict` and the headless-Chromium check of the built site.
 test: $(STAMP)
 	MINILORA_SOLUTIONS=1 $(BIN)/python -m pytest tests exercises --durations=10
+
+# Lint and import order (ruff; its settings are in pyproject.toml). CI runs it before the tests.
+check: $(STAMP)
+	$(BIN)/ruff check .
 
 lab: $(STAMP)
 	@# Open .py lessons as notebooks by default (jupytext) and start their kernels in the repository root,
