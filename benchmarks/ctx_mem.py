@@ -7,7 +7,8 @@ longest length both stacks ran (slope of peak against length), and minilora's pr
 card from that slope (and from host memory, where offloaded layer inputs live: L·C·2 bytes a token).
 --long N adds one training step of minilora alone at N tokens (timed once; its loss must be finite).
 
-    python -m benchmarks.ctx_mem --lengths 2048,8192,16384,32768 --long 131072 --out DIR    # GPU
+    python -m benchmarks.ctx_mem --lengths 2048,8192,16384,32768 --out DIR                  # GPU
+    python -m benchmarks.ctx_mem --lengths 8192 --no-anchor --long 131072 --name long-context-8b --out DIR
     python -m benchmarks.ctx_mem --smoke --out DIR                                          # tiny model, CPU
     python -m benchmarks.ctx_mem --plot DIR/ctx-mem-8b.json                                 # PNG from a record
 """
@@ -54,7 +55,7 @@ def run(args) -> harness.Results:
         f"minilora stage(s) {[STAGES[s] for s in stages]}, built once, timed in alternation at each length "
         f"(warm-up {args.warmup}, {args.rounds} rotated rounds x {args.reps}). peak_gib = resident + the step's own "
         f"peak; bytes_per_token = slope of peak_gib between the shortest and longest length."))
-    res.autosave(args.out, harness.result_stem("ctx-mem-8b", device, args.smoke))
+    res.autosave(args.out, harness.result_stem(args.name, device, args.smoke))
     steps = {}
     first = lengths[0]
     for s in stages:
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="4", help="minilora ladder stage(s) to measure (default 4, + offload)")
     ap.add_argument("--long", type=int, default=0, help="also one minilora step at this many tokens (0: none)")
     ap.add_argument("--no-anchor", action="store_true", help="leave out the HF+PEFT+bitsandbytes stack")
+    ap.add_argument("--name", default="ctx-mem-8b",
+                    help="file name prefix (a second call, e.g. only the long step, can use long-context-8b)")
     ap.add_argument("--anchor-cache", help="folder for the anchor's random checkpoint (reused when present)")
     harness.add_run_args(ap, reps=1, warmup=1, plot=True)
     args = ap.parse_args(argv)
@@ -189,7 +192,7 @@ def main(argv=None) -> int:
     elif not torch.cuda.is_available():
         ap.error("needs a CUDA GPU; --smoke runs a tiny model on the CPU")
     res = run(args)
-    harness.finish(res, args.out, harness.result_stem("ctx-mem-8b", res.device, args.smoke), plot)
+    harness.finish(res, args.out, harness.result_stem(args.name, res.device, args.smoke), plot)
     for name, d in res.extra["derived"].items():
         if isinstance(d, dict):
             print(f"  {name}: " + ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) else f"{k} {v}"

@@ -69,7 +69,7 @@ for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora
 
 # %%
 import benchmarks.bench_elementwise as bench_elementwise  # noqa: E402
-from benchmarks.harness import latest, load_results  # noqa: E402
+from benchmarks.harness import Results, latest, load_results, print_table  # noqa: E402
 from minilora.kernels import rmsnorm, rope, swiglu  # noqa: E402
 
 def show(obj):
@@ -292,7 +292,6 @@ print(f"interpreter checks took {time.perf_counter() - started:.1f} s")
 
 # %%
 if torch.cuda.is_available():
-    from triton.testing import do_bench
     gg = torch.randn(4096, 14336, device="cuda", dtype=torch.bfloat16)
     uu, dd = torch.randn_like(gg), torch.randn_like(gg)
 
@@ -300,9 +299,11 @@ if torch.cuda.is_available():
         a, b = gg.clone().requires_grad_(), uu.clone().requires_grad_()
         return lambda: f(a * 1, b * 1).backward(dd)
 
-    for name, f in [("torch eager", swiglu.swiglu_reference), ("minilora", swiglu.swiglu_fast)]:
-        ms = do_bench(step(f), return_mode="median")
-        print(f"swiglu fwd+bwd 4096x14336 on {torch.cuda.get_device_name()}: {name:12s} {ms:.3f} ms")
+    live = Results("swiglu live", "cuda", log=lambda *_: None)
+    live.compare(f"swiglu fwd+bwd 4096x14336 on {torch.cuda.get_device_name()}",
+                 {"torch eager": step(swiglu.swiglu_reference), "minilora": step(swiglu.swiglu_fast)},
+                 reps=10, nbytes=8 * gg.numel() * 2)
+    print_table(live.rows)
 else:
     print("no GPU here: showing the recorded results below")
 

@@ -308,8 +308,12 @@ for shape, lad in ladders.items():
         by_mem = min(transitions, key=lambda p: p[1]["peak_gib"] - p[0]["peak_gib"])
         dt = by_time[1]["median_ms"] - by_time[0]["median_ms"]
         dm = by_mem[1]["peak_gib"] - by_mem[0]["peak_gib"]
-        lines.append(f"  The largest step-time change downward is '{by_time[1]['impl']}' ({ms_change(dt)}); the "
-                     f"largest memory change downward is '{by_mem[1]['impl']}' ({gib_change(dm)}).")
+        lines.append((f"  The largest step-time saving is '{by_time[1]['impl']}' ({ms_change(dt)})" if dt < 0 else
+                      f"  No stage lowers the step time; the smallest change is '{by_time[1]['impl']}' "
+                      f"({ms_change(dt)})")
+                     + (f"; the largest memory saving is '{by_mem[1]['impl']}' ({gib_change(dm)} peak)." if dm < 0
+                        else f"; no stage lowers the peak; the smallest change is '{by_mem[1]['impl']}' "
+                        f"({gib_change(dm)} peak)."))
     after = ladder[ladder.index(fastest) + 1:]
     if after:
         lines.append(f"  Going on past the fastest stage ({', '.join(r['impl'] for r in after)}) "
