@@ -119,6 +119,24 @@ def child(side: str, mode: str, steps: int, threads: int) -> None:
 RUNS = [("minilora", "forward"), ("hf", "forward"), ("hf", "lora"), ("minilora", "lora"), ("minilora", "qlora")]
 
 
+def _results(times: dict, info: dict, notes: str, args) -> harness.Results:
+    res = harness.Results("cpu-smollm2", "cpu", notes=notes, log=lambda *_: None)
+    for side, mode in RUNS:
+        extra = dict(info[(side, mode)])
+        peak = extra.pop("peak_rss_gib", None)
+        row = res.add(f"{mode} step" if mode != "forward" else "forward", side, times[(side, mode)], peak=peak,
+                      mode=mode, **extra)
+        row["tok_s"] = B * T / (row["median_ms"] / 1e3) if row["reps"] else None
+    by = {(r["impl"], r["mode"]): r for r in res.rows}
+    if all(by[k]["tok_s"] for k in by):
+        res.extra["speedup"] = {
+            "forward": by[("minilora", "forward")]["tok_s"] / by[("hf", "forward")]["tok_s"],
+            "lora_step": by[("minilora", "lora")]["tok_s"] / by[("hf", "lora")]["tok_s"]}
+    res.extra["config"] = {"threads": args.threads, "batch": B, "seq": T, "r": R, "layers": LAYERS or 30,
+                           "affinity": sorted(os.sched_getaffinity(0))}
+    return res
+
+
 def main(argv=None) -> int:
     global B, T, LAYERS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,14 +153,14 @@ def main(argv=None) -> int:
         return child(*args.child, args.steps, args.threads)
     if args.rounds < 3:
         ap.error("--rounds must be at least 3 (the order rotates between rounds)")
-    res = harness.Results("cpu-smollm2", "cpu", notes=(
-        f"SmolLM2-135M shape{' (smoke: 2 blocks)' if args.smoke else ''}, random weights, fp32, B{B} S{T}, LoRA "
-        f"r{R} on 7 projections, AdamW, {args.threads} threads; each measurement in its own process, "
-        f"{args.rounds} rotated rounds x (1 untimed + {args.steps} timed steps). peak_gib = the child's peak RSS."))
+    notes = (f"SmolLM2-135M shape{' (smoke: 2 blocks)' if args.smoke else ''}, random weights, fp32, B{B} S{T}, "
+             f"LoRA r{R} on 7 projections, AdamW, {args.threads} threads; each measurement in its own process, "
+             f"rotated rounds x (1 untimed + {args.steps} timed steps). peak_gib = the child's peak RSS.")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stem = harness.result_stem("cpu-smollm2", "cpu", args.smoke)
     times = {run: [] for run in RUNS}
     info = {run: {} for run in RUNS}
-    for order in harness.rotation(RUNS, args.rounds):
+    for done, order in enumerate(harness.rotation(RUNS, args.rounds), 1):
         for side, mode in order:
             cmd = [sys.executable, "-m", "benchmarks.cpu_smollm2", "--child", side, mode, "--steps",
                    str(args.steps), "--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
@@ -151,24 +169,13 @@ def main(argv=None) -> int:
             if line is None:
                 raise SystemExit(f"{side} {mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
             r = json.loads(line[len("RESULT "):])
-            times[(side, mode)] += [1e3 * t for t in r.pop("times")]
+            step_ms = [1e3 * t for t in r.pop("times")]
+            times[(side, mode)] += step_ms
             info[(side, mode)]["peak_rss_gib"] = max(r["peak_rss_gib"], info[(side, mode)].get("peak_rss_gib", 0))
             info[(side, mode)].update({k: v for k, v in r.items() if k not in ("side", "mode", "peak_rss_gib")})
-            print(f"  {side:9s} {mode:8s} steps {[round(1e3 * t) for t in json.loads(line[7:])['times']]} ms",
-                  flush=True)
-    for side, mode in RUNS:
-        extra = dict(info[(side, mode)])
-        peak = extra.pop("peak_rss_gib")
-        row = res.add(f"{mode} step" if mode != "forward" else "forward", side, times[(side, mode)], peak=peak,
-                      mode=mode, **extra)
-        row["tok_s"] = B * T / (row["median_ms"] / 1e3)
-    by = {(r["impl"], r["mode"]): r for r in res.rows}
-    res.extra["speedup"] = {
-        "forward": by[("minilora", "forward")]["tok_s"] / by[("hf", "forward")]["tok_s"],
-        "lora_step": by[("minilora", "lora")]["tok_s"] / by[("hf", "lora")]["tok_s"]}
-    res.extra["config"] = {"threads": args.threads, "batch": B, "seq": T, "r": R, "layers": LAYERS or 30,
-                           "affinity": sorted(os.sched_getaffinity(0))}
-    path = res.write(args.out, harness.result_stem("cpu-smollm2", "cpu", args.smoke))
+            print(f"  {side:9s} {mode:8s} steps {[round(t) for t in step_ms]} ms", flush=True)
+        res = _results(times, info, notes + f" Rounds completed: {done} of {args.rounds}.", args)
+        path = res.write(args.out, stem)  # after every round: a run cut off keeps equal counts per implementation
     harness.print_table(res.rows, f"wrote {path}")
     for r in res.rows:
         print(f"  {r['impl']:9s} {r['mode']:8s} {r['tok_s']:8.1f} tok/s")
