@@ -87,19 +87,26 @@ def built(make: Callable[[], Step], device: str) -> Step:
     return step
 
 
+def build_stage_model(config: ModelConfig, stage: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """A fresh random-weight model with everything of the ladder up to `stage` (0..4) that lives in the model: NF4
+    weights from stage 1, LoRA r16 on the 7 projections, recompute checkpointing (offload from stage 4); train mode.
+    The kernels (stage 2) and the fused loss (stage 3) are chosen per call: see `minilora_stage`."""
+    torch.manual_seed(seed)
+    model = build_model(config, dtype=dtype, device=device)
+    init_weights(model, seed=seed)
+    if stage >= 1:
+        from minilora.linear4bit import quantize_model
+        quantize_model(model, compute_dtype=dtype)
+    get_peft_model(model, r=16, lora_alpha=16, verbose=False)
+    model.gradient_checkpointing = check_mode("offload" if stage >= 4 else True)
+    return model.train()
+
+
 def minilora_stage(config: ModelConfig, stage: int, batch: int, seq: int, device: str, dtype: torch.dtype,
                    seed: int = 0) -> Step:
     """The ladder's stage `stage` (0..4) as a Step: a fresh random-weight model with everything up to that stage."""
     def make():
-        torch.manual_seed(seed)
-        model = build_model(config, dtype=dtype, device=device)
-        init_weights(model, seed=seed)
-        if stage >= 1:
-            from minilora.quant import quantize_model
-            quantize_model(model, compute_dtype=dtype)
-        get_peft_model(model, r=16, lora_alpha=16, verbose=False)
-        model.gradient_checkpointing = check_mode("offload" if stage >= 4 else True)
-        model.train()
+        model = build_stage_model(config, stage, device, dtype, seed)
         return Step(STAGES[stage], model, device, batch, seq, kernels="triton" if stage >= 2 else "reference",
                     return_logits=stage < 3, seed=seed)
     return built(make, device)

@@ -61,7 +61,8 @@ import matplotlib.pyplot as plt
 
 import benchmarks.train_step as train_step
 from benchmarks import harness
-from minilora import memory, ops, profile
+from minilora import memory, ops
+from minilora.memory import measure
 from minilora.lora import get_peft_model
 from minilora.models.registry import build_model, catalogue_config, init_weights
 from minilora.linear4bit import quantize_model
@@ -93,9 +94,9 @@ print(inspect.getsource(train_step.Step.__call__))
 # layer's input in CPU memory as an attribute, and the fused cross-entropy keeps its already computed gradient.
 
 # %%
-print(profile.__doc__)
-print(inspect.getsource(profile.SavedTensorMeter._pack))
-print(inspect.getsource(profile.measure_activations))
+print(measure.__doc__)
+print(inspect.getsource(measure.SavedTensorMeter._pack))
+print(inspect.getsource(measure.measure_activations))
 
 # %% [markdown]
 # ## 3. The ladder on your CPU
@@ -167,7 +168,7 @@ def run_cpu_stage(model, mode, fused):
         model.fused_loss = fused_head_through_kernels(model)
     try:
         with ops.use_kernels("reference"):
-            report = profile.measure_activations(model, lambda: model(ids, labels=ids, return_logits=not fused))
+            report = measure.measure_activations(model, lambda: model(ids, labels=ids, return_logits=not fused))
             report.loss.backward()
             grads = bytes_of(p.grad for p in trainable)
             opt.step()

@@ -150,7 +150,7 @@ if ladders:
 # %% [markdown]
 # ## 2. Predicted vs recorded memory
 #
-# `minilora/memory.py` predicts each pile from the configuration alone (week 4). Its activation model knows
+# `minilora/memory/estimate.py` predicts each pile from the configuration alone (week 4). Its activation model knows
 # checkpointing on or off and counts the logits once, in bf16; the cell removes the logits for the fused-loss
 # stages and the layer inputs for the offload stage. The recorded peak adds what the prediction leaves out:
 # temporary buffers (a dequantized weight, a matmul's output before it is added, the optimizer's scratch), the
