@@ -99,7 +99,10 @@ def build_anchor_model(config: ModelConfig, seq: int, device: str, *, mode: str 
                       target_modules=TARGETS)
     model = get_peft_model(model, lora)
     model.train()  # from_pretrained returns eval mode, in which transformers skips checkpointing
-    if not getattr(model.base_model.model, "is_gradient_checkpointing", False):
+    inner = model.base_model.model  # transformers 5.x names the flag one of two ways
+    flag = next((getattr(inner, a) for a in ("is_activation_checkpointing", "is_gradient_checkpointing")
+                 if hasattr(inner, a)), None)
+    if flag is False:
         raise RuntimeError("the anchor model did not turn gradient checkpointing on: the comparison would be unfair")
     return model
 
@@ -137,6 +140,7 @@ def main(argv=None) -> int:
         ap.error("the anchor needs a CUDA GPU for its real shapes; --smoke runs a tiny one on the CPU")
     name, batch = SHAPES[args.shape]
     config = smoke_config() if args.smoke else _catalogue(name)
+    name = "tiny (smoke)" if args.smoke else name
     batch = args.batch or (2 if args.smoke else batch)
     seq = 32 if args.smoke else args.seq
     dtype = torch.float32 if args.smoke else torch.bfloat16

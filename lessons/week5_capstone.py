@@ -388,7 +388,8 @@ print("\n".join(lines))
 
 # %%
 stage_of = {"week1_big_picture": "the training step the ladder takes apart", "week1_lora": "lora",
-            "week2_model_family": "the model every stage trains", "week3_nf4": "+ nf4",
+            "week2_model_family": "the model every stage trains",
+            "week2_attention": "the attention every stage runs (SDPA, GQA)", "week3_nf4": "+ nf4",
             "week3_kernels_rope_swiglu": "+ triton (RoPE, SwiGLU, RMSNorm)", "week3_cross_entropy": "+ fused-ce",
             "week4_memory": "+ recompute, + offload, memory.py",
             "week5_triton_fast_lora": "+ triton (fused LoRA backward)",
