@@ -25,6 +25,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.train_step import Step, built
+from minilora.io.atomic import write_dir
 from minilora.models.config import ModelConfig
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -49,7 +50,7 @@ def _saved_checkpoint(cfg, dtype: torch.dtype, device: str, cache_dir: str | Non
     if cache_dir and (pathlib.Path(cache_dir) / "config.json").is_file():
         log(f"anchor: reusing the saved random checkpoint in {cache_dir}")
         return cache_dir
-    target = cache_dir or tempfile.mkdtemp(prefix="minilora-anchor-")
+    target = cache_dir or os.path.join(tempfile.mkdtemp(prefix="minilora-anchor-"), "checkpoint")
     t0 = time.perf_counter()
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -59,14 +60,10 @@ def _saved_checkpoint(cfg, dtype: torch.dtype, device: str, cache_dir: str | Non
             model = LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(previous)
-    tmp = tempfile.mkdtemp(prefix=".saving-", dir=pathlib.Path(target).parent)
-    model.save_pretrained(tmp)
+    write_dir(target, model.save_pretrained)  # staged and renamed: a cut-off save is never reused as a cache
     del model
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
-    if pathlib.Path(target).exists():
-        pathlib.Path(target).rmdir()
-    os.replace(tmp, target)
     log(f"anchor: built and saved a random checkpoint in {time.perf_counter() - t0:.0f} s")
     return target
 
@@ -126,8 +123,8 @@ def default_cache_dir(shape: str) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.train_step import add_throughput, model_flops_per_token
     from benchmarks.bench_e2e import SHAPES, smoke_config
+    from benchmarks.train_step import add_throughput, model_flops_per_token
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     ap.add_argument("--mode", choices=["qlora", "lora"], default="qlora")

@@ -22,6 +22,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.train_step import STAGES, add_throughput, minilora_stage, model_flops_per_token
+from minilora.io.atomic import write_text
 
 SHAPES = {"1b": ("llama-3.2-1b", 4), "8b": ("llama-3-8b", 2)}  # catalogue name, batch (S2048)
 
@@ -98,7 +99,7 @@ def run(args) -> harness.Results:
         for label, step in steps.items():
             text = profile_table(step, device)
             slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
-            harness.write_text_atomic(out / f"e2e-{args.shape}-profile-{slug}.txt", text)
+            write_text(out / f"e2e-{args.shape}-profile-{slug}.txt", text)
             res.log(f"--- profile of {label}\n{text}")
     return res
 

@@ -32,8 +32,14 @@ def main(argv=None) -> int:
     elif not torch.cuda.is_available():
         ap.error("needs a CUDA GPU; --smoke runs a small weight on the CPU")
     device = "cpu" if args.smoke else "cuda"
-    from minilora.kernels.nf4_dequant import (DEFAULT_LOOKUP, DEFAULT_TILE, LOOKUP_GATHER, LOOKUP_PAIR, LOOKUP_SELECT,
-                                              dequantize_nf4_triton)
+    from minilora.kernels.nf4_dequant import (
+        DEFAULT_LOOKUP,
+        DEFAULT_TILE,
+        LOOKUP_GATHER,
+        LOOKUP_PAIR,
+        LOOKUP_SELECT,
+        dequantize_nf4_triton,
+    )
     from minilora.quant import dequantize_nf4_reference, quantize_nf4
 
     torch.manual_seed(0)

@@ -44,6 +44,7 @@ def _time_steps(fn, steps: int) -> list[float]:
 
 def bench_minilora(mode: str, steps: int) -> dict:
     import torch
+
     from minilora.lora import get_peft_model
     from minilora.models.config import ModelConfig
     from minilora.models.registry import build_model, catalogue_config, init_weights

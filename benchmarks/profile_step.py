@@ -138,7 +138,8 @@ def main(argv=None):
     print("  memory GiB: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in memory.items()))
     for label, ms in sorted(by_bucket.items(), key=lambda kv: -kv[1]):
         print(f"  {label:<34}{ms:>9.1f} ms {100 * ms / span_ms:>6.1f}%")
-    print(f"  {'GPU idle (gaps between kernels)':<34}{span_ms - busy_ms:>9.1f} ms {100 * (span_ms - busy_ms) / span_ms:>6.1f}%")
+    idle = span_ms - busy_ms
+    print(f"  {'GPU idle (gaps between kernels)':<34}{idle:>9.1f} ms {100 * idle / span_ms:>6.1f}%")
     for name, ms in list(result["top_kernels_ms"].items())[:12]:
         print(f"    {ms:8.1f} ms  {name}")
     if args.out:

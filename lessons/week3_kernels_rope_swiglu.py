@@ -55,7 +55,6 @@ if not torch.cuda.is_available():
     # The Triton interpreter must be switched on before triton is first imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import matplotlib.pyplot as plt  # noqa: E402
 
 for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora/kernels/rmsnorm.py",
              "minilora/kernels/_triton.py", "minilora/ops.py"]:
@@ -71,6 +70,7 @@ for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora
 import benchmarks.bench_elementwise as bench_elementwise  # noqa: E402
 from benchmarks.harness import Results, latest, load_results, print_table  # noqa: E402
 from minilora.kernels import rmsnorm, rope, swiglu  # noqa: E402
+
 
 def show(obj):
     """Print the source of a function; a @triton.jit kernel keeps the Python function it wraps in `.fn`."""
@@ -333,7 +333,7 @@ for op in OP_ROW:
             print(f"{op:8s} {impl:14s} {r['median_ms']:8.3f} {span:>19s} {r['tb_s']:6.2f} {r['pct_of_copy']:8.0f}% "
                   f"{r['peak_gib']:9.3f}")
 
-bench_elementwise.plot(str(results_path), show=True);
+_ = bench_elementwise.plot(str(results_path), show=True)
 
 # %% [markdown]
 # ## 6. What the plot says

@@ -49,11 +49,19 @@ if not torch.cuda.is_available():  # no GPU: Triton kernels run in its interpret
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from benchmarks.harness import COPY_IMPL, latest, load_results
-from minilora import FastLanguageModel
-from minilora import linear4bit
+from minilora import FastLanguageModel, linear4bit
 from minilora.linear4bit import Linear4bit, quantize_model
-from minilora.quant import (NF4_CODEBOOK, blockwise, derive_nf4_codebook, dequantize_nf4_reference, nf4,
-                            nf4_offset, quantize_nf4, uniform_int4_codebook, unpack_nibbles)
+from minilora.quant import (
+    NF4_CODEBOOK,
+    blockwise,
+    dequantize_nf4_reference,
+    derive_nf4_codebook,
+    nf4,
+    nf4_offset,
+    quantize_nf4,
+    uniform_int4_codebook,
+    unpack_nibbles,
+)
 
 torch.manual_seed(0)
 t_start = time.time()

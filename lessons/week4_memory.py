@@ -48,11 +48,19 @@ import torch
 import benchmarks.bench_expandable_segments as bench_alloc
 from benchmarks.harness import latest, load_results
 from minilora import memory
-from minilora.lora import get_peft_model
-from minilora.memory import (GiB, METHODS, estimate_memory, measure_model_bytes, measure_training_bytes, nf4_bytes,
-                             param_counts, quant_state_bits_per_param)
-from minilora.models.registry import build_model, catalogue_config
 from minilora.linear4bit import quantize_model
+from minilora.lora import get_peft_model
+from minilora.memory import (
+    METHODS,
+    GiB,
+    estimate_memory,
+    measure_model_bytes,
+    measure_training_bytes,
+    nf4_bytes,
+    param_counts,
+    quant_state_bits_per_param,
+)
+from minilora.models.registry import build_model, catalogue_config
 from minilora.quant import quantize_nf4
 
 torch.manual_seed(0)

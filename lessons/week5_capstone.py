@@ -62,10 +62,10 @@ import matplotlib.pyplot as plt
 import benchmarks.train_step as train_step
 from benchmarks import harness
 from minilora import memory, ops
-from minilora.memory import measure
-from minilora.lora import get_peft_model
-from minilora.models.registry import build_model, catalogue_config, init_weights
 from minilora.linear4bit import quantize_model
+from minilora.lora import get_peft_model
+from minilora.memory import measure
+from minilora.models.registry import build_model, catalogue_config, init_weights
 
 torch.manual_seed(0)
 MiB, GiB = 2 ** 20, 2 ** 30

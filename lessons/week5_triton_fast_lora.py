@@ -37,7 +37,6 @@
 
 # %%
 import ast
-import copy
 import inspect
 import os
 import pathlib
