@@ -1,197 +1,108 @@
-"""Benchmark: cross-entropy, fused linear + cross-entropy and the fast LoRA MLP, side by side in one run.
+"""Cross-entropy, fused linear + cross-entropy and the fast LoRA MLP, each against its baselines in one call,
+timed by benchmarks/harness.py (warm-up, rotated rounds, the same number of calls each, median [min–max]).
 
-    PYTHONPATH=. python benchmarks/bench_ce_lora.py --out benchmarks/results      # on a CUDA machine
-
-Rows (forward + backward each, bf16):
-- CE over materialized logits 8192 x 128256: torch eager (fp32 upcast), torch.compile, Liger-Kernel, minilora
-- linear + CE 8192 x 4096 @ 4096 x 128256: torch eager, torch.compile, Liger-Kernel, minilora (two chunk sizes)
+Comparisons (forward + backward each, bf16):
+- CE over materialized logits 8192 x 128256: torch eager (fp32 upcast), torch.compile, Liger-Kernel, minilora;
+  with the copy ceiling of the floor bytes (read the logits once, write their gradient once)
+- linear + CE 8192 x 4096 @ 4096 x 128256, trainable head: torch eager, torch.compile, Liger-Kernel, minilora at its
+  default chunk and at fixed chunks (--chunks)
+- the same with a frozen head (the LoRA case: no weight gradient): torch eager, minilora default and fixed chunks
 - LoRA MLP at Llama-3-8B shapes (C 4096, I 14336, r 16, 8192 tokens): PEFT-style composition vs minilora LoRA_MLP
-For each: median ms (triton.testing.do_bench) and peak memory above what was allocated before the call (GiB).
-Writes ce-lora-<card>-<date>.json and .png (atomically). `--small` runs tiny shapes (works through the Triton
-interpreter on CPU: a smoke test of the script, timings meaningless).
+Peak GiB = allocated during one call above what was allocated before it.
+
+    python -m benchmarks.bench_ce_lora --out DIR            # GPU: DIR/ce-lora.json + .png
+    python -m benchmarks.bench_ce_lora --smoke --out DIR    # tiny shapes on a CPU (Triton interpreter): code path
+    python -m benchmarks.bench_ce_lora --plot FILE.json     # the PNG of a recorded file
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import pathlib
-import sys
-import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import harness
 
-from minilora.kernels import cross_entropy as ce_mod  # noqa: E402
-from minilora.kernels.cross_entropy import cross_entropy_fast  # noqa: E402
-from minilora.kernels.fast_lora import apply_lora_mlp  # noqa: E402
-from minilora.kernels.fused_linear_ce import fused_linear_cross_entropy_fast  # noqa: E402
-from minilora.lora import LoraLinear  # noqa: E402
-
-GiB = 2**30
+GROUPS = {"ce": "CE", "lce": "linear+CE", "frozen": "frozen lm_head", "lora": "LoRA MLP"}
 
 
-def bench_ms(fn, device):
-    if device == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=10, rep=100, return_mode="median")
-    fn()
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1e3
-
-
-def peak_gib(fn, device):
-    if device != "cuda":
-        return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / GiB
-
-
-def measure(rows, group, name, fn, device, **extra):
-    try:
-        fn()  # warm-up / compile
-        ms = bench_ms(fn, device)
-        mem = peak_gib(fn, device)
-        rows.append(dict(group=group, name=name, ms=round(ms, 4), peak_extra_gib=round(mem, 4), **extra))
-        print(f"{group:10s} {name:34s} {ms:9.3f} ms {mem:7.3f} GiB", flush=True)
-    except Exception as err:  # one failing baseline must not lose the others
-        rows.append(dict(group=group, name=name, error=f"{type(err).__name__}: {err}"[:300]))
-        print(f"{group:10s} {name:34s} FAILED {type(err).__name__}: {str(err)[:200]}", flush=True)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-
-
-def liger():
+def liger_losses():
     try:
         from liger_kernel.transformers import LigerCrossEntropyLoss, LigerFusedLinearCrossEntropyLoss
         return LigerCrossEntropyLoss(), LigerFusedLinearCrossEntropyLoss()
-    except Exception as err:  # noqa: BLE001 - not installed (CPU smoke runs)
-        print(f"Liger-Kernel unavailable: {err}")
+    except ImportError as err:
+        print(f"Liger-Kernel not importable ({err}); its rows are left out")
         return None, None
 
 
-def bench_ce(rows, N, V, device, liger_ce, sweep):
-    dt = torch.bfloat16
-    logits = torch.randn(N, V, device=device, dtype=dt).requires_grad_()
+def bench_ce(res, args, N, V, device, liger_ce):
+    from minilora.kernels.cross_entropy import cross_entropy_fast
+    logits = torch.randn(N, V, device=device, dtype=args.dtype).requires_grad_()
     labels = torch.randint(0, V, (N,), device=device)
 
-    def eager():
-        F.cross_entropy(logits.float(), labels).backward()
-        logits.grad = None
-
-    compiled_ce = torch.compile(lambda z, y: F.cross_entropy(z.float(), y))
-
-    def compiled():
-        compiled_ce(logits, labels).backward()
-        logits.grad = None
-
-    def minilora():
-        # the kernel writes the gradient into `logits` itself (so later iterations see gradients as input: the
-        # values don't matter for timing, and nothing is allocated for them)
-        cross_entropy_fast(logits, labels).backward()
-        logits.grad = None
-
-    measure(rows, "CE", "torch eager (fp32 upcast)", eager, device)
-    if device == "cuda":
-        measure(rows, "CE", "torch.compile", compiled, device)
-    if liger_ce is not None:
-        def lig():
-            liger_ce(logits, labels).backward()
+    def run(f):
+        def call():
+            f(logits, labels).backward()
             logits.grad = None
-        measure(rows, "CE", "Liger-Kernel", lig, device)
-    if sweep:  # a few launch shapes for the two kernels; the default is the one the library ships
-        default = (ce_mod.FORWARD_BLOCK, ce_mod.BACKWARD_BLOCK, ce_mod.NUM_WARPS)
-        for fb, bb, nw in sweep:
-            ce_mod.FORWARD_BLOCK, ce_mod.BACKWARD_BLOCK, ce_mod.NUM_WARPS = fb, bb, nw
-            measure(rows, "CE-sweep", f"minilora fwd{fb} bwd{bb} w{nw}", minilora, device, config=[fb, bb, nw])
-        ce_mod.FORWARD_BLOCK, ce_mod.BACKWARD_BLOCK, ce_mod.NUM_WARPS = default
-    measure(rows, "CE", "minilora", minilora, device)
-    del logits
+        return call
+    impls = {"torch eager (fp32 upcast)": run(lambda z, y: F.cross_entropy(z.float(), y))}
+    if args.compile:
+        impls["torch.compile"] = run(torch.compile(lambda z, y: F.cross_entropy(z.float(), y)))
+    if liger_ce is not None:
+        impls["Liger-Kernel"] = run(liger_ce)
+    # the kernel writes the gradient into `logits` itself: later calls see gradients as input, which changes
+    # nothing in the work done and allocates nothing for them
+    impls["minilora"] = run(cross_entropy_fast)
+    res.compare(GROUPS["ce"], impls, rounds=args.rounds, reps=args.reps, warmup=args.warmup,
+                nbytes=2 * logits.numel() * logits.element_size(),
+                extras={i: {"shape": f"logits {N}x{V}"} for i in impls})
 
 
-def bench_linear_ce(rows, N, H, V, device, liger_flce, chunks):
-    dt = torch.bfloat16
-    hidden = torch.randn(N, H, device=device, dtype=dt).requires_grad_()
-    weight = (torch.randn(V, H, device=device, dtype=dt) * 0.02).requires_grad_()
+def bench_linear_ce(res, args, N, H, V, device, liger_flce, frozen: bool):
+    from minilora.kernels.fused_linear_ce import default_chunk_size, fused_linear_cross_entropy_fast
+    hidden = torch.randn(N, H, device=device, dtype=args.dtype).requires_grad_()
+    weight = (torch.randn(V, H, device=device, dtype=args.dtype) * 0.02).requires_grad_(not frozen)
     labels = torch.randint(0, V, (N,), device=device)
 
-    def clear():
-        hidden.grad = None
-        weight.grad = None
-
-    def eager():
-        F.cross_entropy((hidden @ weight.T).float(), labels).backward()
-        clear()
-
-    lce = torch.compile(lambda h, w, y: F.cross_entropy((h @ w.T).float(), y))
-
-    def compiled():
-        lce(hidden, weight, labels).backward()
-        clear()
-
-    def mine_default():
-        fused_linear_cross_entropy_fast(hidden, weight, labels).backward()
-        clear()
-
-    measure(rows, "linear+CE", "torch eager", eager, device)
-    if device == "cuda":
-        measure(rows, "linear+CE", "torch.compile", compiled, device)
-    if liger_flce is not None:
-        def lig():
-            liger_flce(weight, hidden, labels).backward()
-            clear()
-        measure(rows, "linear+CE", "Liger-Kernel", lig, device)
-    for chunk in chunks:
-        def mine(chunk=chunk):
-            fused_linear_cross_entropy_fast(hidden, weight, labels, chunk_size=chunk).backward()
-            clear()
-        label = "minilora (default chunk)" if chunk is None else f"minilora chunk {chunk}"
-        measure(rows, "linear+CE", label, mine, device, chunk_size=chunk)
-    if device == "cuda":  # variants of the per-chunk cross-entropy at the default chunk (not in the plot)
-        from minilora.kernels import fused_linear_ce as flce_mod
-        default = (ce_mod.ROW_BLOCK, ce_mod.ROW_NUM_WARPS)
-        for block, warps in [(32768, 32), (4096, 8)]:
-            ce_mod.ROW_BLOCK, ce_mod.ROW_NUM_WARPS = block, warps
-            measure(rows, "LCE-sweep", f"minilora one launch block{block} w{warps}", mine_default, device)
-        ce_mod.ROW_BLOCK, ce_mod.ROW_NUM_WARPS = default
-        flce_mod.ONE_LAUNCH_CE = False
-        measure(rows, "LCE-sweep", "minilora two kernels (lse, then grad)", mine_default, device)
-        flce_mod.ONE_LAUNCH_CE = True
-    # LoRA training freezes lm_head: no (V, H) weight gradient at all, one matmul fewer per chunk
-    weight.requires_grad_(False)
-    measure(rows, "frozen lm_head", "torch eager", eager, device)
-    for chunk in dict.fromkeys(chunks[:1] + chunks[-1:]):  # the default and the fastest chunk size
-        def mine(chunk=chunk):
-            fused_linear_cross_entropy_fast(hidden, weight, labels, chunk_size=chunk).backward()
-            clear()
-        label = "minilora (default chunk)" if chunk is None else f"minilora chunk {chunk}"
-        measure(rows, "frozen lm_head", label, mine, device, chunk_size=chunk)
-    del hidden, weight
+    def run(f):
+        def call():
+            f(hidden, weight, labels).backward()
+            hidden.grad = weight.grad = None
+        return call
+    eager = lambda h, w, y: F.cross_entropy((h @ w.T).float(), y)  # noqa: E731
+    impls = {"torch eager": run(eager)}
+    if args.compile and not frozen:
+        impls["torch.compile"] = run(torch.compile(eager))
+    if liger_flce is not None and not frozen:
+        impls["Liger-Kernel"] = run(lambda h, w, y: liger_flce(w, h, y))
+    default = default_chunk_size(N, V, hidden.element_size())
+    impls[f"minilora (default chunk {default})"] = run(fused_linear_cross_entropy_fast)
+    for chunk in args.chunk_list:
+        if chunk != default:
+            impls[f"minilora chunk {chunk}"] = run(
+                lambda h, w, y, c=chunk: fused_linear_cross_entropy_fast(h, w, y, chunk_size=c))
+    flops = (2 if frozen else 3) * 2 * N * H * V
+    group = GROUPS["frozen" if frozen else "lce"]
+    res.compare(group, impls, rounds=args.rounds, reps=args.reps, warmup=args.warmup, flops=flops,
+                extras={i: {"shape": f"{N}x{H} @ {H}x{V}" + (", head frozen" if frozen else "")} for i in impls})
 
 
-def bench_lora_mlp(rows, N, C, I, r, device):
-    dt = torch.bfloat16
+def bench_lora_mlp(res, args, N, C, I, r, device):
+    from minilora import ops
+    from minilora.lora import LoraLinear, lora_weights
     torch.manual_seed(0)
 
     def make(d_in, d_out):
-        layer = LoraLinear(nn.Linear(d_in, d_out, bias=False, device=device, dtype=dt), r=r, lora_alpha=2 * r)
+        layer = LoraLinear(nn.Linear(d_in, d_out, bias=False, device=device, dtype=args.dtype), r=r,
+                           lora_alpha=2 * r)
         nn.init.normal_(layer.lora_B.weight, std=0.01)
         layer.base_layer.requires_grad_(False)
         return layer
 
     gate, up, down = make(C, I), make(C, I), make(I, C)
-    x = (torch.randn(N, C, device=device, dtype=dt) * 0.5).requires_grad_()
-    dy = torch.randn(N, C, device=device, dtype=dt)
+    x = (torch.randn(N, C, device=device, dtype=args.dtype) * 0.5).requires_grad_()
+    dy = torch.randn(N, C, device=device, dtype=args.dtype)
     params = [p for m in (gate, up, down) for p in (m.lora_A.weight, m.lora_B.weight)]
 
     def clear():
@@ -203,104 +114,87 @@ def bench_lora_mlp(rows, N, C, I, r, device):
         down(F.silu(gate(x)) * up(x)).backward(dy)
         clear()
 
-    def fast():
-        apply_lora_mlp(x, gate, up, down).backward(dy)
+    def fast():  # the weights are read per call, as the model's forward does
+        with ops.use_kernels("triton"):
+            ops.lora_mlp(x, lora_weights(gate), lora_weights(up), lora_weights(down)).backward(dy)
         clear()
-
-    measure(rows, "LoRA MLP", "PEFT-style composition (eager)", peft_style, device)
-    measure(rows, "LoRA MLP", "minilora LoRA_MLP", fast, device)
-
-
-def environment(device):
-    import triton
-    env = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0])
-    if device == "cuda":
-        env["card"] = torch.cuda.get_device_name()
-    try:
-        import liger_kernel  # noqa: F401
-        from importlib.metadata import version
-        env["liger_kernel"] = version("liger-kernel")
-    except Exception:  # noqa: BLE001
-        pass
-    return env
+    shape = f"{N} tokens, C {C}, I {I}, r {r}"
+    impls = {"PEFT-style composition (eager)": peft_style, "minilora LoRA_MLP": fast}
+    res.compare(GROUPS["lora"], impls, rounds=args.rounds, reps=args.reps, warmup=args.warmup,
+                extras={i: {"shape": shape} for i in impls})
 
 
-def write_atomic(path: pathlib.Path, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def plot(result, png: pathlib.Path):
+def plot(json_path: str, png_path: str | None = None, show: bool = False):
+    """One column per comparison: median ms with [min–max] whiskers (top), peak GiB (bottom)."""
     import matplotlib
-    matplotlib.use("Agg")
+    if not show:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    groups = [g for g in ["CE", "linear+CE", "frozen lm_head", "LoRA MLP"] if g in result["shapes"]]
+    data = harness.load_results(json_path)
+    groups = [g for g in GROUPS.values() if any(r["name"] == g for r in data["rows"])]
     fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7.5), squeeze=False)
     for col, group in enumerate(groups):
-        rows = [r for r in result["rows"] if r["group"] == group and "ms" in r]
-        names = [r["name"] for r in rows]
+        rows = [r for r in data["rows"] if r["name"] == group and r["reps"] and r["impl"] != harness.COPY_IMPL]
+        names = [r["impl"] for r in rows]
         colors = ["tab:orange" if n.startswith("minilora") else "tab:gray" for n in names]
-        for row_i, (key, unit) in enumerate([("ms", "ms (lower is better)"), ("peak_extra_gib", "peak extra GiB")]):
-            ax = axes[row_i, col]
-            ax.barh(names, [r[key] for r in rows], color=colors)
-            ax.set_xlabel(unit)
-            ax.invert_yaxis()
-            if row_i == 0:
-                ax.set_title(f"{group}: {result['shapes'][group]}", fontsize=9)
-            for y, r in enumerate(rows):
-                ax.text(r[key], y, f" {r[key]:.2f}", va="center", fontsize=8)
-    env = result["environment"]
-    fig.suptitle(f"fwd+bwd, bf16 — {env.get('card', 'cpu')}, torch {env['torch']}, triton {env['triton']}, "
-                 f"{env['date'][:10]}", fontsize=11)
+        ax = axes[0, col]
+        ax.barh(names, [r["median_ms"] for r in rows], color=colors,
+                xerr=[[r["median_ms"] - r["min_ms"] for r in rows], [r["max_ms"] - r["median_ms"] for r in rows]])
+        ax.set_xlabel("ms, median [min–max] (lower is better)")
+        ax.set_title(f"{group}: {rows[0].get('shape', '') if rows else ''}", fontsize=9)
+        ax_m = axes[1, col]
+        ax_m.barh(names, [r["peak_gib"] or 0.0 for r in rows], color=colors)
+        ax_m.set_xlabel("peak GiB above the inputs")
+        for a in (ax, ax_m):
+            a.invert_yaxis()
+    v = data["versions"]
+    fig.suptitle(f"fwd+bwd — {data['card']}, torch {v.get('torch')}, triton {v.get('triton')}, {data['date'][:10]}",
+                 fontsize=11)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=png.name, suffix=".tmp.png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png)
+    if png_path:
+        fig.savefig(png_path, dpi=110)
+    if not show:
+        plt.close(fig)
+    return fig
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
-    ap.add_argument("--small", action="store_true", help="tiny shapes (a smoke test; runs on CPU too)")
-    ap.add_argument("--only", default="ce,lce,lora", help="comma list of: ce, lce, lora")
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="ce,lce,frozen,lora", help="comma list of: ce, lce, frozen, lora")
+    ap.add_argument("--chunks", default="1024,2048", help="fixed chunk sizes of the fused loss besides its default")
+    harness.add_run_args(ap, reps=5, warmup=2, plot=True)
+    ap.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile baselines")
     args = ap.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.small:
-        ap.error("full-size shapes need a CUDA GPU; use --small for a CPU smoke test")
-    shapes = dict(N=64, V=3000, H=32, C=32, I=48, r=4) if args.small else \
-        dict(N=8192, V=128_256, H=4096, C=4096, I=14_336, r=16)
-    N, V = shapes["N"], shapes["V"]
-    liger_ce, liger_flce = liger() if device == "cuda" else (None, None)
-    rows = []
+    if args.plot:
+        return harness.draw_recorded(args.plot, plot)
+    if not args.smoke and not torch.cuda.is_available():
+        ap.error("full-size shapes need a CUDA GPU; --smoke runs tiny shapes on the CPU")
+    device = "cpu" if args.smoke else "cuda"
+    args.compile = not (args.skip_compile or args.smoke)
+    args.dtype = torch.float32 if args.smoke else torch.bfloat16
+    args.chunk_list = [16] if args.smoke else [int(c) for c in args.chunks.split(",") if c]
+    if args.smoke:
+        args.reps, args.warmup = 1, 1
+    s = dict(N=64, V=3000, H=32, C=32, I=48, r=4) if args.smoke else dict(N=8192, V=128_256, H=4096, C=4096,
+                                                                          I=14_336, r=16)
+    liger_ce, liger_flce = (None, None) if args.smoke else liger_losses()
+    res = harness.Results("ce-lora", device, notes=(
+        f"fwd+bwd, {'tiny shapes (smoke), fp32' if args.smoke else 'bf16'}; warm-up {args.warmup}, {args.rounds} "
+        f"rotated rounds x {args.reps} calls per implementation. CE rows with the copy ceiling of their floor bytes; "
+        "linear+CE rows with model TFLOP/s (3 matmuls with a trainable head, 2 frozen)."))
+    res.autosave(args.out, harness.result_stem("ce-lora", device, args.smoke))
     only = set(args.only.split(","))
     if "ce" in only:
-        sweep = [] if args.small else [(4096, 4096, 8), (8192, 4096, 16), (2048, 2048, 8), (4096, 8192, 16)]
-        bench_ce(rows, N, V, device, liger_ce, sweep)
+        bench_ce(res, args, s["N"], s["V"], device, liger_ce)
     if "lce" in only:
-        chunks = [None] if args.small else [None, 512, 1024]
-        bench_linear_ce(rows, N, shapes["H"], V, device, liger_flce, chunks)
+        bench_linear_ce(res, args, s["N"], s["H"], s["V"], device, liger_flce, frozen=False)
+    if "frozen" in only:
+        bench_linear_ce(res, args, s["N"], s["H"], s["V"], device, None, frozen=True)
     if "lora" in only:
-        bench_lora_mlp(rows, N, shapes["C"], shapes["I"], shapes["r"], device)
-    result = dict(environment=environment(device),
-                  shapes={"CE": f"logits {N}x{V} bf16", "linear+CE": f"{N}x{shapes['H']} @ {shapes['H']}x{V} bf16",
-                          "frozen lm_head": f"linear+CE, lm_head frozen (LoRA)",
-                          "LoRA MLP": f"{N} tokens, C {shapes['C']}, I {shapes['I']}, r {shapes['r']}, bf16"},
-                  defaults=dict(ce_forward_block=ce_mod.FORWARD_BLOCK, ce_backward_block=ce_mod.BACKWARD_BLOCK,
-                                ce_num_warps=ce_mod.NUM_WARPS),
-                  rows=rows)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = result["environment"].get("card", "cpu").replace("NVIDIA ", "").replace(" ", "-").lower()
-    stem = f"ce-lora-{card}-{result['environment']['date'][:10]}" + ("-small" if args.small else "")
-    write_atomic(out / f"{stem}.json", json.dumps(result, indent=1).encode())
-    plot(result, out / f"{stem}.png")
-    print("wrote", out / f"{stem}.json", out / f"{stem}.png")
+        bench_lora_mlp(res, args, s["N"], s["C"], s["I"], s["r"], device)
+    harness.finish(res, args.out, harness.result_stem("ce-lora", device, args.smoke), plot)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,141 +1,148 @@
-"""End to end: one LoRA/QLoRA training step, adding minilora's techniques one at a time (the capstone's ablation).
+"""End to end: one QLoRA training step, minilora's ladder stage by stage beside the HF + PEFT + bitsandbytes anchor,
+all built in one process and timed in alternation (rotated rounds, the same number of steps each).
 
-Each stage keeps everything before it and adds one technique:
-  1 lora-bf16        bf16 base, LoRA r16 on all 7 projections, plain PyTorch ops, recompute checkpointing
-  2 + nf4            the frozen base in NF4 (QLoRA)
-  3 + triton         Triton RoPE / SwiGLU / RMSNorm / cross-entropy and the fast-LoRA Functions
-  4 + fused-ce       fused linear + cross-entropy: the (tokens × vocab) logits never exist at once
-  5 + offload        checkpointed layer inputs kept in CPU memory
-Every stage builds the same random-weight model and runs the same steps; the table reports the median step time
-(steps 3..N), tokens/s and peak allocated GiB, and "host ms": how long Python took to queue the step (the time
-until the last call returned, before waiting for the GPU). host ms close to step ms means the GPU waits for Python.
---host-profile runs one more step under cProfile and prints the Python functions that cost the most. Usage (GPU machine):
-  PYTHONPATH=. python benchmarks/bench_e2e.py --model llama-3.2-1b --batch 4 --seq 2048 --out results.json
-On a CPU the same script runs a small model (for the lesson), timing only.
+Stages (benchmarks/train_step.py): 0 lora-bf16, 1 + nf4, 2 + triton, 3 + fused-ce, 4 + offload; the anchor is
+benchmarks/anchor_hf.py's recipe. Per row: median step ms [min–max] over every timed step, tokens/s, peak GiB (what
+the stack keeps between steps + the step's own peak above that), loss, and model-FLOPs utilisation
+MFU = 6·N_params·tokens / step time / peak dense bf16 (the card's matmul ceiling measured in this call; the
+datasheet's 989 TFLOP/s for H100/H200 SXM where it was not measured — the JSON says which).
+
+    python -m benchmarks.bench_e2e --shape 1b --out DIR       # Llama-3.2-1B shape, B4 S2048 (GPU)
+    python -m benchmarks.bench_e2e --shape 8b --out DIR       # Llama-3-8B shape, B2 S2048 (GPU)
+    python -m benchmarks.bench_e2e --smoke --out DIR          # tiny model on a CPU: the code path only
+--profile adds one torch.profiler step per stack and writes its table beside the JSON (where the step goes).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import time
+import math
+import pathlib
 
 import torch
 
-from minilora import ops
-from minilora.lora import get_peft_model
-from minilora.models import from_catalogue
-from minilora.models.checkpointing import check_mode
+from benchmarks import harness
+from benchmarks.train_step import STAGES, add_throughput, minilora_stage, model_flops_per_token
+from minilora.io.atomic import write_text
 
-STAGES = ["lora-bf16", "+ nf4", "+ triton", "+ fused-ce", "+ offload"]
-
-
-def build(name: str, stage: int, device: str, dtype: torch.dtype):
-    model = from_catalogue(name, dtype=dtype, device=device)
-    if stage >= 1:
-        from minilora.linear4bit import quantize_model
-        quantize_model(model, compute_dtype=dtype)
-    get_peft_model(model, r=16, lora_alpha=16, verbose=False)
-    model.gradient_checkpointing = check_mode("offload" if stage >= 4 else True)
-    return model.train()
+SHAPES = {"1b": ("llama-3.2-1b", 4), "8b": ("llama-3-8b", 2)}  # catalogue name, batch (S2048)
 
 
-def run_stage(name: str, stage: int, batch: int, seq: int, steps: int, device: str, dtype: torch.dtype,
-              profile: bool = False, host_profile: bool = False) -> dict:
-    torch.manual_seed(0)
-    model = build(name, stage, device, dtype)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times, host = [], []
-    with ops.use_kernels("triton" if stage >= 2 else "reference"):
-        for _ in range(steps):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            loss = model(x, labels=x, return_logits=stage < 3).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            host.append(time.perf_counter() - t0)  # Python is done queueing; the GPU may still be working
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        if host_profile:  # one more step under cProfile: which Python functions cost the most host time?
-            import cProfile
-            import pstats
-            prof = cProfile.Profile()
-            prof.enable()
-            model(x, labels=x, return_logits=stage < 3).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            prof.disable()
-            print(f"--- host profile of stage {STAGES[stage]!r} (cProfile, inflated by its own overhead)")
-            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
-        if profile:  # one more step under the profiler: where does the time of this stage go?
-            from torch.profiler import ProfilerActivity
-            with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                model(x, labels=x, return_logits=stage < 3).loss.backward()
-                opt.zero_grad(set_to_none=True)
-                torch.cuda.synchronize()
-            print(f"--- profile of stage {STAGES[stage]!r}")
-            print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25))
-    timed = sorted(times[2:] or times)
-    median = timed[len(timed) // 2]
-    host_timed = sorted(host[2:] or host)
-    host_median = host_timed[len(host_timed) // 2]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    del model, opt
-    if cuda:
-        torch.cuda.empty_cache()
-    return {"stage": STAGES[stage], "step_ms": 1000 * median, "tokens_per_s": batch * seq / median,
-            "peak_gib": peak, "loss": loss.item(), "host_ms": 1000 * host_median}
+def smoke_config():
+    """SmolLM2-135M's widths, 2 blocks, a small vocabulary: a step takes a fraction of a second on a CPU."""
+    from minilora.models.config import ModelConfig
+    from minilora.models.registry import catalogue_config
+    fields = catalogue_config("smollm2-135m").to_dict()
+    fields.update(num_hidden_layers=2, vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
+    return ModelConfig.from_dict(fields)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="llama-3.2-1b", help="catalogue name (random weights)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--stages", default="0,1,2,3,4", help="comma-separated stage numbers to run")
-    p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table for each stage")
-    p.add_argument("--host-profile", action="store_true",
-                   help="print the Python functions that cost the most host time in one step (cProfile)")
-    args = p.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    rows = [run_stage(args.model, int(s), args.batch, args.seq, args.steps, device, dtype, args.profile,
-                          args.host_profile)
-            for s in args.stages.split(",")]
-    meta = {"what": f"training step, {args.model} shape, random weights, LoRA r16 on 7 projections, AdamW, "
-                    f"B={args.batch} S={args.seq}, median of steps 3..{args.steps}",
-            "model": args.model, "batch": args.batch, "seq": args.seq,
-            "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    try:
-        import triton
-        meta["triton"] = triton.__version__
-    except ImportError:
-        pass
-    print(f"# {meta}")
-    print(f"{'stage':<12}{'step ms':>10}{'host ms':>10}{'tok/s':>12}{'peak GiB':>10}{'loss':>8}")
+def profile_table(step, device: str) -> str:
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=30)
+
+
+def run(args) -> harness.Results:
+    device = "cpu" if args.smoke else "cuda"
+    name, batch = SHAPES[args.shape]
+    if args.smoke:
+        config, batch, seq, dtype = smoke_config(), 2, 32, torch.float32
+        name, args.reps, args.warmup = "tiny (smoke)", 1, 0
+    else:
+        from minilora.models.registry import catalogue_config
+        config, seq, dtype = catalogue_config(name), args.seq, torch.bfloat16
+    batch = args.batch or batch
+    stages = [int(s) for s in args.stages.split(",") if s != ""]
+    res = harness.Results(f"e2e-{args.shape}", device, notes=(
+        f"training step, {name} shape{' (smoke: tiny config)' if args.smoke else ''}, random weights, LoRA r16 on "
+        f"7 projections, AdamW, B{batch} S{seq}; stacks built in one process, timed in alternation: warm-up "
+        f"{args.warmup} step(s) + {args.rounds} rotated rounds x {args.reps} step(s) each. peak_gib = resident "
+        f"(weights, adapters, optimizer state, batch: growth of allocated memory across build + first step) + the "
+        f"step's peak above it. MFU = 6*N_params*tokens / step time / peak dense bf16."))
+    res.autosave(args.out, harness.result_stem(f"e2e-{args.shape}", device, args.smoke))
+    peak_tflops, peak_source = (None, "not measured (CPU)")
+    if device == "cuda":
+        peak_tflops, peak_source = harness.matmul_ceiling(res, device) if args.matmul_ceiling \
+            else harness.datasheet_peak(device)
+    res.extra["config"] = {"model": name, "batch": batch, "seq": seq, "stages": [STAGES[s] for s in stages],
+                           "anchor": args.anchor, "mfu_peak_tflops": peak_tflops, "mfu_peak_source": peak_source,
+                           "n_params": model_flops_per_token(config) / 6}
+    steps = {}
+    for s in stages:
+        res.log(f"building stage {STAGES[s]}")
+        steps[STAGES[s]] = minilora_stage(config, s, batch, seq, device, dtype)
+    if args.anchor != "none":
+        from benchmarks.anchor_hf import anchor_step, default_cache_dir
+        cache = None if args.smoke else (args.anchor_cache or default_cache_dir(args.shape))
+        anchor = anchor_step(config, batch, seq, device, mode=args.anchor, dtype=dtype, cache_dir=cache,
+                             log=res.log)
+        steps = {anchor.name: anchor, **steps}
+    rows = res.compare(f"{name} B{batch} S{seq}", steps, rounds=args.rounds, reps=args.reps, warmup=args.warmup)
+    flops = model_flops_per_token(config)
+    for row in rows:
+        step = steps[row["impl"]]
+        row["resident_gib"] = step.resident_bytes / harness.GiB if device == "cuda" else None
+        if row["peak_gib"] is not None:
+            row["step_peak_gib"] = row["peak_gib"]
+            row["peak_gib"] = row["peak_gib"] + row["resident_gib"]
+        add_throughput(row, step.tokens, flops, peak_tflops)
+        loss = step.loss_value()
+        row["loss"] = loss if loss is None or math.isfinite(loss) else None
+    if args.profile:
+        out = pathlib.Path(args.out)
+        for label, step in steps.items():
+            text = profile_table(step, device)
+            slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
+            write_text(out / f"e2e-{args.shape}-profile-{slug}.txt", text)
+            res.log(f"--- profile of {label}\n{text}")
+    return res
+
+
+def print_summary(res: harness.Results) -> None:
+    rows = [r for r in res.rows if "tok_s" in r or r.get("error")]
+    anchor = next((r for r in rows if r["impl"].startswith("HF") and r.get("tok_s")), None)
+    print(f"\n{'stack':22s}{'step ms [min–max]':>28s}{'tok/s':>10s}{'peak GiB':>10s}{'MFU':>7s}"
+          f"{'x anchor':>10s}{'mem vs anchor':>15s}")
     for r in rows:
-        print(f"{r['stage']:<12}{r['step_ms']:>10.1f}{r['host_ms']:>10.1f}{r['tokens_per_s']:>12,.0f}"
-              f"{r['peak_gib']:>10.2f}{r['loss']:>8.3f}")
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        os.replace(tmp, args.out)
+        if not r.get("tok_s"):
+            print(f"{r['impl']:22s}  {r.get('error', 'not timed')}")
+            continue
+        span = f"{r['median_ms']:.1f} [{r['min_ms']:.1f}–{r['max_ms']:.1f}]"
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "—"
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "—"
+        vs = f"{r['tok_s'] / anchor['tok_s']:.2f}x" if anchor else "—"
+        mem = f"{r['peak_gib'] / anchor['peak_gib'] - 1:+.0%}" if anchor and r["peak_gib"] and anchor["peak_gib"] \
+            else "—"
+        print(f"{r['impl']:22s}{span:>28s}{r['tok_s']:>10,.0f}{peak:>10s}{mfu:>7s}{vs:>10s}{mem:>15s}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="1b", help="1b: Llama-3.2-1B B4; 8b: Llama-3-8B B2")
+    ap.add_argument("--batch", type=int, help="override the shape's batch")
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--stages", default="0,1,2,3,4", help="comma-separated stage numbers (0..4)")
+    ap.add_argument("--anchor", choices=["qlora", "lora", "none"], default="qlora",
+                    help="the HF+PEFT(+bitsandbytes) stack timed in the same rotation")
+    ap.add_argument("--anchor-cache", help="folder for the anchor's random checkpoint (reused when present)")
+    harness.add_run_args(ap, reps=2, warmup=1)
+    ap.add_argument("--no-matmul-ceiling", dest="matmul_ceiling", action="store_false",
+                    help="use the datasheet bf16 peak for MFU instead of measuring a matmul in this call")
+    ap.add_argument("--profile", action="store_true", help="one torch.profiler step per stack, tables to --out")
+    args = ap.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        ap.error("the Llama shapes need a CUDA GPU; --smoke runs a tiny model on the CPU")
+    res = run(args)
+    harness.finish(res, args.out, harness.result_stem(f"e2e-{args.shape}", res.device, args.smoke))
+    print_summary(res)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

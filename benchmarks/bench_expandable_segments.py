@@ -12,32 +12,45 @@ so one segment grows in place and freed pages at its end can be reused by a larg
 
 Each setting runs in its own subprocess (the variable is read once, when CUDA initializes).
 
-    PYTHONPATH=. python benchmarks/bench_expandable_segments.py --out benchmarks/results
+    python -m benchmarks.bench_expandable_segments --out DIR           # GPU
+    python -m benchmarks.bench_expandable_segments --smoke --out DIR   # CPU: the subprocess and schema path only
+
+Each row (one per setting) records memory, not time (reps 0): peak_gib = peak allocated; reserved, segments and the
+step-by-step history are extras.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
 import sys
 
+from benchmarks import harness
+
 MiB = 2**20
+SETTINGS = ("default", "expandable_segments:True")
 
 
-def pattern() -> dict:
+def pattern(smoke: bool = False) -> dict:
     import torch
+    device = "cpu" if smoke else "cuda"
+    cuda = device == "cuda"
+    unit = 1024 if smoke else MiB  # smoke: the same pattern in KiB on the CPU, allocator figures left empty
     survivors, history = [], []
-    for step in range(48):
-        size = (256 + 24 * step) * MiB  # a growing activation: 256 MiB … 1.4 GiB
-        act = torch.empty(size, dtype=torch.uint8, device="cuda")
+    for step in range(8 if smoke else 48):
+        size = (256 + 24 * step) * unit  # a growing activation: 256 MiB … 1.4 GiB
+        act = torch.empty(size, dtype=torch.uint8, device=device)
         act.fill_(1)
         del act  # freed: its segment is cached by the allocator, not returned to the driver
         # 3 MiB that stays alive (> 1 MiB: served from the large pool, carved out of the segment just freed)
-        survivors.append(torch.ones(3 * MiB // 4, device="cuda"))
-        history.append(dict(step=step, allocated_mib=torch.cuda.memory_allocated() / MiB,
-                            reserved_mib=torch.cuda.memory_reserved() / MiB))
+        survivors.append(torch.ones(3 * unit // 4, device=device))
+        history.append(dict(step=step, allocated_mib=torch.cuda.memory_allocated() / MiB if cuda else None,
+                            reserved_mib=torch.cuda.memory_reserved() / MiB if cuda else None))
+    if not cuda:
+        return dict(allocated_mib=None, reserved_mib=None, peak_allocated_mib=None, peak_reserved_mib=None,
+                    segments=None, inactive_split_mib=None, num_alloc_retries=None,
+                    reserved_after_4gib_request_mib=None, history=history)
     stats = torch.cuda.memory_stats()
     out = dict(
         allocated_mib=torch.cuda.memory_allocated() / MiB,
@@ -59,40 +72,42 @@ def pattern() -> dict:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
+    parser.add_argument("--smoke", action="store_true", help="run the pattern on the CPU (code path only)")
+    args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(pattern()))
+        print(json.dumps(pattern(args.smoke)))
         return 0
     import torch
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU; the recorded results are in benchmarks/results/memory-expandable-segments-*.json")
-        return 1
-    runs = {}
-    for setting in ("", "expandable_segments:True"):
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU; --smoke runs the code path on the CPU")
+    device = "cpu" if args.smoke else "cuda"
+    res = harness.Results("expandable-segments", device, notes=(
+        "caching allocator fragmentation: 48 growing activations (256 MiB + 24 MiB a step) each followed by a 3 MiB "
+        "survivor; each setting in its own subprocess (PYTORCH_CUDA_ALLOC_CONF is read once, at CUDA start-up). "
+        "Memory only: no timing (reps 0)."))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for setting in SETTINGS:
         env = dict(os.environ)
         env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
-        if setting:
+        if setting != "default":
             env["PYTORCH_CUDA_ALLOC_CONF"] = setting
-        proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True,
-                              check=True)
-        runs[setting or "default"] = json.loads(proc.stdout.strip().splitlines()[-1])
-    import triton
-    record = dict(benchmark="caching allocator fragmentation: growing activations + 3 MiB survivors",
-                  card=torch.cuda.get_device_name(0), torch=torch.__version__, triton=triton.__version__,
-                  cuda=torch.version.cuda,
-                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), runs=runs)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"memory-expandable-segments-{datetime.date.today().isoformat()}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
-    for k, r in runs.items():
-        print(f"{k:28s} allocated {r['allocated_mib']:8.1f} MiB  reserved {r['reserved_mib']:8.1f} MiB  "
-              f"peak reserved {r['peak_reserved_mib']:8.1f} MiB  segments {r['segments']}")
+        cmd = [sys.executable, "-m", "benchmarks.bench_expandable_segments", "--child"] + (["--smoke"] if args.smoke
+                                                                                             else [])
+        proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the {setting} child failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        peak = None if r["peak_allocated_mib"] is None else r["peak_allocated_mib"] / 1024
+        res.add("fragmentation pattern", setting, [], peak=peak, **r)
+    path = res.write(args.out, harness.result_stem("expandable-segments", device, args.smoke))
+    print(f"\nwrote {path}")
+    for r in res.rows:
+        print(f"  {r['impl']:28s} allocated {r['allocated_mib'] or 0:8.1f} MiB  reserved {r['reserved_mib'] or 0:8.1f} "
+              f"MiB  peak reserved {r['peak_reserved_mib'] or 0:8.1f} MiB  segments {r['segments']}")
     return 0
 
 

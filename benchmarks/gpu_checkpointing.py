@@ -1,80 +1,71 @@
-"""GPU: what each gradient-checkpointing mode saves — peak memory and step time of one LoRA training step on a
+"""What each gradient-checkpointing mode costs and saves: peak memory and step time of one LoRA training step on a
 Llama-3.2-1B-shaped model (catalogue config, random weights, bf16), batch 4 x 2048 tokens, r=16 on 7 projections.
 
-    python benchmarks/gpu_checkpointing.py [--out benchmarks/results] [--batch 4] [--seq 2048]
+Modes: off (every activation kept), recompute (each layer's input kept on the GPU, the layer recomputed in the
+backward) and offload (the layer inputs kept in pinned CPU memory, copied back just before the recompute). The three
+models are built in one process and timed in alternation by benchmarks/harness.py; peak GiB = what the model keeps
+between steps + the step's own peak above that.
 
-Modes: none (every activation kept), recompute (each layer's input kept on the GPU, the layer recomputed in
-backward) and offload (the layer inputs kept in pinned CPU memory instead, copied back just before recompute).
+    python -m benchmarks.gpu_checkpointing --out DIR             # GPU
+    python -m benchmarks.gpu_checkpointing --smoke --out DIR     # tiny model on a CPU: the code path only
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
+from benchmarks import harness
+from benchmarks.bench_e2e import smoke_config
+from benchmarks.train_step import add_throughput, checkpointing_mode, model_flops_per_token
 
-def measure(mode, batch, seq, steps=3):
-    import torch
-    from minilora.lora import get_peft_model
-    from minilora.models import from_catalogue
-    torch.cuda.empty_cache()
-    model = from_catalogue("llama-3.2-1b", dtype=torch.bfloat16, device="cuda")
-    get_peft_model(model, r=16, lora_alpha=16, verbose=False)
-    model.gradient_checkpointing = mode
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device="cuda")
-    weights = torch.cuda.memory_allocated() / 2**30
-    times = []
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss = model(ids, ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    del model, opt, ids, loss
-    return {"mode": str(mode), "peak_gib": round(peak, 3), "weights_and_lora_gib": round(weights, 3),
-            "step_s": round(sorted(times[1:])[len(times[1:]) // 2], 4),
-            "tokens_per_s": round(batch * seq / sorted(times[1:])[len(times[1:]) // 2], 1)}
+MODES = ("offload", "recompute", False)
 
 
-def main():
-    import torch
-    import triton
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=2048)
-    args = ap.parse_args()
-    from minilora import ops
-    results = []
-    for mode in ("offload", "recompute", False):
+    harness.add_run_args(ap, reps=2, warmup=0)
+    args = ap.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU; --smoke runs a tiny model on the CPU")
+    device = "cpu" if args.smoke else "cuda"
+    if args.smoke:
+        config, batch, seq, dtype, label = smoke_config(), 2, 32, torch.float32, "tiny (smoke)"
+    else:
+        from minilora.models.registry import catalogue_config
+        config, batch, seq, dtype, label = catalogue_config("llama-3.2-1b"), args.batch, args.seq, torch.bfloat16, \
+            "llama-3.2-1b"
+    res = harness.Results("gpu-checkpointing", device, notes=(
+        f"LoRA step, {label} shape, {dtype}, B{batch} S{seq}, r16 on 7 projections, plain PyTorch ops; models "
+        f"built in one process and timed in alternation. peak_gib = resident (weights, adapters, optimizer state) "
+        f"+ the step's own peak."))
+    res.autosave(args.out, harness.result_stem("gpu-checkpointing", device, args.smoke))
+    steps, failed = {}, {}
+    for mode in MODES:
         try:
-            r = measure(mode, args.batch, args.seq)
+            step = checkpointing_mode(config, mode, batch, seq, device, dtype)
+            steps[step.name] = step
         except torch.OutOfMemoryError:
-            r = {"mode": str(mode), "error": "out of memory"}
-        r["kernels"] = ops.kernel_mode()
-        results.append(r)
-        print(r, flush=True)
-    out = {"what": f"LoRA step, llama-3.2-1b catalogue shape, bf16, B{args.batch} S{args.seq}, r16 on 7 projections",
-           "card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
-    os.makedirs(args.out, exist_ok=True)
-    name = (f"gpu-checkpointing-{torch.cuda.get_device_name().split()[-1].lower()}-"
-            f"{time.strftime('%Y-%m-%d', time.gmtime())}")
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print(json.dumps(out, indent=1))
+            failed[f"checkpointing {mode if mode else 'off'}"] = "out of memory"
+            torch.cuda.empty_cache()
+    rows = res.compare(f"{label} B{batch} S{seq}", steps, rounds=args.rounds, reps=args.reps,
+                       warmup=args.warmup)
+    for name, err in failed.items():
+        rows.append(res.add(f"{label} B{batch} S{seq}", name, [], error=err))
+    for row in rows:
+        step = steps.get(row["impl"])
+        if step is None:
+            continue
+        row["resident_gib"] = step.resident_bytes / harness.GiB if device == "cuda" else None
+        if row["peak_gib"] is not None:
+            row["step_peak_gib"] = row["peak_gib"]
+            row["peak_gib"] += row["resident_gib"]
+        add_throughput(row, step.tokens, model_flops_per_token(config), None)
+    harness.finish(res, args.out, harness.result_stem("gpu-checkpointing", device, args.smoke))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

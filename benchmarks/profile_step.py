@@ -26,7 +26,6 @@ BUCKETS = [  # first match wins
     ("copies (H2D/D2H/D2D)", r"memcpy|Memcpy|copy"),
     ("other elementwise / reductions", r".*"),
 ]
-DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # datasheet, SXM, dense (no sparsity)
 
 
 def bucket(name: str) -> str:
@@ -37,16 +36,15 @@ def bucket(name: str) -> str:
 
 
 def peak_tflops() -> tuple[float, str]:
-    name = torch.cuda.get_device_name()
-    for key, value in DENSE_BF16_TFLOPS.items():
-        if key in name:
-            return value, f"{name}: datasheet dense bf16 {value} TFLOP/s"
-    return float("nan"), f"{name}: peak unknown"
+    from benchmarks.harness import datasheet_peak
+    value, note = datasheet_peak("cuda")
+    return (float("nan") if value is None else value), note
 
 
 def main(argv=None):
-    from benchmarks.bench_e2e import STAGES, build
+    from benchmarks.train_step import STAGES, build_stage_model
     from minilora import ops
+    from minilora.models.registry import catalogue_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-3-8b")
@@ -58,7 +56,7 @@ def main(argv=None):
     p.add_argument("--host-profile", help="also run one step under cProfile and write its top functions here")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    model = build(args.model, args.stage, "cuda", torch.bfloat16)
+    model = build_stage_model(catalogue_config(args.model), args.stage, "cuda", torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     x = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device="cuda")
@@ -140,7 +138,8 @@ def main(argv=None):
     print("  memory GiB: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in memory.items()))
     for label, ms in sorted(by_bucket.items(), key=lambda kv: -kv[1]):
         print(f"  {label:<34}{ms:>9.1f} ms {100 * ms / span_ms:>6.1f}%")
-    print(f"  {'GPU idle (gaps between kernels)':<34}{span_ms - busy_ms:>9.1f} ms {100 * (span_ms - busy_ms) / span_ms:>6.1f}%")
+    idle = span_ms - busy_ms
+    print(f"  {'GPU idle (gaps between kernels)':<34}{idle:>9.1f} ms {100 * idle / span_ms:>6.1f}%")
     for name, ms in list(result["top_kernels_ms"].items())[:12]:
         print(f"    {ms:8.1f} ms  {name}")
     if args.out:

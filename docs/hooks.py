@@ -6,7 +6,8 @@
   fails on it), as it does for an executed notebook older than its source. A notebook holding an error output stops
   the build.
 - Exercises: the table on exercises.md is generated from the stub files in exercises/weekN/.
-- Benchmarks: benchmarks.md shows every benchmarks/results/*.json as tables and every PNG there as a figure.
+- Benchmarks: benchmarks.md shows every benchmarks/results/*.json (read through benchmarks.harness.load_results: one
+  schema, rows with the median and [min–max]) as a table and every PNG there as a figure.
 - API: api.md gets one mkdocstrings block per module of the minilora package that exists.
 - Unsloth map: a link to a lesson page that has not been executed yet is shown as plain text (tests/test_docs_site.py
   checks that every row's files and lessons exist).
@@ -219,71 +220,52 @@ def _roadmap_cells(markdown: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- benchmarks
-_META_KEYS = ("card", "device", "gpu", "machine", "cpu", "torch", "triton", "cuda", "python", "transformers",
-              "peft", "liger_kernel", "bitsandbytes", "date", "dtype")
+# Extras shown as columns when a result's rows carry them (everything else stays in the JSON).
+_EXTRA_COLUMNS = (("tb_s", "TB/s", "{:.2f}"), ("pct_of_copy", "% of copy", "{:.0f}%"), ("tflops", "TFLOP/s", "{:.0f}"),
+                  ("tok_s", "tokens/s", "{:,.0f}"), ("mfu", "MFU", "{:.1%}"), ("seq", "tokens", "{:,}"),
+                  ("loss", "loss", "{:.3f}"), ("error", "error", "{}"))
 
 
 def _cell(value) -> str:
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, (dict, list)):
-        text = json.dumps(value)
-        text = text if len(text) <= 80 else text[:77] + "…"
-    else:
-        text = str(value)
-    return html.escape(text).replace("|", "\\|")
+    return html.escape(str(value)).replace("|", "\\|")
 
 
-def _flatten(row: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in row.items():
-        if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
-            flat.update({f"{prefix}{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _fmt(value, pattern: str) -> str:
+    if value is None:
+        return "—"
+    try:
+        return _cell(pattern.format(value))
+    except (TypeError, ValueError):
+        return _cell(value)
 
 
-def _table(rows: list[dict]) -> str:
-    rows = [_flatten(r) for r in rows]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _render_result(name: str, data) -> str:
-    parts = [f"### {name}", ""]
-    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
-        return "\n".join(parts + [_table(data), ""])
-    if not isinstance(data, dict):
-        return "\n".join(parts + [f"`{_cell(data)}`", ""])
-    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-    meta = {k: v for k, v in scalars.items() if k.lower() in _META_KEYS}
-    if isinstance(data.get("env"), dict) or isinstance(data.get("environment"), dict):
-        meta.update({k: v for k, v in (data.get("env") or data.get("environment")).items()
-                     if not isinstance(v, (dict, list))})
-    if meta:
-        parts.append(" · ".join(f"**{html.escape(str(k))}** {_cell(v)}" for k, v in meta.items()))
-        parts.append("")
-    other = {k: v for k, v in scalars.items() if k not in meta}
-    if other:
-        parts += [_table([other]), ""]
-    for key, value in data.items():
-        if key in ("env", "environment"):
-            continue
-        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            parts += [f"**{html.escape(key)}**", "", _table(value), ""]
-        elif isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
-            parts += [f"**{html.escape(key)}**", "", _table([{"": k, **r} for k, r in value.items()]), ""]
-        elif isinstance(value, dict) and value:
-            parts += [f"**{html.escape(key)}**", "", _table([value]), ""]
-        elif isinstance(value, list) and value:
-            parts += [f"**{html.escape(key)}**: {_cell(value)}", ""]
+def _render_result(path: pathlib.Path, data: dict) -> str:
+    """One results file (schema of benchmarks/harness.py): what, where, when, with which versions, then its rows
+    with the median and the [min–max] range over every timed repetition."""
+    versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
+    parts = [f"### {html.escape(data['benchmark'])} — {html.escape(path.stem)}", "",
+             f"**card** {_cell(data['card'])} · **date** {_cell(data['date'])} · **commit** "
+             f"`{_cell(data['git_commit'])}`", "", f"**versions** {_cell(versions)}", ""]
+    if data.get("provenance"):
+        parts += [f"**provenance** {_cell(data['provenance'])}", ""]
+    if data["notes"]:
+        parts += [f"<small>{_cell(data['notes'])}</small>", ""]
+    extras = [c for c in _EXTRA_COLUMNS if any(r.get(c[0]) is not None for r in data["rows"])]
+    header = ["what", "implementation", "median ms", "[min–max] ms", "reps", "peak GiB"] + [c[1] for c in extras]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in data["rows"]:
+        span = "—" if not r["reps"] else "not recorded" if r.get("converted") else \
+            f"[{r['min_ms']:.3f}–{r['max_ms']:.3f}]"
+        cells = [_cell(r["name"]), _cell(r["impl"]), _fmt(r["median_ms"], "{:.3f}"), span, str(r["reps"]),
+                 _fmt(r["peak_gib"], "{:.3f}")] + [_fmt(r.get(key), pattern) for key, _, pattern in extras]
+        lines.append("| " + " | ".join(cells) + " |")
+    parts += lines + ["", f"<small>Command: `{_cell(data['command'])}` · source: "
+                          f"`benchmarks/results/{path.name}`</small>", ""]
     return "\n".join(parts)
 
 
 def _benchmarks_section() -> str:
+    from benchmarks.harness import ResultsSchemaError, load_results
     results = sorted(RESULTS.glob("*.json")) if RESULTS.is_dir() else []
     images = sorted(RESULTS.glob("*.png")) if RESULTS.is_dir() else []
     if not results and not images:
@@ -291,11 +273,10 @@ def _benchmarks_section() -> str:
     parts = ["## Results\n"] if results else []
     for path in results:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise PluginError(f"benchmarks/results/{path.name} is not valid JSON ({e}): fix or remove it") from e
-        parts.append(_render_result(path.stem, data))
-        parts.append(f"<small>Source: `benchmarks/results/{path.name}`</small>\n")
+            data = load_results(path)
+        except ResultsSchemaError as e:
+            raise PluginError(f"benchmarks/results/{path.name}: {e}") from e
+        parts.append(_render_result(path, data))
     if images:
         parts.append("## Plots\n")
         for image in images:

@@ -39,9 +39,7 @@
 
 # %%
 import ast
-import glob
 import inspect
-import json
 import os
 import pathlib
 
@@ -88,6 +86,7 @@ print(f"\nthe textbook loss path holds up to {textbook / GiB:.1f} GiB for the lo
 # (which minilora keeps for CPU runs) upcasts them to fp32 first:
 
 # %%
+from benchmarks.harness import COPY_IMPL, latest, load_results  # noqa: E402
 from minilora.kernels import cross_entropy as ce  # noqa: E402
 from minilora.kernels import fused_linear_ce as flce  # noqa: E402
 
@@ -284,77 +283,82 @@ print(f"loss fused {loss_fused.item():.6f} vs unfused {loss_plain.item():.6f}; "
 # ## 6. On a real GPU
 #
 # The benchmark `benchmarks/bench_ce_lora.py` times forward + backward at Llama-3 shapes against eager PyTorch,
-# `torch.compile` and Liger-Kernel in one run on one card, and records the peak memory above what was allocated
+# `torch.compile` and Liger-Kernel in one run on one card (`benchmarks/harness.py`: warm-up, rounds in rotated
+# order, the same number of calls each, median and [min–max]), and records the peak memory above what was allocated
 # before each call. On a machine with CUDA the next cell runs a reduced version live; otherwise it loads the
-# recorded results.
+# newest recorded results.
 
 # %%
 if torch.cuda.is_available():
     import subprocess
     import sys
-    subprocess.run([sys.executable, "benchmarks/bench_ce_lora.py", "--only", "ce,lce", "--out", "/tmp/ce-bench"],
-                   check=True)
-    result_path = sorted(glob.glob("/tmp/ce-bench/ce-lora-*.json"))[-1]
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_ce_lora", "--only", "ce,lce,frozen", "--out",
+                    "/tmp/ce-bench"], check=True)
+    result_path = latest("/tmp/ce-bench", "ce-lora")
 else:
-    result_path = sorted(p for p in glob.glob("benchmarks/results/ce-lora-*.json") if "small" not in p)[-1]
-result = json.loads(pathlib.Path(result_path).read_text())
-env = result["environment"]
-print(f"{result_path}: {env.get('card')}, torch {env['torch']}, triton {env['triton']}, {env['date']}")
-rows = [r for r in result["rows"] if r["group"] in ("CE", "linear+CE", "frozen lm_head") and "ms" in r]
+    result_path = latest("benchmarks/results", "ce-lora")
+result = load_results(result_path)
+print(f"{result_path.name}: {result['card']}, torch {result['versions'].get('torch')}, triton "
+      f"{result['versions'].get('triton')}, {result['date']}"
+      + (f" — {result['provenance']}" if result.get("provenance") else ""))
+GROUPS = ("CE", "linear+CE", "frozen lm_head")
+rows = [r for r in result["rows"] if r["name"] in GROUPS and r["reps"] and r["impl"] != COPY_IMPL]
 for r in rows:
-    print(f"{r['group']:15s} {r['name']:30s} {r['ms']:8.2f} ms  {r['peak_extra_gib']:6.2f} GiB extra")
+    span = "range not recorded" if r.get("converted") else f"[{r['min_ms']:.2f}–{r['max_ms']:.2f}]"
+    print(f"{r['name']:15s} {r['impl']:32s} {r['median_ms']:8.2f} ms {span:>19s}  {r['peak_gib']:6.2f} GiB extra")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 for ax, group in zip(axes, ("CE", "linear+CE")):
-    sel = [r for r in rows if r["group"] == group]
-    ax.scatter([r["ms"] for r in sel], [r["peak_extra_gib"] for r in sel],
-               c=["tab:orange" if r["name"].startswith("minilora") else "tab:gray" for r in sel])
+    sel = [r for r in rows if r["name"] == group]
+    ax.errorbar([r["median_ms"] for r in sel], [r["peak_gib"] for r in sel], fmt="none", ecolor="k", lw=0.8,
+                xerr=[[r["median_ms"] - r["min_ms"] for r in sel], [r["max_ms"] - r["median_ms"] for r in sel]])
+    ax.scatter([r["median_ms"] for r in sel], [r["peak_gib"] for r in sel],
+               c=["tab:orange" if r["impl"].startswith("minilora") else "tab:gray" for r in sel])
     for r in sel:
-        ax.annotate(r["name"], (r["ms"], r["peak_extra_gib"]), fontsize=8, xytext=(4, 4),
+        ax.annotate(r["impl"], (r["median_ms"], r["peak_gib"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
-    ax.set_xlabel("ms, forward + backward (lower is better)")
+    ax.set_xlabel("ms, forward + backward: median, whiskers [min–max] (lower is better)")
     ax.set_ylabel("peak extra GiB (lower is better)")
-    ax.set_title(f"{group}: {result['shapes'][group]}", fontsize=9)
-fig.suptitle(f"{env.get('card')} — {env['date'][:10]}")
+    ax.set_title(f"{group}: {sel[0].get('shape', '') if sel else ''}", fontsize=9)
+fig.suptitle(f"{result['card']} — {result['date'][:10]}")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **What the plot says** — the cell below reads the numbers against the targets (CE ≤ 2.3 ms with no copy of the
-# logits; linear + CE ≤ 40 ms at ≤ 1.1 GiB) rather than trusting prose written before the run.
+# **What the plot says** — the cell below words each comparison from the recorded numbers (fastest and leanest in
+# each group, and minilora against each alternative), rather than trusting prose written before the run.
 
 # %%
-def pick(group, name):
-    return next(r for r in rows if r["group"] == group and r["name"] == name)
+def compare(group, mine, other):
+    dt, dm = mine["median_ms"] - other["median_ms"], mine["peak_gib"] - other["peak_gib"]
+    speed = "faster" if dt < 0 else "slower" if dt > 0 else "as fast"
+    mem = "less" if dm < 0 else "more" if dm > 0 else "the same"
+    return (f"{group}: {mine['impl']} is {abs(dt):.2f} ms {speed} than {other['impl']} "
+            f"({mine['median_ms']:.2f} vs {other['median_ms']:.2f} ms) and needs {abs(dm):.3f} GiB {mem} "
+            f"({mine['peak_gib']:.3f} vs {other['peak_gib']:.3f} GiB)")
 
 
-ce_mine, ce_eager = pick("CE", "minilora"), pick("CE", "torch eager (fp32 upcast)")
-print(f"CE: {ce_mine['ms']:.2f} ms ({ce_eager['ms'] / ce_mine['ms']:.1f}x faster than eager), "
-      f"{ce_mine['peak_extra_gib']:.2f} GiB extra vs eager's {ce_eager['peak_extra_gib']:.1f} GiB; "
-      f"target ≤ 2.3 ms met: {ce_mine['ms'] <= 2.3}")
-for r in (x for x in rows if x["group"] == "CE" and x["name"] in ("torch.compile", "Liger-Kernel")):
-    print(f"    {r['name']}: {r['ms']:.2f} ms, {r['peak_extra_gib']:.2f} GiB")
-liger_lce = pick("linear+CE", "Liger-Kernel")
-mine = [r for r in rows if r["group"] == "linear+CE" and r["name"].startswith("minilora")]
-for r in mine:
-    print(f"linear+CE {r['name']:26s} {r['ms']:6.1f} ms at {r['peak_extra_gib']:.3f} GiB — ≤ 40 ms: "
-          f"{r['ms'] <= 40}; ≤ Liger's {liger_lce['peak_extra_gib']:.3f} GiB: "
-          f"{r['peak_extra_gib'] <= liger_lce['peak_extra_gib'] + 1e-3}")
-for r in (x for x in rows if x["group"] == "linear+CE" and not x["name"].startswith("minilora")):
-    print(f"    {r['name']}: {r['ms']:.1f} ms, {r['peak_extra_gib']:.3f} GiB")
-frozen = [r for r in rows if r["group"] == "frozen lm_head"]
-for r in frozen:
-    print(f"frozen lm_head (LoRA) {r['name']:26s} {r['ms']:6.1f} ms at {r['peak_extra_gib']:.3f} GiB")
-for r in (x for x in result["rows"] if x["group"] == "LCE-sweep" and "ms" in x):
-    print(f"default chunk, variant: {r['name']:40s} {r['ms']:6.1f} ms")
+for group in GROUPS:
+    sel = [r for r in rows if r["name"] == group]
+    if not sel:
+        continue
+    fastest, leanest = min(sel, key=lambda r: r["median_ms"]), min(sel, key=lambda r: r["peak_gib"])
+    print(f"{group}: fastest {fastest['impl']} ({fastest['median_ms']:.2f} ms), least memory {leanest['impl']} "
+          f"({leanest['peak_gib']:.3f} GiB)")
+    mine = next((r for r in sel if r["impl"].startswith("minilora (default chunk") or r["impl"] == "minilora"),
+                None)
+    for other in (r for r in sel if not r["impl"].startswith("minilora")):
+        if mine:
+            print("    " + compare(group, mine, other))
 
 # %% [markdown]
-# Read the numbers above with section 5's memory formula in mind: at Liger's memory (one 256-token chunk) the
-# per-chunk read-modify-write of the (V, H) weight gradient costs time, and bigger chunks buy speed with memory.
-# `torch.compile` is fastest here because it runs three full-size matmuls — holding the full logits to do so. In
-# LoRA fine-tuning the lm_head is frozen: there is no weight gradient, and the "frozen lm_head" rows (when the
-# recorded run has them) show what the fused loss costs in the setting minilora trains in.
+# Read the numbers above with section 5's memory formula in mind: with a trainable head, each chunk
+# read-modify-writes the (V, H) weight gradient, so smaller chunks (less memory) pay in time and bigger chunks buy
+# speed with memory — the fixed-chunk rows show the trade on this card. `torch.compile` runs three full-size
+# matmuls and holds the full logits to do so, which its peak memory shows. In LoRA fine-tuning the lm_head is
+# frozen: there is no weight gradient, and the "frozen lm_head" rows show what the fused loss costs in the setting
+# minilora trains in.
 #
 # ## Exercises
 #

@@ -45,7 +45,6 @@
 # %%
 import ast
 import inspect
-import json
 import os
 import pathlib
 import time
@@ -56,7 +55,6 @@ if not torch.cuda.is_available():
     # The Triton interpreter must be switched on before triton is first imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import matplotlib.pyplot as plt  # noqa: E402
 
 for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora/kernels/rmsnorm.py",
              "minilora/kernels/_triton.py", "minilora/ops.py"]:
@@ -69,7 +67,10 @@ for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora
 # Here is the plain PyTorch RoPE that minilora keeps as its reference (and runs on CPU by default):
 
 # %%
+import benchmarks.bench_elementwise as bench_elementwise  # noqa: E402
+from benchmarks.harness import Results, latest, load_results, print_table  # noqa: E402
 from minilora.kernels import rmsnorm, rope, swiglu  # noqa: E402
+
 
 def show(obj):
     """Print the source of a function; a @triton.jit kernel keeps the Python function it wraps in `.fn`."""
@@ -291,7 +292,6 @@ print(f"interpreter checks took {time.perf_counter() - started:.1f} s")
 
 # %%
 if torch.cuda.is_available():
-    from triton.testing import do_bench
     gg = torch.randn(4096, 14336, device="cuda", dtype=torch.bfloat16)
     uu, dd = torch.randn_like(gg), torch.randn_like(gg)
 
@@ -299,91 +299,99 @@ if torch.cuda.is_available():
         a, b = gg.clone().requires_grad_(), uu.clone().requires_grad_()
         return lambda: f(a * 1, b * 1).backward(dd)
 
-    for name, f in [("torch eager", swiglu.swiglu_reference), ("minilora", swiglu.swiglu_fast)]:
-        ms = do_bench(step(f), return_mode="median")
-        print(f"swiglu fwd+bwd 4096x14336 on {torch.cuda.get_device_name()}: {name:12s} {ms:.3f} ms")
+    live = Results("swiglu live", "cuda", log=lambda *_: None)
+    live.compare(f"swiglu fwd+bwd 4096x14336 on {torch.cuda.get_device_name()}",
+                 {"torch eager": step(swiglu.swiglu_reference), "minilora": step(swiglu.swiglu_fast)},
+                 reps=10, nbytes=8 * gg.numel() * 2)
+    print_table(live.rows)
 else:
     print("no GPU here: showing the recorded results below")
 
 # %%
-recorded = json.loads(pathlib.Path("benchmarks/results/elementwise-h200-2026-11-27.json").read_text())
-print(f"recorded on {recorded['card']}, torch {recorded['torch']}, triton {recorded['triton']}, "
-      f"Liger-Kernel {recorded['liger_kernel']}, {recorded['date']}")
-ceiling = recorded["copy_ceiling_tb_s"]
-print(f"copy ceiling: {ceiling:.2f} TB/s\n")
-print(f"{'op':8s} {'implementation':16s} {'ms':>7s} {'TB/s':>6s} {'% of copy':>9s} {'peak extra GiB':>14s}")
-for row in recorded["rows"]:
-    if row["impl"] in ("torch eager", "torch.compile", "liger", "minilora default") and "ms" in row:
-        print(f"{row['op']:8s} {row['impl']:16s} {row['ms']:7.3f} {row['tb_s']:6.2f} "
-              f"{100 * row['tb_s'] / ceiling:8.0f}% {row['peak_extra_gib']:14.3f}")
+results_path = latest("benchmarks/results", "elementwise")
+recorded = load_results(results_path)
+v = recorded["versions"]
+print(f"{results_path.name}: {recorded['card']}, torch {v.get('torch')}, triton {v.get('triton')}, Liger-Kernel "
+      f"{v.get('liger_kernel', 'not installed')}, {recorded['date']}"
+      + (f" — {recorded['provenance']}" if recorded.get("provenance") else ""))
+print(recorded["notes"], "\n")
+OP_ROW = {"rope": "rope fwd+bwd", "swiglu": "swiglu fwd+bwd", "rmsnorm": "rmsnorm fwd+bwd"}
+IMPLS = ("torch eager", "torch.compile", "liger", "minilora")
 
-import importlib.util  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("bench_elementwise", "benchmarks/bench_elementwise.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-bench.plot("benchmarks/results/elementwise-h200-2026-11-27.json", show=True);
+def row(op, impl):
+    return next((r for r in recorded["rows"] if r["name"] == OP_ROW[op] and r["impl"] == impl and r["reps"]), None)
+
+
+print(f"{'op':8s} {'implementation':14s} {'median ms [min–max]':>28s} {'TB/s':>6s} {'% of copy':>9s} "
+      f"{'peak GiB':>9s}")
+for op in OP_ROW:
+    for impl in IMPLS:
+        r = row(op, impl)
+        if r:
+            span = "range not recorded" if r.get("converted") else f"[{r['min_ms']:.3f}–{r['max_ms']:.3f}]"
+            print(f"{op:8s} {impl:14s} {r['median_ms']:8.3f} {span:>19s} {r['tb_s']:6.2f} {r['pct_of_copy']:8.0f}% "
+                  f"{r['peak_gib']:9.3f}")
+
+_ = bench_elementwise.plot(str(results_path), show=True)
 
 # %% [markdown]
 # ## 6. What the plot says
 #
 # The cell below turns the recorded rows into the statements this section makes, so the prose never drifts from the
 # numbers: each kernel's share of the copy ceiling, its speed relative to Liger-Kernel and `torch.compile`, its
-# memory, and how the naive reference's byte count from section 1 predicts the eager slowdown.
+# memory, and how the naive reference's byte count from section 1 predicts the eager slowdown. A comparison is
+# called a lead only when the two [min–max] ranges do not overlap; otherwise the two are level within the spread.
 
 # %%
-def row(op, impl):
-    return next(r for r in recorded["rows"] if r["op"] == op and r["impl"] == impl and "ms" in r)
+def versus(mine, other, label):
+    """'1.23x <label>'s speed (ahead / behind / level within the spread)' from the two rows' medians and ranges."""
+    ratio = other["median_ms"] / mine["median_ms"]
+    if mine.get("converted") or other.get("converted"):
+        where = "ahead" if ratio > 1 else "behind" if ratio < 1 else "level"
+        where += " on the medians (no ranges recorded)"
+    elif mine["max_ms"] < other["min_ms"]:
+        where = "ahead"
+    elif mine["min_ms"] > other["max_ms"]:
+        where = "behind"
+    else:
+        where = "level within the spread"
+    return f"{ratio:.2f}x {label}'s speed ({where})"
 
 
-for op in ("swiglu", "rope", "rmsnorm"):
-    mini, liger, comp, eager = (row(op, i) for i in ("minilora default", "liger", "torch.compile", "torch eager"))
+for op in OP_ROW:
+    mini, eager = row(op, "minilora"), row(op, "torch eager")
     floor = cases[op][1]
-    print(f"{op}: minilora at {100 * mini['tb_s'] / ceiling:.0f}% of the copy ceiling "
-          f"(target 85%: {'met' if mini['tb_s'] >= 0.85 * ceiling else 'NOT met'}); "
-          f"{liger['ms'] / mini['ms']:.2f}x Liger's speed ({'>=' if mini['ms'] <= liger['ms'] else '<'} Liger), "
-          f"{comp['ms'] / mini['ms']:.2f}x torch.compile's, {eager['ms'] / mini['ms']:.1f}x eager's; "
-          f"peak extra {mini['peak_extra_gib']:.3f} GiB vs Liger {liger['peak_extra_gib']:.3f} GiB. "
-          f"Eager moves {naive_bytes[op] / floor:.1f}x the floor bytes and runs at "
-          f"{eager['tb_s'] / ceiling:.0%} of the ceiling.")
-print()
-print(recorded["variance_note"])
+    parts = [f"{op}: minilora at {mini['pct_of_copy']:.0f}% of the copy ceiling"]
+    for impl, label in (("liger", "Liger"), ("torch.compile", "torch.compile"), ("torch eager", "eager")):
+        other = row(op, impl)
+        if other:
+            parts.append(versus(mini, other, label))
+    liger = row(op, "liger")
+    if liger:
+        more = "more" if mini["peak_gib"] > liger["peak_gib"] else "less" if mini["peak_gib"] < liger["peak_gib"] \
+            else "the same"
+        parts.append(f"peak {mini['peak_gib']:.3f} GiB, {more} than Liger's {liger['peak_gib']:.3f} GiB")
+    parts.append(f"eager moves {naive_bytes[op] / floor:.1f}x the floor bytes and runs at "
+                 f"{eager['pct_of_copy']:.0f}% of the ceiling")
+    print("; ".join(parts) + ".")
 
 # %% [markdown]
-# One run is one sample. The same script ran three times that day on the same card (the first run with an earlier
-# version of the kernels, see each file's `run_note`); the cell below lines up minilora against Liger-Kernel and
-# `torch.compile` in each.
-
-# %%
-for n in (1, 2, 3):
-    run = json.loads(pathlib.Path(f"benchmarks/results/elementwise-h200-2026-11-27-run{n}.json").read_text())
-    cells = []
-    for op in ("swiglu", "rope", "rmsnorm"):
-        ms = {impl: next((r["ms"] for r in run["rows"] if r["op"] == op and r["impl"] == impl and "ms" in r), None)
-              for impl in ("minilora default", "liger", "torch.compile")}
-        cells.append(f"{op} {ms['minilora default']:.3f} / {ms['liger']:.3f} / {ms['torch.compile']:.3f}")
-    print(f"run {n} (ms minilora / Liger / torch.compile): " + ";  ".join(cells))
-
-# %% [markdown]
-# How to read it:
+# How to read it (the numbers are the ones printed above):
 #
-# * **SwiGLU** is one flat elementwise kernel per direction: it sits at the copy ceiling, like Liger-Kernel and
-#   `torch.compile`, and — because the backward writes into `gate`/`up` — its peak extra memory is just the output
-#   `h`, a third of what `torch.compile` needs. That memory, not the time, is the win: one saved pair of buffers per
-#   MLP layer during the backward.
-# * **RoPE** beats eager PyTorch by a factor close to the byte ratio of section 1, and beats Liger-Kernel in every
-#   run, but stays far from the ceiling: its tiles are small (hd/2 = 64 numbers per half-row) and the work is spread
-#   over many short programs. `torch.compile` lands in the same range; which of the two is ahead changes from run to
-#   run.
-# * **RMSNorm**'s forward alone runs near the ceiling (the `minilora fwd only` row in the JSON); the backward, with
-#   its reduction along each row and the cross-row sum for $dw$, is where the time goes. Against Liger-Kernel the
-#   ranking flips between runs, `torch.compile` was ahead in the last one, and Liger keeps less memory: by default it
-#   writes $dx$ into the incoming $dy$ buffer. minilora does not, because that buffer is not always the norm's to
-#   overwrite — after a residual add, the very same gradient tensor also flows down the skip connection (Liger's own
-#   documentation turns the option off for Gemma-2 for this kind of reason). The 85% target is not met for RoPE or
-#   RMSNorm.
-# * On this machine the short ops (RoPE, RMSNorm: 0.3–0.8 ms for forward+backward) varied by up to 2x between
-#   identical configurations, while the long SwiGLU and the copy were stable: compare bars only within one run.
+# * **SwiGLU** is one flat elementwise kernel per direction, so it can run at the copy's speed; because the backward
+#   writes into `gate`/`up`, its peak memory is just the output `h` — compare its peak with `torch.compile`'s in the
+#   table. That memory, more than the time, is what the kernel buys: one pair of buffers fewer during the MLP's
+#   backward.
+# * **RoPE**'s gap to eager follows the byte ratio of section 1. Its distance from the ceiling comes from its shape:
+#   small tiles (hd/2 = 64 numbers per half-row) spread over many short programs.
+# * **RMSNorm**'s forward alone (the `rmsnorm fwd only` row of the results file) is a single pass; the backward,
+#   with its reduction along each row and the cross-row sum for $dw$, is where the time goes. Liger-Kernel writes
+#   $dx$ into the incoming $dy$ buffer by default, which lowers its peak; minilora does not, because that buffer is
+#   not always the norm's to overwrite — after a residual add, the very same gradient tensor also flows down the
+#   skip connection (Liger's own documentation turns the option off for Gemma-2 for this kind of reason).
+# * Short ops (under a millisecond) are sensitive to what ran just before them; that is why the harness rotates
+#   the order of the implementations each round and reports the [min–max] range beside the median.
 #
 # ## Exercises
 #

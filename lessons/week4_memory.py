@@ -37,9 +37,7 @@
 
 # %%
 import copy
-import importlib.util
 import inspect
-import json
 import pathlib
 import subprocess
 import sys
@@ -47,12 +45,22 @@ import sys
 import matplotlib.pyplot as plt
 import torch
 
+import benchmarks.bench_expandable_segments as bench_alloc
+from benchmarks.harness import latest, load_results
 from minilora import memory
-from minilora.lora import get_peft_model
-from minilora.memory import (GiB, METHODS, estimate_memory, measure_model_bytes, measure_training_bytes, nf4_bytes,
-                             param_counts, quant_state_bits_per_param)
-from minilora.models.registry import build_model, catalogue_config
 from minilora.linear4bit import quantize_model
+from minilora.lora import get_peft_model
+from minilora.memory import (
+    METHODS,
+    GiB,
+    estimate_memory,
+    measure_model_bytes,
+    measure_training_bytes,
+    nf4_bytes,
+    param_counts,
+    quant_state_bits_per_param,
+)
+from minilora.models.registry import build_model, catalogue_config
 from minilora.quant import quantize_nf4
 
 torch.manual_seed(0)
@@ -196,31 +204,31 @@ for method, pile, p, m in rows:
 # machine, each setting in a fresh subprocess (the variable is read once, at CUDA start-up):
 
 # %%
-spec = importlib.util.spec_from_file_location("bench_alloc", "benchmarks/bench_expandable_segments.py")
-bench_alloc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_alloc)
 print(inspect.getsource(bench_alloc.pattern))
 
 # %%
 results_dir = pathlib.Path("benchmarks/results")
 if torch.cuda.is_available():  # measure live on this machine
-    subprocess.run([sys.executable, "benchmarks/bench_expandable_segments.py", "--out", str(results_dir)], check=True)
-rec = json.loads(sorted(results_dir.glob("memory-expandable-segments-*.json"))[-1].read_text())
-print(f"recorded on {rec['card']}, torch {rec['torch']}, {rec['date']}")
-for setting, r in rec["runs"].items():
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_expandable_segments", "--out", str(results_dir)],
+                   check=True)
+rec = load_results(latest(results_dir, "expandable-segments"))
+runs = {r["impl"]: r for r in rec["rows"]}
+print(f"recorded on {rec['card']}, torch {rec['versions']['torch']}, {rec['date']}"
+      + (f" ({rec['provenance']})" if rec.get("provenance") else ""))
+for setting, r in runs.items():
     print(f"{setting:26s} allocated {r['allocated_mib']:8.0f} MiB, reserved {r['reserved_mib']:8.0f} MiB, "
           f"peak reserved {r['peak_reserved_mib']:8.0f} MiB, segments {r['segments']}")
-default, expandable = rec["runs"]["default"], rec["runs"]["expandable_segments:True"]
+default, expandable = runs["default"], runs["expandable_segments:True"]
 print(f"after the pattern the default allocator reserves {default['reserved_mib'] / expandable['reserved_mib']:.0f}× "
       f"what expandable segments reserve, for the same {default['allocated_mib']:.0f} MiB of live tensors")
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 3.4))
 for setting, style in (("default", "-"), ("expandable_segments:True", "--")):
-    hist = rec["runs"][setting]["history"]
+    hist = runs[setting]["history"]
     steps = [h["step"] for h in hist]
     ax.plot(steps, [h["reserved_mib"] / 1024 for h in hist], style, label=f"reserved ({setting})")
-ax.plot(steps, [h["allocated_mib"] / 1024 for h in rec["runs"]["default"]["history"]], ":", color="k",
+ax.plot(steps, [h["allocated_mib"] / 1024 for h in runs["default"]["history"]], ":", color="k",
         label="allocated (both)")
 ax.set_xlabel("step")
 ax.set_ylabel("GiB")

@@ -11,25 +11,24 @@
 # ---
 
 # %% [markdown]
-# # Capstone — How 2x and 70% happen
+# # Capstone, part 1 — How 2x and 70% happen, measured on your CPU
 #
 # The learning plan's goal: *explain to someone else how Unsloth achieves its speed-up and memory reduction*. Not
 # with adjectives — with numbers you measured. This lesson is an **ablation**: start from a plain LoRA training
-# step and add one technique at a time, measuring time and memory after each one.
+# step and add one technique at a time, measuring time and memory after each one. It has two parts:
 #
-# 1. **On your CPU, at small scale** — real bytes of every pile (weights, quantization state, trainable
+# 1. **This lesson, on your CPU, at small scale** — real bytes of every pile (weights, quantization state, trainable
 #    parameters, gradients, AdamW state, activations saved for backward, activations offloaded to host memory)
 #    counted from the actual tensors, next to what `minilora/memory/estimate.py` predicts; and step times for the stages a
 #    CPU can time honestly.
-# 2. **From recorded GPU runs at Llama shapes** — the end-to-end ladder of `benchmarks/bench_e2e.py` against the
-#    Hugging Face + PEFT + bitsandbytes anchor, and the kernel-level benchmarks of weeks 3 and 5.
-# 3. **The explanation** — written by a cell from those numbers.
+# 2. **`week5_capstone_gpu`** — the same ladder recorded on a GPU at Llama shapes beside the Hugging Face + PEFT +
+#    bitsandbytes anchor, the kernel-level benchmarks, and the explanation of the speed-up written from them.
 #
 # **Goals.** By the end you can
 #
 # 1. name, for each technique, which pile of memory or which part of the step time it attacks, and why;
 # 2. measure activation memory for real with saved-tensor hooks (no GPU needed);
-# 3. read a waterfall of a training step and say where the 2x and the 70% come from — and where they don't.
+# 3. say, from your own measurements, where the memory of a LoRA step goes and which technique removes which part.
 #
 # **Where this lives in Unsloth, and in minilora.** Every technique of the ladder, the Unsloth file the learning
 # plan names for it, and the minilora file that rebuilds it:
@@ -47,10 +46,8 @@
 # %%
 import importlib.util
 import inspect
-import json
 import os
 import pathlib
-import re
 import time
 
 import torch
@@ -62,36 +59,29 @@ if not torch.cuda.is_available():
 
 import matplotlib.pyplot as plt
 
-from minilora import memory, ops, profile
-from minilora.lora import get_peft_model
-from minilora.models.registry import build_model, catalogue_config, init_weights
+import benchmarks.train_step as train_step
+from benchmarks import harness
+from minilora import memory, ops
 from minilora.linear4bit import quantize_model
+from minilora.lora import get_peft_model
+from minilora.memory import measure
+from minilora.models.registry import build_model, catalogue_config, init_weights
 
 torch.manual_seed(0)
 MiB, GiB = 2 ** 20, 2 ** 30
-RESULTS = pathlib.Path(os.environ.get("MINILORA_RESULTS_DIR", "benchmarks/results"))
 lesson_start = time.perf_counter()
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, f"benchmarks/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_e2e = load_script("bench_e2e")
-print(bench_e2e.__doc__)
+print(train_step.__doc__)
 
 # %% [markdown]
 # ## 1. The ladder
 #
-# The GPU benchmark builds a fresh model for each stage and keeps everything the previous stage had. Read `build`
-# and `run_stage` — the whole ablation is these two functions:
+# The GPU benchmark (`benchmarks/bench_e2e.py`) builds a fresh model for each stage and keeps everything the
+# previous stage had; the harness then times all stages (and the anchor) in alternation. Read
+# `minilora_stage` and `Step.__call__` — the whole ablation is these two functions:
 
 # %%
-print(inspect.getsource(bench_e2e.build))
-print(inspect.getsource(bench_e2e.run_stage))
+print(inspect.getsource(train_step.minilora_stage))
+print(inspect.getsource(train_step.Step.__call__))
 
 # %% [markdown]
 # ## 2. Measuring activation memory on a CPU
@@ -104,9 +94,9 @@ print(inspect.getsource(bench_e2e.run_stage))
 # layer's input in CPU memory as an attribute, and the fused cross-entropy keeps its already computed gradient.
 
 # %%
-print(profile.__doc__)
-print(inspect.getsource(profile.SavedTensorMeter._pack))
-print(inspect.getsource(profile.measure_activations))
+print(measure.__doc__)
+print(inspect.getsource(measure.SavedTensorMeter._pack))
+print(inspect.getsource(measure.measure_activations))
 
 # %% [markdown]
 # ## 3. The ladder on your CPU
@@ -125,7 +115,8 @@ print(inspect.getsource(profile.measure_activations))
 #
 # Not on this ladder: the Triton RoPE / SwiGLU / RMSNorm kernels and the fused LoRA Functions. On a CPU they run
 # only through the Triton *interpreter*, which executes every program instance one after another in Python — a
-# correctness tool, orders of magnitude slower than the kernel compiled for a GPU, so timing it says nothing. Their effect is in the GPU results of section 4. The fused cross-entropy is the exception we make for
+# correctness tool, orders of magnitude slower than the kernel compiled for a GPU, so timing it says nothing. Their
+# effect is in the GPU results of `week5_capstone_gpu`. The fused cross-entropy is the exception we make for
 # memory: its whole point is a *memory* layout (one chunk of logits instead of all of them), which the
 # interpreter reproduces exactly, so the last stage sends just the loss head through the interpreter and we
 # measure its bytes but do not time it.
@@ -177,7 +168,7 @@ def run_cpu_stage(model, mode, fused):
         model.fused_loss = fused_head_through_kernels(model)
     try:
         with ops.use_kernels("reference"):
-            report = profile.measure_activations(model, lambda: model(ids, labels=ids, return_logits=not fused))
+            report = measure.measure_activations(model, lambda: model(ids, labels=ids, return_logits=not fused))
             report.loss.backward()
             grads = bytes_of(p.grad for p in trainable)
             opt.step()
@@ -215,27 +206,36 @@ for name, model, mode, fused in CPU_STAGES:
 # NF4 changes the frozen weights a little (so its stages share a slightly different loss), the other techniques
 # change nothing but where and when bytes live.
 #
-# Now the clock, for the stages a CPU can time. The first step of each setting pays one-time costs (memory
-# allocation, imports, the first checkpoint), and this machine may be shared, so every stage gets a warm-up step,
-# then the stages take turns, round after round, and each keeps its fastest step.
+# Now the clock, for the stages a CPU can time. This machine may be shared and the first step of each setting pays
+# one-time costs, so the lesson times the stages the way the GPU benchmarks do (`benchmarks/harness.py`): one untimed
+# warm-up step each, then rounds in which every stage takes one step, the order turning by one place each round, so
+# every stage is timed the same number of times; the table reports the median and the [min–max] range.
 
 # %%
-ROUNDS = 2
+print(inspect.getsource(harness.time_rotated))
+
+# %%
+ROUNDS = 3
 timed_stages = [s for s in CPU_STAGES if not s[3]]
-step_times = {name: [] for name, *_ in timed_stages}
+
+
+def forward_backward(model, mode):
+    def call():
+        model.gradient_checkpointing = mode
+        model(ids, labels=ids).loss.backward()  # the adapters' gradients are dropped: timing only
+        model.zero_grad(set_to_none=True)
+    return call
+
+
 with ops.use_kernels("reference"):
-    for rnd in range(ROUNDS + 1):
-        for name, model, mode, _ in timed_stages:
-            model.gradient_checkpointing = mode
-            t0 = time.perf_counter()
-            model(ids, labels=ids).loss.backward()  # the adapters' gradients are dropped: timing only
-            elapsed = time.perf_counter() - t0
-            model.zero_grad(set_to_none=True)
-            if rnd > 0:
-                step_times[name].append(elapsed)
+    timing = harness.time_rotated({name: forward_backward(model, mode) for name, model, mode, _ in timed_stages},
+                                  rounds=ROUNDS, reps=1, warmup=1)
 for name, r in cpu.items():
-    r["step_s"] = min(step_times[name]) if name in step_times else None
-    print(f"{name:12s} " + (f"{r['step_s']:.3f} s per forward + backward" if r["step_s"] else
+    s = harness.summarize(timing["samples"].get(name, []))
+    r["step_s"] = s["median_ms"] / 1e3 if s["reps"] else None
+    r["step_range_s"] = (s["min_ms"] / 1e3, s["max_ms"] / 1e3) if s["reps"] else None
+    print(f"{name:12s} " + (f"{r['step_s']:.3f} s per forward + backward [{r['step_range_s'][0]:.3f}–"
+                           f"{r['step_range_s'][1]:.3f}] over {s['reps']} steps" if r["step_s"] else
                            "not timed (its loss head ran in the Triton interpreter)"))
 
 # %% [markdown]
@@ -261,9 +261,17 @@ emb = bytes_of([embedding])
 print(f"NF4 stores the frozen block linears in {cpu['+ nf4']['frozen weights'] + cpu['+ nf4']['quant state'] - emb:,} "
       f"bytes instead of {cpu['+ recompute']['frozen weights'] - emb:,}; the embedding (tied to the head) stays "
       f"dense: {emb:,} bytes, {emb / cpu['+ nf4']['device_total']:.0%} of everything the NF4 stage holds")
-print(f"recompute costs {cpu['+ recompute']['step_s'] / cpu['lora']['step_s'] - 1:+.0%} step time on this CPU; "
-      f"NF4 with plain-PyTorch dequantization {cpu['+ nf4']['step_s'] / cpu['+ recompute']['step_s'] - 1:+.0%}; "
-      f"offload (a copy within the same RAM here) {cpu['+ offload']['step_s'] / cpu['+ nf4']['step_s'] - 1:+.0%}")
+
+
+def change(new, old):
+    """'adds 12%' / 'saves 5%' / 'leaves it unchanged': a step-time change worded from its sign."""
+    rel = new / old - 1
+    return f"adds {rel:.0%}" if rel > 0 else f"saves {-rel:.0%}" if rel < 0 else "leaves it unchanged"
+
+
+print(f"on this CPU (medians), recompute {change(cpu['+ recompute']['step_s'], cpu['lora']['step_s'])} of step "
+      f"time; NF4 with plain-PyTorch dequantization {change(cpu['+ nf4']['step_s'], cpu['+ recompute']['step_s'])}; "
+      f"offload (a copy within the same RAM here) {change(cpu['+ offload']['step_s'], cpu['+ nf4']['step_s'])}")
 
 # %%
 fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
@@ -278,8 +286,10 @@ ax_mem.set_title(f"CPU: SmolLM2 widths, {cfg.num_hidden_layers} blocks, {B}×{T}
 ax_mem.set_ylim(0, 1.45 * max(bottom))  # room for the legend above the bars
 ax_mem.legend(fontsize=7, ncol=3, loc="upper center")
 timed = [n for n in names if cpu[n]["step_s"] is not None]
-ax_time.bar(timed, [cpu[n]["step_s"] for n in timed], color="tab:gray")
-ax_time.set_ylabel(f"s per forward + backward (best of {ROUNDS})")
+ax_time.bar(timed, [cpu[n]["step_s"] for n in timed], color="tab:gray",
+            yerr=[[cpu[n]["step_s"] - cpu[n]["step_range_s"][0] for n in timed],
+                  [cpu[n]["step_range_s"][1] - cpu[n]["step_s"] for n in timed]], capsize=3)
+ax_time.set_ylabel(f"s per forward + backward (median, [min–max] of {ROUNDS})")
 ax_time.set_title(f"CPU step time ({os.cpu_count()} cores, torch {torch.__version__})")
 for ax in (ax_mem, ax_time):
     ax.tick_params(axis="x", labelrotation=20)
@@ -337,314 +347,37 @@ for name, r in cpu.items():
 # differences are the interesting part: a frozen linear layer need not keep its input for a weight gradient,
 # `Linear4bit` keeps nothing, and the loss keeps more than one copy of the logits.
 #
-# ## 5. The same ladder on a GPU, at Llama shapes
+# ## 5. What this part explains
 #
-# `benchmarks/bench_e2e.py` runs the ladder on an H100/H200 at the Llama-3.2-1B shape (bf16, LoRA on all seven
-# projections; the batch and sequence length are printed with the results), next to the anchor a user would
-# otherwise pick: Hugging Face transformers + PEFT +
-# bitsandbytes QLoRA with gradient checkpointing. Peak memory there is `torch.cuda.max_memory_allocated` — every
-# pile at once, including temporary buffers. The cell loads the newest recorded run (with its card, versions and
-# date); if none is recorded it says so and the GPU cells are skipped.
+# The cell below writes the memory half of the explanation from the numbers measured above — rerun the lesson and
+# the prose follows the data. The time half needs a GPU at Llama shapes: it is in `week5_capstone_gpu`.
 
 # %%
-def latest(pattern):
-    files = sorted(RESULTS.glob(pattern))
-    return files[-1] if files else None
-
-
-def anchor_rows(rec):
-    """The Hugging Face rows: the "anchor" entry (one row, or {"what", "rows"}), or ladder rows that name PEFT."""
-    anchor = rec.get("anchor")
-    if isinstance(anchor, dict):
-        return list(anchor["rows"]) if "rows" in anchor else [anchor]
-    return [r for r in rec.get("rows", []) if re.search(r"peft|bitsandbytes", str(r.get("stage", "")), re.I)]
-
-
-def qlora_anchor(rows):
-    """Of the anchor rows, the HF + PEFT + bitsandbytes QLoRA one (the recipe minilora's ladder competes with)."""
-    return next((r for r in rows if re.search(r"qlora|bnb|bitsandbytes", str(r["stage"]), re.I)),
-                rows[0] if rows else None)
-
-
-if torch.cuda.is_available():
-    # a full ladder plus the anchor takes minutes and belongs in one benchmark run, not in a lesson
-    print(f"this machine has a GPU ({torch.cuda.get_device_name()}): record a fresh ladder with\n  PYTHONPATH=. "
-          "python benchmarks/bench_e2e.py --out benchmarks/results/e2e-<card>-<date>.json\nThe cells below show "
-          "the newest recorded run.")
-e2e_path = latest("e2e-*.json")
-e2e = json.loads(e2e_path.read_text()) if e2e_path else None
-if e2e is None:
-    print(f"No recorded end-to-end GPU run in {RESULTS}/ (e2e-*.json): this section and the GPU half of the "
-          "explanation are skipped. Record one on a GPU machine with:\n"
-          "  PYTHONPATH=. python benchmarks/bench_e2e.py --out benchmarks/results/e2e-<card>-<date>.json")
-else:
-    meta = e2e.get("meta", {})
-    anchors = anchor_rows(e2e)
-    anchor = qlora_anchor(anchors)
-    ladder = [r for r in e2e["rows"] if not any(r is a for a in anchors)]
-    print(f"{e2e_path.name}: {meta.get('what', '')}")
-    print(f"card {meta.get('device', meta.get('card', '?'))}, torch {meta.get('torch', '?')}, "
-          f"triton {meta.get('triton', '?')}, {meta.get('date', '?')}")
-    if isinstance(e2e.get("anchor"), dict) and e2e["anchor"].get("what"):
-        print(f"anchor: {e2e['anchor']['what']}")
-    has_host = any("host_ms" in r for r in ladder)  # newer runs also record how long Python took to queue a step
-    print(f"\n{'stage':24s}{'step ms':>10s}{'tokens/s':>11s}{'peak GiB':>10s}{'loss':>8s}"
-          + (f"{'host ms':>10s}" if has_host else ""))
-    for r in anchors + ladder:
-        host_ms = f"{r['host_ms']:10.1f}" if "host_ms" in r else f"{'':10s}"
-        print(f"{str(r['stage']):24s}{r['step_ms']:10.1f}{r['tokens_per_s']:11,.0f}{r['peak_gib']:10.2f}"
-              f"{r.get('loss', float('nan')):8.3f}" + (host_ms if has_host else ""))
-    if has_host:
-        print("host ms: time until Python had queued the whole step; close to step ms means the GPU waited for "
-              "Python")
-
-# %% [markdown]
-# Two waterfalls: each bar starts where the previous stage ended, so its height is what that one technique
-# changed (green: saved, red: cost). The first bar is the anchor when the run recorded one.
-
-# %%
-def waterfall(ax, labels, values, unit, title):
-    prev = None
-    for i, (label, v) in enumerate(zip(labels, values)):
-        if prev is None:
-            ax.bar(i, v, color="tab:blue")
-        else:
-            lo, hi = sorted((prev, v))
-            ax.bar(i, hi - lo, bottom=lo, color="tab:green" if v <= prev else "tab:red")
-            ax.annotate(f"{v - prev:+.1f}", (i, hi), ha="center", va="bottom", fontsize=8)
-        prev = v
-    ax.plot(range(len(values)), values, "k_", markersize=18)
-    ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel(unit)
-    ax.set_title(title, fontsize=10)
-
-
-if e2e is not None:
-    rows = ([anchor] if anchor else []) + ladder
-    labels = [str(r["stage"]) for r in rows]
-    card = meta.get("device", meta.get("card", "?"))
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4))
-    waterfall(ax_t, labels, [r["step_ms"] for r in rows], "ms per step",
-              f"step time, {card}, torch {meta.get('torch', '?')}, {meta.get('date', '?')}")
-    waterfall(ax_m, labels, [r["peak_gib"] for r in rows], "peak GiB allocated",
-              f"peak memory, {card}, triton {meta.get('triton', '?')}")
-    plt.tight_layout()
-    plt.show()
-    base = anchor or ladder[0]
-    base_name = "the HF + PEFT + bitsandbytes anchor" if anchor else f"the first stage ({ladder[0]['stage']})"
-    if not anchor:
-        print("This run recorded no HF + PEFT + bitsandbytes anchor: speed-ups below are against the first stage.")
-    print(f"{'stage':24s}{'tokens/s vs base':>18s}{'peak memory vs base':>21s}")
-    for r in ladder:
-        print(f"{str(r['stage']):24s}{r['tokens_per_s'] / base['tokens_per_s']:17.2f}x"
-              f"{r['peak_gib'] / base['peak_gib'] - 1:+21.0%}")
-
-# %% [markdown]
-# `memory.py` can predict the GPU stages too (bf16 weights, float32 adapters for QLoRA as minilora keeps them).
-# The recorded peak adds what the prediction leaves out: temporary buffers (a dequantized weight, a matmul's
-# output before it is added, the optimizer's scratch), and the allocator's rounding. Where the two differ most,
-# look at the loss: before the Triton stage it is eager PyTorch, which upcasts the (tokens × vocabulary) logits
-# to float32 and keeps their gradient too — the cross-entropy row of the kernel table in section 6 measures that
-# extra on its own, while `memory.py` counts the logits once, in bf16.
-
-# %%
-if e2e is not None:
-    what = str(meta.get("what", ""))
-    found_model = re.search(r"step, (\S+) shape", what)
-    found_shape = re.search(r"B=(\d+) S=(\d+)", what)
-    if found_model and found_shape:
-        gcfg = catalogue_config(found_model.group(1))
-        gB, gS = int(found_shape.group(1)), int(found_shape.group(2))
-        tok = gB * gS
-        print(f"{found_model.group(1)}: {gcfg.num_hidden_layers} blocks, hidden {gcfg.hidden_size}, vocab "
-              f"{gcfg.vocab_size}, {gB}×{gS} tokens")
-        print(f"{'stage':24s}{'predicted GiB':>15s}{'recorded peak GiB':>19s}")
-        for r in ladder:
-            s = str(r["stage"])
-            idx = bench_e2e.STAGES.index(s) if s in bench_e2e.STAGES else None
-            if idx is None:
-                continue
-            est = memory.estimate_memory(gcfg, "qlora" if idx >= 1 else "lora", r=16, dtype=torch.bfloat16,
-                                         batch_size=gB, seq_len=gS, gradient_checkpointing=True)
-            total = est.total - (tok * gcfg.vocab_size * 2 if idx >= 3 else 0) \
-                - (gcfg.num_hidden_layers * tok * gcfg.hidden_size * 2 if idx >= 4 else 0)
-            print(f"{s:24s}{total / GiB:15.2f}{r['peak_gib']:19.2f}")
-    else:
-        print(f"the recorded run does not name its model and shape in a form this cell reads: {what!r}")
-
-# %% [markdown]
-# ## 6. Kernel by kernel (recorded on the GPU)
-#
-# The end-to-end ladder lumps the Triton kernels into one stage. The kernel benchmarks of weeks 3 and 5 take them
-# apart, each against eager PyTorch (what the anchor runs) at Llama-3-8B shapes — NF4 dequantization against
-# bitsandbytes instead: time for forward + backward, and the extra memory each needs beyond its inputs.
-
-# %%
-def pick(rows, key, *patterns):
-    """The first row whose `key` matches the patterns, tried in order."""
-    for pat in patterns:
-        for r in rows:
-            if re.fullmatch(pat, str(r.get(key, ""))):
-                return r
-    return None
-
-
-kernels = []  # (what, eager ms, minilora ms, eager extra GiB, minilora extra GiB, card, versions, date)
-path = latest("elementwise-*[0-9].json")
-if path:
-    rec = json.loads(path.read_text())
-    for op in ("rope", "swiglu", "rmsnorm"):
-        rows = [r for r in rec["rows"] if r.get("op") == op]
-        eager, ours = pick(rows, "impl", "torch eager"), pick(rows, "impl", "minilora default", "minilora")
-        if eager and ours:
-            kernels.append((op, eager["ms"], ours["ms"], eager.get("peak_extra_gib"), ours.get("peak_extra_gib"),
-                            rec["card"], f"torch {rec['torch']}, triton {rec['triton']}", rec["date"]))
-path = latest("ce-lora-*.json")
-if path:
-    rec = json.loads(path.read_text())
-    env = rec.get("environment", {})
-    for group, eager_pat, ours_pat in (("CE", r"torch eager.*", r"minilora"),
-                                       ("linear+CE", r"torch eager.*", r"minilora \(default chunk\)|minilora"),
-                                       ("LoRA MLP", r".*eager.*", r"minilora.*")):
-        rows = [r for r in rec["rows"] if r.get("group") == group]
-        eager, ours = pick(rows, "name", eager_pat), pick(rows, "name", ours_pat)
-        if eager and ours:
-            kernels.append((group, eager["ms"], ours["ms"], eager.get("peak_extra_gib"),
-                            ours.get("peak_extra_gib"), env.get("card", "?"),
-                            f"torch {env.get('torch', '?')}, triton {env.get('triton', '?')}", env.get("date", "?")))
-path = latest("nf4-dequant-*[0-9].json")
-if path:
-    rec = json.loads(path.read_text())
-    rows = rec["results"]
-    theirs = pick(rows, "name", r"bitsandbytes.*double-quant.*")
-    ours = next((r for r in rows if r.get("default") and r.get("double_quant")), None)
-    if theirs and ours:
-        kernels.append(("NF4 dequant (vs bitsandbytes)", theirs["ms"], ours["ms"], None, None, rec["card"],
-                        f"torch {rec['torch']}, triton {rec['triton']}", rec["date"]))
-if not kernels:
-    print(f"no kernel-level GPU results found in {RESULTS}/")
-else:
-    print(f"{'kernel':32s}{'baseline ms':>12s}{'minilora ms':>12s}{'speed-up':>10s}{'extra GiB':>22s}")
-for what, e_ms, m_ms, e_gib, m_gib, *_ in kernels:
-    extra = f"{e_gib:.2f} → {m_gib:.2f}" if e_gib is not None and m_gib is not None else "—"
-    print(f"{what:32s}{e_ms:12.3f}{m_ms:12.3f}{e_ms / m_ms:9.2f}x{extra:>22s}")
-for card_k, versions_k, date_k in sorted({k[5:] for k in kernels}):
-    print(f"recorded on {card_k}, {versions_k}, {date_k}")
-
-# %%
-if kernels:
-    fig, (ax_s, ax_g) = plt.subplots(1, 2, figsize=(12, 3.4))
-    labels = [k[0] for k in kernels]
-    ax_s.barh(labels, [k[1] / k[2] for k in kernels], color="tab:blue")
-    ax_s.axvline(1, color="k", lw=0.8)
-    ax_s.set_xlabel("speed-up over the baseline (×)")
-    with_mem = [k for k in kernels if k[3] is not None and k[4] is not None]
-    y = range(len(with_mem))
-    ax_g.barh([i + 0.2 for i in y], [k[3] for k in with_mem], height=0.4, label="baseline (eager)")
-    ax_g.barh([i - 0.2 for i in y], [k[4] for k in with_mem], height=0.4, label="minilora")
-    ax_g.set_yticks(list(y), [k[0] for k in with_mem])
-    ax_g.set_xlabel("extra GiB beyond the inputs")
-    ax_g.legend(fontsize=8)
-    fig.suptitle(f"kernels, fwd+bwd at Llama-3-8B shapes — {', '.join(sorted({k[5] for k in kernels}))}", fontsize=10)
-    plt.tight_layout()
-    plt.show()
-
-# %% [markdown]
-# ## 7. The explanation
-#
-# The learning plan asks you to be able to say *why* this style of training is about twice as fast and needs
-# about 70% less memory. The cell below writes that explanation from the numbers measured and loaded above —
-# rerun it after a new GPU run and the prose follows the data. Read it, then write your own version in the
-# journal.
-
-# %%
-lines = []
-if e2e is not None:
-    final = ladder[-1]
-    speed = final["tokens_per_s"] / base["tokens_per_s"]
-    saved = 1 - final["peak_gib"] / base["peak_gib"]
-    lines.append(f"On {card} at {meta.get('what', 'the recorded shape')}, the full ladder runs "
-                 f"{final['tokens_per_s']:,.0f} tokens/s against {base['tokens_per_s']:,.0f} for {base_name}: "
-                 f"{speed:.2f}x the throughput, with a peak of {final['peak_gib']:.2f} GiB instead of "
-                 f"{base['peak_gib']:.2f} GiB ({saved:.0%} less memory).")
-    if anchor:
-        first_stage = ladder[0]
-        lines.append(f"minilora's plainest stage ('{first_stage['stage']}': 16-bit weights, PyTorch ops) already "
-                     f"differs from the anchor (a different implementation of the same step, with NF4 weights): "
-                     f"{first_stage['step_ms'] - anchor['step_ms']:+.1f} ms per step, "
-                     f"{first_stage['peak_gib'] - anchor['peak_gib']:+.2f} GiB peak. Then, one technique at a time:")
-    transitions = list(zip(ladder, ladder[1:]))
-    for prev, cur in transitions:
-        lines.append(f"  {cur['stage']}: {cur['step_ms'] - prev['step_ms']:+.1f} ms per step, "
-                     f"{cur['peak_gib'] - prev['peak_gib']:+.2f} GiB peak.")
-    by_time = min(transitions, key=lambda p: p[1]["step_ms"] - p[0]["step_ms"])
-    by_mem = min(transitions, key=lambda p: p[1]["peak_gib"] - p[0]["peak_gib"])
-    lines.append(f"The biggest time saving comes from '{by_time[1]['stage']}' "
-                 f"({by_time[1]['step_ms'] - by_time[0]['step_ms']:+.1f} ms), the biggest memory saving from "
-                 f"'{by_mem[1]['stage']}' ({by_mem[1]['peak_gib'] - by_mem[0]['peak_gib']:+.2f} GiB).")
-    fastest = max(ladder, key=lambda r: r["tokens_per_s"])
-    lines.append(f"Against the plan's '2x faster, 70% less memory': this run measures {speed:.2f}x and {saved:.0%} "
-                 f"for the full ladder. The fastest stage is '{fastest['stage']}' at "
-                 f"{fastest['tokens_per_s'] / base['tokens_per_s']:.2f}x the throughput, at a peak of "
-                 f"{fastest['peak_gib']:.2f} GiB ({fastest['peak_gib'] / base['peak_gib'] - 1:+.0%} against "
-                 f"{base_name}).")
-    after = ladder[ladder.index(fastest) + 1:]
-    if after:
-        lines.append(f"The stage(s) after it ({', '.join(str(r['stage']) for r in after)}) change the step time by "
-                     f"{after[-1]['step_ms'] - fastest['step_ms']:+.1f} ms and the peak by "
-                     f"{after[-1]['peak_gib'] - fastest['peak_gib']:+.2f} GiB: whichever of time and memory matters "
-                     f"more on your card decides where to stop the ladder.")
-else:
-    lines.append("No end-to-end GPU run is recorded, so the speed-up and the memory saving at Llama shapes cannot "
-                 "be stated here; the CPU measurements (and the kernel benchmarks, where recorded) still explain their "
-                 "sources.")
-lines.append(f"Where the memory goes (CPU, measured): the dense LoRA step holds {first['device_total'] / MiB:.1f} MiB; "
-             f"with every technique {last['device_total'] / MiB:.1f} MiB "
-             f"({1 - last['device_total'] / first['device_total']:.0%} less). "
-             f"NF4 cut the frozen weights from {cpu['+ recompute']['frozen weights'] / MiB:.1f} to "
-             f"{(cpu['+ nf4']['frozen weights'] + cpu['+ nf4']['quant state']) / MiB:.1f} MiB; checkpointing cut "
-             f"the activations from {cpu['lora']['activations (device)'] / MiB:.2f} to "
-             f"{cpu['+ recompute']['activations (device)'] / MiB:.2f} MiB, offload moved "
-             f"{cpu['+ offload']['activations (host)'] / MiB:.2f} MiB of block inputs to the host, and the last stage "
-             f"('{list(cpu)[-1]}') left {last['activations (device)'] / MiB:.2f} MiB on the device. LoRA's trainable "
-             f"piles (A, B, gradients, AdamW) are only "
-             f"{(last['LoRA A, B'] + last['gradients'] + last['AdamW state']) / MiB:.2f} MiB.")
-shares = {n: memory.param_counts(catalogue_config(n)) for n in ("smollm2-135m", "llama-3.2-1b")}
+lines = [f"Where the memory goes (CPU, measured): the dense LoRA step holds {first['device_total'] / MiB:.1f} MiB; "
+         f"with every technique {last['device_total'] / MiB:.1f} MiB "
+         f"({1 - last['device_total'] / first['device_total']:.0%} less). "
+         f"NF4 cut the frozen weights from {cpu['+ recompute']['frozen weights'] / MiB:.1f} to "
+         f"{(cpu['+ nf4']['frozen weights'] + cpu['+ nf4']['quant state']) / MiB:.1f} MiB; checkpointing cut "
+         f"the activations from {cpu['lora']['activations (device)'] / MiB:.2f} to "
+         f"{cpu['+ recompute']['activations (device)'] / MiB:.2f} MiB, offload moved "
+         f"{cpu['+ offload']['activations (host)'] / MiB:.2f} MiB of block inputs to the host, and the last stage "
+         f"('{list(cpu)[-1]}') left {last['activations (device)'] / MiB:.2f} MiB on the device. LoRA's trainable "
+         f"piles (A, B, gradients, AdamW) are only "
+         f"{(last['LoRA A, B'] + last['gradients'] + last['AdamW state']) / MiB:.2f} MiB."]
+shares = {n: memory.param_counts(catalogue_config(n)) for n in ("smollm2-135m", "llama-3.2-1b", "llama-3-8b")}
 shares = {n: c["block_linear"] / c["total"] for n, c in shares.items()}
 toy = memory.param_counts(cfg)
 lines.append(f"Scale matters: in the {cfg.num_hidden_layers}-block CPU model the block linears are only "
              f"{toy['block_linear'] / toy['total']:.0%} of the parameters and the tied embedding, which NF4 does not "
              f"touch, is {emb / last['device_total']:.0%} of what the last stage holds. In the full SmolLM2-135M the "
              f"block linears are {shares['smollm2-135m']:.0%} of the parameters, in Llama-3.2-1B "
-             f"{shares['llama-3.2-1b']:.0%}: at full size NF4 shrinks most of the weights"
-             + (f", one reason the GPU ladder saved {saved:.0%} of the anchor's peak while this toy run saved "
-                f"{1 - last['device_total'] / first['device_total']:.0%}." if e2e is not None else "."))
-for what, e_ms, m_ms, e_gib, m_gib, card_k, *_ in kernels:
-    mem = f", extra memory {e_gib:.2f} → {m_gib:.2f} GiB" if e_gib is not None and m_gib is not None else ""
-    lines.append(f"Kernel {what} on {card_k}: {e_ms:.2f} → {m_ms:.2f} ms ({e_ms / m_ms:.2f}x){mem}.")
+             f"{shares['llama-3.2-1b']:.0%}, in Llama-3-8B {shares['llama-3-8b']:.0%}: at full size NF4 shrinks most "
+             f"of the weights.")
 nf4_fraction = (4 + memory.quant_state_bits_per_param(64, double_quant=True)) / 16
 lines.append(f"Why the memory falls: each pile has its own technique. LoRA removes the full-size gradients and "
              f"optimizer state; NF4 stores the frozen block weights in {nf4_fraction:.0%} of their 16-bit size and "
              f"dequantizes them just in time; checkpointing keeps one input per block instead of every intermediate; "
              f"offload moves even those to host memory; the fused loss never holds all the logits at once.")
-if e2e is not None:
-    delta = {str(cur["stage"]): cur["step_ms"] - prev["step_ms"] for prev, cur in transitions}
-    parts = []
-    if "+ nf4" in delta:
-        parts.append(f"NF4 costs time ({delta['+ nf4']:+.1f} ms a step here): every frozen weight is dequantized in "
-                     f"the forward, again in the backward and again when checkpointing recomputes the block, and at that "
-                     f"stage still by plain PyTorch ops")
-    if "+ triton" in delta:
-        parts.append(f"the Triton stage ({delta['+ triton']:+.1f} ms) fuses the memory-bound elementwise steps "
-                     f"(RoPE, SwiGLU, RMSNorm, the loss) so each tensor is read and written once instead of once "
-                     f"per PyTorch op, moves the NF4 dequantization into a kernel, and runs the hand-written LoRA backward (no "
-                     f"weight gradient for the frozen base, thin (N, r) products, reused buffers)")
-    if "+ fused-ce" in delta:
-        parts.append(f"the fused loss ({delta['+ fused-ce']:+.1f} ms) also saves time, because the eager loss "
-                     f"upcasts the logits and keeps their gradient, traffic the chunked loss never makes")
-    if "+ offload" in delta:
-        parts.append(f"offload ({delta['+ offload']:+.1f} ms) pays for copying every block input to the host and back")
-    lines.append("Why the time moves: " + "; ".join(parts) + ".")
 print("\n".join(lines))
 
 # %% [markdown]
@@ -654,11 +387,14 @@ print("\n".join(lines))
 # `lessons/` folder, so it stays true as the course grows) and which ladder stage each one explains.
 
 # %%
-stage_of = {"week1_big_picture": "the training step the ladder takes apart", "week1_lora": "lora", "week2_model_family": "the model every stage trains",
-            "week3_nf4": "+ nf4", "week3_kernels_rope_swiglu": "+ triton (RoPE, SwiGLU, RMSNorm)",
-            "week3_cross_entropy": "+ fused-ce", "week4_memory": "+ recompute, + offload, memory.py",
+stage_of = {"week1_big_picture": "the training step the ladder takes apart", "week1_lora": "lora",
+            "week2_model_family": "the model every stage trains",
+            "week2_attention": "the attention every stage runs (SDPA, GQA)", "week3_nf4": "+ nf4",
+            "week3_kernels_rope_swiglu": "+ triton (RoPE, SwiGLU, RMSNorm)", "week3_cross_entropy": "+ fused-ce",
+            "week4_memory": "+ recompute, + offload, memory.py",
             "week5_triton_fast_lora": "+ triton (fused LoRA backward)",
-            "week5_saving": "after the ladder: saving what it trained"}
+            "week5_saving": "after the ladder: saving what it trained",
+            "week5_capstone_gpu": "the ladder on a GPU, beside the anchor"}
 for path in sorted(pathlib.Path("lessons").glob("week*.py")):
     if path.stem == "week5_capstone":
         continue
@@ -674,9 +410,7 @@ print(f"\nthis lesson ran in {time.perf_counter() - lesson_start:.0f} s")
 #
 # ## Journal prompt
 #
-# Explain, to someone who knows PyTorch but not Unsloth, why QLoRA with these techniques is about twice as fast
-# and uses about 70% less memory than the Hugging Face + PEFT + bitsandbytes recipe. Use only numbers from this
-# lesson's cells and say which technique each one comes from. Then answer: which technique would you drop first
-# on a card with plenty of memory, and why? Which one gave *less* than you expected, and what in the waterfall
-# tells you so? At what sequence length would the logits become the biggest pile for Llama-3-8B (use
-# `memory.activation_bytes`)?
+# Using only numbers from this lesson's cells, explain to someone who knows PyTorch but not Unsloth where the
+# memory of a LoRA training step goes and which technique removes which pile. Which technique would you drop first
+# on a machine with plenty of memory, and why? At what sequence length would the logits become the biggest pile for
+# Llama-3-8B (use `memory.activation_bytes`)? Then continue with `week5_capstone_gpu` for the time half.
