@@ -121,7 +121,7 @@ class FastLanguageModel:
             model, tokenizer = _load_gguf(find_smollm2_gguf(), dtype, device)
             name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
         else:
-            _unknown_name(str(model_name))
+            unknown_model_name(str(model_name))
         model.name_or_path = name_or_path
         model.max_seq_length = max_seq_length
         if tokenizer is not None:
@@ -225,7 +225,8 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, l
     return model, tokenizer
 
 
-def _unknown_name(name: str):
+def unknown_model_name(name: str):
+    """Raise the error that says what a model name can be (the name is neither a path nor a bundled model)."""
     try:
         catalogue_config(name)
     except ValueError:

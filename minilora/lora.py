@@ -32,7 +32,9 @@ class LoraLinear(nn.Module):
         self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
         self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
         weight = _stored_weight(base_layer)
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32  # NF4 bases store uint8 codes
+        # fp32 adapters under an fp16 base (as PEFT does): fp16 gradients cannot be unscaled by loss scaling, and an
+        # fp16 update of a small weight rounds away. NF4 bases store uint8 codes: their adapters are fp32 too.
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.bfloat16, torch.float64) else torch.float32
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=dtype)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=dtype)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
