@@ -103,7 +103,7 @@ def test_qlora_learns_one_fact_and_keeps_it_after_merging(tmp_path):
 
     def ask(m):
         ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                      tokenize=True, return_tensors="pt")
+                                      return_tensors="pt", return_dict=False)
         with dense_weights(m):
             out = m.generate(ids, max_new_tokens=16, eos_token_id=tok.eos_token_id)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

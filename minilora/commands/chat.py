@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def reply(model, tokenizer, messages, args, stream=None) -> str:
     from ..train.inference import dense_weights
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=False)
     ids = ids.to(next(model.parameters()).device)
     eos = [t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|im_end|>")) if t is not None]
     pieces = []
