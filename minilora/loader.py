@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from .dtypes import parse_dtype
-from .lora import TARGET_MODULES
 from .models.checkpointing import check_mode
 from .models.config import ModelConfig
 from .models.registry import catalogue_config, model_class
@@ -152,8 +151,7 @@ class FastLanguageModel:
         if max_seq_length is not None:
             if not isinstance(max_seq_length, int) or max_seq_length <= 0:
                 raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
-        targets = list(TARGET_MODULES if target_modules is None else target_modules)
-        model = get_peft_model(model, r=r, target_modules=targets, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        model = get_peft_model(model, r=r, target_modules=target_modules, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                bias=bias, use_rslora=use_rslora, random_state=random_state, verbose=verbose)
         model.gradient_checkpointing = mode
         if max_seq_length is not None:
