@@ -2,6 +2,7 @@
 regular expression matched against full module names), a non-linear target, a config.json number written as a
 string, NF4 on the meta device, and .jsonl errors that point at the right line."""
 import json
+import math
 
 import pytest
 import torch
@@ -82,3 +83,12 @@ def test_jsonl_errors_name_the_line(tmp_path):
     p.write_text(f"{good}\n\n[1, 2]\n")
     with pytest.raises(DataError, match=r"line 3\b"):
         read_records(str(p))
+
+
+@pytest.mark.parametrize("kw", [dict(weight_decay=math.nan), dict(weight_decay=-0.1), dict(max_grad_norm=-1.0),
+                                dict(adam_beta1=1.0), dict(adam_beta2=math.inf), dict(adam_epsilon=0.0),
+                                dict(learning_rate=math.nan), dict(warmup_steps=-1), dict(save_steps=-1)])
+def test_training_arguments_refuse_values_out_of_range(kw):
+    from minilora.train import TrainingArguments
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        TrainingArguments(**kw)
