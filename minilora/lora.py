@@ -210,11 +210,12 @@ def targeted_modules(model: nn.Module, target_modules) -> list[str]:
     that must match a whole module name (``r".*\\.(q_proj|v_proj)"``), or "all-linear" (every linear layer but the
     output head); a list names modules by their last name parts (``"q_proj"``, ``"self_attn.o_proj"``)."""
     modules = {name: m for name, m in model.named_modules() if name}
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, (nn.Linear, Linear4bit))})
+    wrappable = (nn.Linear, QuantizedLinear)
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, wrappable)})
     if isinstance(target_modules, str):
         if target_modules == "all-linear":
             chosen = [n for n, m in modules.items()
-                      if isinstance(m, (nn.Linear, Linear4bit)) and n.rsplit(".", 1)[-1] != "lm_head"]
+                      if isinstance(m, wrappable) and n.rsplit(".", 1)[-1] != "lm_head"]
         else:
             chosen = [n for n in modules if re.fullmatch(target_modules, n)]
         if not chosen:
@@ -233,10 +234,10 @@ def targeted_modules(model: nn.Module, target_modules) -> list[str]:
         if missing:
             raise ValueError(f"target_modules {missing} do not exist in this model; its linear layers are {linear}")
         chosen = [n for n in modules if any(hit(n, t) for t in target_modules)]
-    wrong = [(n, type(modules[n]).__name__) for n in chosen if not isinstance(modules[n], (nn.Linear, Linear4bit))]
+    wrong = [(n, type(modules[n]).__name__) for n in chosen if not isinstance(modules[n], wrappable)]
     if wrong:
         raise ValueError(f"target_modules selects {wrong[0][0]} ({wrong[0][1]}), but LoRA here wraps linear layers "
-                         f"only (nn.Linear or Linear4bit): choose among {linear}")
+                         f"only (nn.Linear, Linear4bit or Linear8bit): choose among {linear}")
     return chosen
 
 

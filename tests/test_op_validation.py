@@ -41,7 +41,7 @@ def same_outcome(ref, fast, atol):
 # --- RoPE ----------------------------------------------------------------------------------------------------------
 def rope_tables(T, hd, dtype, batch=None):
     ang = torch.arange(T).double()[:, None] / (10000 ** (torch.arange(0, hd, 2).double() / hd))
-    ang = torch.cat([ang, ang], -1)  # (T, hd)
+    ang = torch.cat([ang, ang], -1)[:, :hd]  # (T, hd); an odd hd (refused by RoPE) still gets a table of its size
     cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
     if batch is not None:
         cos, sin = cos.expand(batch, T, hd).contiguous(), sin.expand(batch, T, hd).contiguous()

@@ -33,9 +33,7 @@ def fused_linear_cross_entropy_reference(hidden, weight, labels, ignore_index=-1
                                          logit_scale=None, softcap=None, bias=None):
     """The unfused definition: materialize all logits, then cross-entropy."""
     check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index, num_items, logit_scale, softcap, bias)
-    logits = hidden @ weight.T
-    if bias is not None:
-        logits = logits + bias
+    logits = torch.nn.functional.linear(hidden, weight, bias)  # what nn.Linear computes: the same bits as the head
     return cross_entropy_reference(logits, labels, ignore_index, num_items, logit_scale, softcap)
 
 
