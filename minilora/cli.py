@@ -11,9 +11,12 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
+from pathlib import Path
 
 SUBCOMMANDS = ("train", "chat", "exercises", "journal")
 USAGE, RUNTIME = 2, 1
+PACKAGE = Path(__file__).resolve().parent
 
 
 class Parser(argparse.ArgumentParser):
@@ -95,16 +98,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _describe(e: Exception) -> str:
-    """The message of an error the library raises on purpose, or a pointer to the traceback for one it didn't."""
+    """The message of an error minilora raised on purpose (it names the problem and the fix), or, for one raised
+    elsewhere (torch, a bug), the error and a pointer to the traceback."""
     import torch
     if isinstance(e, torch.OutOfMemoryError):
         return ("out of memory — lower --per_device_train_batch_size or --max_seq_length, or turn on "
                 "--use_gradient_checkpointing / --load_in_4bit")
-    if isinstance(e, (ValueError, TypeError, OSError, ImportError, RuntimeError, KeyError)):
-        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        return text or type(e).__name__
-    return (f"{type(e).__name__}: {e} — this is unexpected (a bug in minilora?): rerun with --debug or "
-            "MINILORA_DEBUG=1 to see the traceback")
+    frames = traceback.extract_tb(e.__traceback__)
+    raised_here = bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE)
+    if raised_here and isinstance(e, (ValueError, TypeError, OSError, ImportError, RuntimeError)):
+        return str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename:  # a missing or unreadable file, whoever opened it
+        return f"{e.strerror or e}: {e.filename!r}"
+    return (f"{type(e).__name__}: {e} — unexpected here: rerun with --debug (or MINILORA_DEBUG=1) to see the "
+            "traceback, and report it if it looks like a bug")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,14 @@ def test_raw_text_with_default_chunking_trains(tiny_dir, tmp_path):
                  "--max_seq_length", "32", "--load_in_4bit", "false", "--max_steps", "1", "--no_progress",
                  "--output_dir", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 1
+
+
+def test_errors_from_outside_minilora_point_to_debug(monkeypatch, capsys):
+    from minilora import FastLanguageModel
+
+    def broken(*a, **k):
+        raise IndexError("index 7 is out of bounds")
+    monkeypatch.setattr(FastLanguageModel, "from_pretrained", staticmethod(broken))
+    assert main(["chat", "--prompt", "hi"]) == 1
+    err = one_line_error(capsys)
+    assert "IndexError" in err and "--debug" in err
