@@ -151,8 +151,9 @@ class FastLanguageModel:
         if max_seq_length is not None:
             if not isinstance(max_seq_length, int) or max_seq_length <= 0:
                 raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
-        model = get_peft_model(model, r=r, target_modules=target_modules, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                               bias=bias, use_rslora=use_rslora, random_state=random_state, verbose=verbose)
+        model = get_peft_model(model, r=r, target_modules=target_modules, lora_alpha=lora_alpha,
+                               lora_dropout=lora_dropout, bias=bias, use_rslora=use_rslora,
+                               random_state=random_state, verbose=verbose)
         model.gradient_checkpointing = mode
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length

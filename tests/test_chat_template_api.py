@@ -3,7 +3,6 @@ add_generation_prompt=False), so code copied from a transformers or Unsloth note
 transformers' own tokenizer, loaded from the same files, is the reference."""
 import pytest
 import torch
-
 from helpers_train import tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from helpers_train import tiny_config, tiny_model
+
 from minilora import FastLanguageModel
 from minilora.lora import get_peft_model, lora_layers
 from minilora.models import ModelConfig

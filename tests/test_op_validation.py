@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minilora.kernels.cross_entropy import cross_entropy_fast, cross_entropy_reference
 from minilora.kernels.fused_linear_ce import fused_linear_cross_entropy_fast, fused_linear_cross_entropy_reference

@@ -21,7 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--load_in_4bit", action="store_true", help="keep the weights in NF4 (slower on a CPU)")
     p.add_argument("--prompt", default=None, help="answer this one message and exit (no interactive loop)")
     p.add_argument("--system", default=None, help="a system message that opens the conversation")
-    p.add_argument("--max_new_tokens", type=positive_int, default=256, help="longest reply in tokens (default %(default)s)")
+    p.add_argument("--max_new_tokens", type=positive_int, default=256,
+                   help="longest reply in tokens (default %(default)s)")
     p.add_argument("--temperature", type=finite_float(0, low_inclusive=True), default=0.0,
                    help="0 = greedy (always the most likely token); higher = more varied (default %(default)s)")
     p.add_argument("--top_p", type=finite_float(0, low_inclusive=False, high=1), default=1.0,
@@ -64,7 +65,8 @@ def check_args(args) -> None:
     if args.temperature == 0:
         typed = [f"--{n}" for n in ("top_p", "seed") if given(args, n)]
         if typed:
-            raise UsageError(f"{' and '.join(typed)} only matter{'s' if len(typed) == 1 else ''} when sampling, but --temperature 0 decodes greedily "
+            raise UsageError(f"{' and '.join(typed)} only matter{'s' if len(typed) == 1 else ''} when sampling, but "
+                             "--temperature 0 decodes greedily "
                              "— add --temperature > 0 (e.g. 0.7) or drop them")
 
 

@@ -12,8 +12,17 @@ import os
 import sys
 import time
 
-from .arguments import (UsageError, finite_float, given, int_at_least, non_negative_int, positive_int, refuse_unused,
-                        seed, track_given)
+from .arguments import (
+    UsageError,
+    finite_float,
+    given,
+    int_at_least,
+    non_negative_int,
+    positive_int,
+    refuse_unused,
+    seed,
+    track_given,
+)
 
 DEFAULTS = dict(model_name="smollm2", max_seq_length=128, dataset="dates", r=16, lora_alpha=32,
                 per_device_train_batch_size=8, gradient_accumulation_steps=1, warmup_steps=5, max_steps=40,
@@ -101,10 +110,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--r", type=positive_int, default=d["r"],
                    help="rank of the update BA: trainable numbers per layer are r*(in+out). 8-64 is usual; a "
                         "small task needs little (default %(default)s)")
-    g.add_argument("--lora_alpha", type=finite_float(0, low_inclusive=False, why="alpha/r scales the update: 0 would train nothing"), default=d["lora_alpha"],
+    g.add_argument("--lora_alpha", default=d["lora_alpha"],
+                   type=finite_float(0, low_inclusive=False, why="alpha/r scales the update: 0 would train nothing"),
                    help="the update is scaled by alpha/r (alpha/sqrt(r) with --use_rslora): a larger alpha makes "
                         "the same weights move the output more (default %(default)s)")
-    g.add_argument("--lora_dropout", type=finite_float(0, low_inclusive=True, high=1, high_inclusive=False), default=0.0,
+    g.add_argument("--lora_dropout", type=finite_float(0, low_inclusive=True, high=1, high_inclusive=False),
+                   default=0.0,
                    help="dropout on the LoRA input during training; 0 is fastest and usually fine (default 0)")
     g.add_argument("--bias", default="none", choices=["none"],
                    help="train biases too? minilora trains LoRA weights only (Unsloth's recommended 'none')")
@@ -125,7 +136,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "normalized over all trained tokens of the step (default %(default)s)")
     g.add_argument("--warmup_steps", type=non_negative_int, default=d["warmup_steps"],
                    help="steps over which the learning rate ramps up from ~0 (default %(default)s)")
-    g.add_argument("--max_steps", type=positive_int, default=d["max_steps"], help="optimizer steps to run (default %(default)s)")
+    g.add_argument("--max_steps", type=positive_int, default=d["max_steps"],
+                   help="optimizer steps to run (default %(default)s)")
     g.add_argument("--stop_at_loss", type=_loss_or_none, default="auto",
                    help="stop before max_steps once the training loss stayed below this for 3 steps in a row: the "
                         "task is learned and further steps cost time for nothing. 'auto': 0.05 for the bundled "
