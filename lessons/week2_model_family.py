@@ -343,17 +343,18 @@ del hf_model
 #
 # SmolLM2-135M-**Instruct** was fine-tuned on conversations written in a chat template (ChatML). The tokenizer
 # renders a list of messages into that exact text; `add_generation_prompt=True` appends the header of the
-# assistant's turn so the model's next tokens are its reply:
+# assistant's turn so the model's next tokens are its reply. As in transformers, the call returns token ids unless
+# `tokenize=False` asks for the text (`return_dict=False`: the ids alone, not the {input_ids, attention_mask} dict):
 
 # %%
 messages = [{"role": "user", "content": "What is the capital of France?"}]
-print(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+print(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
 
 # %%
 def chat(question: str, max_new_tokens: int = 32) -> str:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           tokenize=True, return_tensors="pt")
+                                           return_tensors="pt", return_dict=False)
     out = model.generate(prompt, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id)  # greedy
     return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
 

@@ -221,7 +221,8 @@ print("un-permuted back      :", unpermute_qk(permute_qk(rows, 1), 1).flatten().
 from minilora.train.data import encode
 
 back, back_tok = FastLanguageModel.from_pretrained(str(path), device="cpu")
-prompt = back_tok.apply_chat_template(dates_task.prompt_messages(held[0]), add_generation_prompt=True)
+prompt = back_tok.apply_chat_template(dates_task.prompt_messages(held[0]), add_generation_prompt=True,
+                                     tokenize=False)
 ids = torch.tensor([encode(back_tok, prompt)])
 with torch.no_grad():
     diff = (back(ids).logits - model(ids).logits).abs().max().item()

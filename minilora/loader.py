@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from .dtypes import parse_dtype
-from .lora import TARGET_MODULES
 from .models.checkpointing import check_mode
 from .models.config import ModelConfig
 from .models.registry import catalogue_config, model_class
@@ -121,7 +120,7 @@ class FastLanguageModel:
             model, tokenizer = _load_gguf(find_smollm2_gguf(), dtype, device)
             name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
         else:
-            _unknown_name(str(model_name))
+            unknown_model_name(str(model_name))
         model.name_or_path = name_or_path
         model.max_seq_length = max_seq_length
         if tokenizer is not None:
@@ -152,9 +151,9 @@ class FastLanguageModel:
         if max_seq_length is not None:
             if not isinstance(max_seq_length, int) or max_seq_length <= 0:
                 raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
-        targets = list(TARGET_MODULES if target_modules is None else target_modules)
-        model = get_peft_model(model, r=r, target_modules=targets, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                               bias=bias, use_rslora=use_rslora, random_state=random_state, verbose=verbose)
+        model = get_peft_model(model, r=r, target_modules=target_modules, lora_alpha=lora_alpha,
+                               lora_dropout=lora_dropout, bias=bias, use_rslora=use_rslora,
+                               random_state=random_state, verbose=verbose)
         model.gradient_checkpointing = mode
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
@@ -225,7 +224,8 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, l
     return model, tokenizer
 
 
-def _unknown_name(name: str):
+def unknown_model_name(name: str):
+    """Raise the error that says what a model name can be (the name is neither a path nor a bundled model)."""
     try:
         catalogue_config(name)
     except ValueError:

@@ -8,6 +8,7 @@ Attribute names (base_layer, lora_A, lora_B) match PEFT's, so adapters map onto 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -29,15 +30,24 @@ class LoraLinear(nn.Module):
             raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
-        self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
-        self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        self.r = r
+        self.set_scaling(lora_alpha, use_rslora)
         weight = _stored_weight(base_layer)
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32  # NF4 bases store uint8 codes
+        # fp32 adapters under an fp16 base (as PEFT does): fp16 gradients cannot be unscaled by loss scaling, and an
+        # fp16 update of a small weight rounds away. NF4 bases store uint8 codes: their adapters are fp32 too.
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.bfloat16, torch.float64) else torch.float32
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=dtype)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=dtype)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora_parameters()
+
+    def set_scaling(self, lora_alpha: float, use_rslora: bool) -> None:
+        """alpha/r (alpha/sqrt(r) with rsLoRA): what the update BA is multiplied by."""
+        if self.__dict__.get("merged"):
+            raise ValueError("this LoraLinear is merged: call unmerge() before changing its scaling")
+        self.lora_alpha, self.use_rslora = lora_alpha, use_rslora
+        self.scaling = lora_alpha / math.sqrt(self.r) if use_rslora else lora_alpha / self.r
 
     def reset_lora_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as nn.Linear initializes its weight
@@ -157,27 +167,78 @@ def get_peft_model(model: nn.Module, r: int = 16, target_modules=None, lora_alph
         raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
     if not 0.0 <= lora_dropout < 1.0:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
-    targets = list(TARGET_MODULES if target_modules is None else target_modules)
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not (
+            math.isfinite(lora_alpha) and lora_alpha > 0):
+        raise ValueError(f"lora_alpha must be a finite number > 0 (the update is scaled by alpha/r: 0 would train "
+                         f"nothing), got {lora_alpha!r}")
     if lora_layers(model):
         raise ValueError("this model already has LoRA adapters; load a fresh base model before adding new ones")
-    found = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in found]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "in_features")})
-        raise ValueError(f"target_modules {missing} do not exist in this model; its linear layers are {linear}")
+    chosen = targeted_modules(model, TARGET_MODULES if target_modules is None else target_modules)
     if random_state is not None:
         torch.manual_seed(random_state)
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if child_name in targets:
-                setattr(module, child_name, LoraLinear(child, r, lora_alpha, lora_dropout, use_rslora))
+    for name in chosen:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child_name, LoraLinear(getattr(parent, child_name), r, lora_alpha, lora_dropout, use_rslora))
+    targets = target_modules if isinstance(target_modules, str) else list(
+        TARGET_MODULES if target_modules is None else target_modules)
     model.peft_config = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
                              bias=bias, use_rslora=use_rslora)
     if verbose:
         print(trainable_summary(model))
     return model
+
+
+def remove_lora(model: nn.Module) -> nn.Module:
+    """The inverse of get_peft_model's wrapping: every LoraLinear is replaced by its base layer (its update is
+    dropped, not merged) and model.peft_config is removed. Parameters' requires_grad flags are left as they are."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoraLinear):
+                if child.merged:
+                    child.unmerge()
+                setattr(module, child_name, child.base_layer)
+    if "peft_config" in model.__dict__:
+        del model.peft_config
+    return model
+
+
+def targeted_modules(model: nn.Module, target_modules) -> list[str]:
+    """Full names of the modules ``target_modules`` selects, with PEFT's rules: a string is a regular expression
+    that must match a whole module name (``r".*\\.(q_proj|v_proj)"``), or "all-linear" (every linear layer but the
+    output head); a list names modules by their last name parts (``"q_proj"``, ``"self_attn.o_proj"``)."""
+    modules = {name: m for name, m in model.named_modules() if name}
+    wrappable = (nn.Linear, QuantizedLinear)
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, wrappable)})
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            chosen = [n for n, m in modules.items()
+                      if isinstance(m, wrappable) and n.rsplit(".", 1)[-1] != "lm_head"]
+        else:
+            chosen = [n for n in modules if re.fullmatch(target_modules, n)]
+        if not chosen:
+            raise ValueError(f"target_modules={target_modules!r} is a regular expression that must match a whole "
+                             f"module name (as in PEFT), and it matches none here (e.g. {next(iter(modules), '')!r}). "
+                             f"To target layers by name pass a list, e.g. [{target_modules!r}], or a pattern like "
+                             f"r'.*\\.{target_modules}'; this model's linear layers are {linear}")
+    else:
+        if not isinstance(target_modules, (list, tuple, set)) or not all(isinstance(t, str) for t in target_modules):
+            raise TypeError(f"target_modules must be a list of module names or a regular expression string, got "
+                            f"{target_modules!r}")
+
+        def hit(name: str, target: str) -> bool:
+            return name == target or name.endswith("." + target)
+        missing = [t for t in target_modules if not any(hit(n, t) for n in modules)]
+        if missing:
+            raise ValueError(f"target_modules {missing} do not exist in this model; its linear layers are {linear}")
+        chosen = [n for n in modules if any(hit(n, t) for t in target_modules)]
+    wrong = [(n, type(modules[n]).__name__) for n in chosen if not isinstance(modules[n], wrappable)]
+    if wrong:
+        raise ValueError(f"target_modules selects {wrong[0][0]} ({wrong[0][1]}), but LoRA here wraps linear layers "
+                         f"only (nn.Linear, Linear4bit or Linear8bit): choose among {linear}")
+    return chosen
 
 
 def trainable_summary(model: nn.Module) -> str:

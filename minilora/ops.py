@@ -19,6 +19,7 @@ import torch
 from .kernels._triton import interpreter_on
 from .kernels.cross_entropy import cross_entropy_reference
 from .kernels.fast_lora import LoraWeights, apply_lora_mlp, apply_lora_projections
+from .kernels.fused_linear_ce import fused_linear_cross_entropy_reference
 from .kernels.rmsnorm import rms_norm_reference
 from .kernels.rope import rope_reference
 from .kernels.swiglu import geglu_reference, swiglu_reference
@@ -71,7 +72,7 @@ def use_triton(x: torch.Tensor) -> bool:
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate q (B, n_head, T, hd) and k (B, n_kv, T, hd) by cos/sin (B or 1, T, hd)."""
+    """Rotate q (B, n_head, T, hd) and k (B, n_kv, T, hd) by cos/sin (B or 1, T, hd) or (T, hd)."""
     if use_triton(q):
         from .kernels.rope import rope_fast
         return rope_fast(q, k, cos, sin)
@@ -121,8 +122,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
         from .kernels.fused_linear_ce import fused_linear_cross_entropy_fast
         return fused_linear_cross_entropy_fast(hidden, weight, labels, ignore_index, num_items, logit_scale,
                                                softcap, bias)
-    return cross_entropy_reference(torch.nn.functional.linear(hidden, weight, bias), labels, ignore_index,
-                                   num_items, logit_scale, softcap)
+    return fused_linear_cross_entropy_reference(hidden, weight, labels, ignore_index, num_items, logit_scale,
+                                                softcap, bias)
 
 
 def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -34,7 +34,7 @@ def test_multi_turn_chat_masks_every_user_turn(tok):
     (ex,) = build_examples([rec], tok, 128)
     assert trained_text(tok, ex) == "5<|im_end|>\n2021<|im_end|>\n"
     assert len(ex.input_ids) == len(ex.labels)
-    assert tok.decode(ex.input_ids) == tok.apply_chat_template(rec["messages"], add_generation_prompt=False)
+    assert tok.decode(ex.input_ids) == tok.apply_chat_template(rec["messages"], tokenize=False)
 
 
 def test_sharegpt_style_records_are_read(tok):

@@ -257,9 +257,10 @@ def test_tokenizer_matches_transformers(smollm2, hf_smollm2):
         assert tok.decode(ids) == text == ref.decode(ids)
     for chat in CHATS:
         for gen in (True, False):
-            assert tok.apply_chat_template(chat, add_generation_prompt=gen) == ref.apply_chat_template(
+            assert tok.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False) == ref.apply_chat_template(
                 chat, add_generation_prompt=gen, tokenize=False)
-    assert tok.apply_chat_template(CHATS[0], tokenize=True) == tok.encode(tok.apply_chat_template(CHATS[0]))
+    assert tok.apply_chat_template(CHATS[0], return_dict=False) == tok.encode(tok.apply_chat_template(CHATS[0],
+                                                                                                tokenize=False))
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (ref.bos_token_id, ref.eos_token_id,
                                                                       ref.pad_token_id) == (1, 2, 2)
     assert len(tok) == len(ref) == 49152
@@ -276,7 +277,8 @@ def test_tokenizer_saves_for_transformers(smollm2, tmp_path):
     for text in TEXTS:
         assert theirs.encode(text) == ours.encode(text) == tok.encode(text)
     assert theirs.apply_chat_template(CHATS[1], add_generation_prompt=True, tokenize=False) == \
-        ours.apply_chat_template(CHATS[1]) == tok.apply_chat_template(CHATS[1])
+        ours.apply_chat_template(CHATS[1], add_generation_prompt=True, tokenize=False) == \
+        tok.apply_chat_template(CHATS[1], add_generation_prompt=True, tokenize=False)
     assert (theirs.eos_token_id, theirs.pad_token_id) == (ours.eos_token_id, ours.pad_token_id) == (2, 2)
 
 

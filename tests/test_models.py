@@ -99,7 +99,7 @@ def france(smollm2):
     """20 greedy tokens (EOS not stopping them) after the chat prompt "What is the capital of France?"."""
     model, tokenizer = smollm2
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                           add_generation_prompt=True, tokenize=True, return_tensors="pt")
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=False)
     with torch.no_grad():
         generated = model.generate(prompt, max_new_tokens=20, eos_token_id=[])
     return prompt, generated

@@ -31,7 +31,7 @@ def test_matches_torch_rms_norm():
 
 def test_rows_of_unit_rms_come_out_unchanged():
     x = torch.tensor([[1.0, -1.0, 1.0, -1.0], [2.0, 0.0, 0.0, 0.0]])  # rms 1 each
-    torch.testing.assert_close(ex.rms_norm(x, torch.ones(4), 0.0), x)
+    torch.testing.assert_close(ex.rms_norm(x, torch.ones(4), 1e-12), x)  # eps must be > 0
 
 
 def test_scaling_a_row_does_not_change_the_output():

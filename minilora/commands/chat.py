@@ -8,29 +8,34 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .arguments import UsageError, finite_float, given, positive_int, seed, track_given
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("chat", help="chat with a base model or a saved fine-tune",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    track_given(p)
     p.add_argument("--model_name", default="smollm2",
                    help="'smollm2' (bundled), a LoRA adapter directory (its base is loaded first), a merged model "
                         "directory, or a .gguf file (default %(default)s)")
     p.add_argument("--load_in_4bit", action="store_true", help="keep the weights in NF4 (slower on a CPU)")
     p.add_argument("--prompt", default=None, help="answer this one message and exit (no interactive loop)")
     p.add_argument("--system", default=None, help="a system message that opens the conversation")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="longest reply in tokens (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--max_new_tokens", type=positive_int, default=256,
+                   help="longest reply in tokens (default %(default)s)")
+    p.add_argument("--temperature", type=finite_float(0, low_inclusive=True), default=0.0,
                    help="0 = greedy (always the most likely token); higher = more varied (default %(default)s)")
-    p.add_argument("--top_p", type=float, default=1.0,
+    p.add_argument("--top_p", type=finite_float(0, low_inclusive=False, high=1), default=1.0,
                    help="sample only from the smallest set of tokens holding this much probability (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
+    p.add_argument("--seed", type=seed, default=None, help="seed for sampling (temperature > 0)")
     p.set_defaults(run=run)
     return p
 
 
 def reply(model, tokenizer, messages, args, stream=None) -> str:
     from ..train.inference import dense_weights
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=False)
     ids = ids.to(next(model.parameters()).device)
     eos = [t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|im_end|>")) if t is not None]
     pieces = []
@@ -53,9 +58,20 @@ def reply(model, tokenizer, messages, args, stream=None) -> str:
     return tokenizer.decode(pieces, skip_special_tokens=True)
 
 
+def check_args(args) -> None:
+    """Combinations the argparse types cannot see, refused before the model loads (UsageError, exit 2)."""
+    from .train import check_model_name
+    check_model_name(args.model_name)
+    if args.temperature == 0:
+        typed = [f"--{n}" for n in ("top_p", "seed") if given(args, n)]
+        if typed:
+            raise UsageError(f"{' and '.join(typed)} only matter{'s' if len(typed) == 1 else ''} when sampling, but "
+                             "--temperature 0 decodes greedily "
+                             "— add --temperature > 0 (e.g. 0.7) or drop them")
+
+
 def run(args) -> int:
-    if args.max_new_tokens < 1:
-        raise SystemExit(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
+    check_args(args)
     from .. import FastLanguageModel
     model, tokenizer = FastLanguageModel.from_pretrained(args.model_name, load_in_4bit=args.load_in_4bit)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):

@@ -12,6 +12,18 @@ import os
 import sys
 import time
 
+from .arguments import (
+    UsageError,
+    finite_float,
+    given,
+    int_at_least,
+    non_negative_int,
+    positive_int,
+    refuse_unused,
+    seed,
+    track_given,
+)
+
 DEFAULTS = dict(model_name="smollm2", max_seq_length=128, dataset="dates", r=16, lora_alpha=32,
                 per_device_train_batch_size=8, gradient_accumulation_steps=1, warmup_steps=5, max_steps=40,
                 learning_rate=1e-3, lr_scheduler_type="linear", use_gradient_checkpointing="false")
@@ -74,12 +86,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                "Not available offline (accepted so scripts written for unsloth-cli.py parse, but refused if "
                "used): --push_model, --push_gguf, --hub_path, --hub_token — minilora never uploads anything; "
                "copy the saved directory yourself.")
+    track_given(p)  # explicit options are recorded, so check_args can refuse those that would do nothing
     d = DEFAULTS
     g = p.add_argument_group("model")
     g.add_argument("--model_name", default=d["model_name"],
                    help="what to fine-tune: 'smollm2' (the bundled SmolLM2-135M-Instruct, no download), a .gguf "
                         "file, or a Hugging Face directory with config.json + safetensors (default %(default)s)")
-    g.add_argument("--max_seq_length", type=int, default=d["max_seq_length"],
+    g.add_argument("--max_seq_length", type=positive_int, default=d["max_seq_length"],
                    help="longest example in tokens; longer ones are cut. Attention memory grows with its square, "
                         "so keep it just above your data (dates: ~80 tokens) (default %(default)s)")
     g.add_argument("--dtype", default=None, type=_dtype, metavar="{None,float32,bfloat16,float16}",
@@ -94,13 +107,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "output) or chat records ('messages': [{role, content}]). Hugging Face hub names need a "
                         "download: save the data as JSON first (default %(default)s)")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--r", type=int, default=d["r"],
+    g.add_argument("--r", type=positive_int, default=d["r"],
                    help="rank of the update BA: trainable numbers per layer are r*(in+out). 8-64 is usual; a "
                         "small task needs little (default %(default)s)")
-    g.add_argument("--lora_alpha", type=float, default=d["lora_alpha"],
+    g.add_argument("--lora_alpha", default=d["lora_alpha"],
+                   type=finite_float(0, low_inclusive=False, why="alpha/r scales the update: 0 would train nothing"),
                    help="the update is scaled by alpha/r (alpha/sqrt(r) with --use_rslora): a larger alpha makes "
                         "the same weights move the output more (default %(default)s)")
-    g.add_argument("--lora_dropout", type=float, default=0.0,
+    g.add_argument("--lora_dropout", type=finite_float(0, low_inclusive=True, high=1, high_inclusive=False),
+                   default=0.0,
                    help="dropout on the LoRA input during training; 0 is fastest and usually fine (default 0)")
     g.add_argument("--bias", default="none", choices=["none"],
                    help="train biases too? minilora trains LoRA weights only (Unsloth's recommended 'none')")
@@ -108,58 +123,61 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="keep only each layer's input and recompute the rest in backward: 'true' (recompute), "
                         "'unsloth' (also move those inputs to CPU memory, Unsloth's default) or 'false' (keep "
                         "everything: fastest, most memory; the default here, where sequences are short)")
-    g.add_argument("--random_state", type=int, default=3407,
+    g.add_argument("--random_state", type=seed, default=3407,
                    help="seed for the LoRA A initialization (default %(default)s)")
     g.add_argument("--use_rslora", type=_bool, default=False, nargs="?", const=True,
                    help="rank-stabilized LoRA: scale by alpha/sqrt(r) so larger ranks keep learning (default off)")
     g.add_argument("--loftq_config", default=None, help="LoftQ initialization: not supported, leave unset")
     g = p.add_argument_group("training")
-    g.add_argument("--per_device_train_batch_size", type=int, default=d["per_device_train_batch_size"],
+    g.add_argument("--per_device_train_batch_size", type=positive_int, default=d["per_device_train_batch_size"],
                    help="examples per forward/backward pass (default %(default)s)")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=d["gradient_accumulation_steps"],
+    g.add_argument("--gradient_accumulation_steps", type=positive_int, default=d["gradient_accumulation_steps"],
                    help="micro-batches per optimizer step: the effective batch is batch_size x this; the loss is "
                         "normalized over all trained tokens of the step (default %(default)s)")
-    g.add_argument("--warmup_steps", type=int, default=d["warmup_steps"],
+    g.add_argument("--warmup_steps", type=non_negative_int, default=d["warmup_steps"],
                    help="steps over which the learning rate ramps up from ~0 (default %(default)s)")
-    g.add_argument("--max_steps", type=int, default=d["max_steps"], help="optimizer steps to run (default %(default)s)")
+    g.add_argument("--max_steps", type=positive_int, default=d["max_steps"],
+                   help="optimizer steps to run (default %(default)s)")
     g.add_argument("--stop_at_loss", type=_loss_or_none, default="auto",
                    help="stop before max_steps once the training loss stayed below this for 3 steps in a row: the "
                         "task is learned and further steps cost time for nothing. 'auto': 0.05 for the bundled "
                         "dates task, off for your own data; 'none': always run max_steps (default %(default)s)")
-    g.add_argument("--learning_rate", type=float, default=d["learning_rate"],
+    g.add_argument("--learning_rate", type=finite_float(0, low_inclusive=False), default=d["learning_rate"],
                    help="peak learning rate of AdamW. LoRA tolerates larger rates than full fine-tuning; "
                         "unsloth-cli's default is 2e-4 for long runs (default %(default)s)")
     g.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw", "adamw_8bit", "sgd"],
                    help="optimizer. adamw_8bit (unsloth-cli's default) keeps AdamW's two moments in 8 bits, "
                         "blockwise (minilora.train.AdamW8bit, runs on a CPU too; tensors under 4096 values keep "
                         "32-bit states); with LoRA the optimizer state is small either way (default %(default)s)")
-    g.add_argument("--weight_decay", type=float, default=0.01,
+    g.add_argument("--weight_decay", type=finite_float(0, low_inclusive=True), default=0.01,
                    help="AdamW's decoupled weight decay: pulls weights toward 0 each step (default %(default)s)")
     g.add_argument("--lr_scheduler_type", default=d["lr_scheduler_type"], choices=["linear", "cosine", "constant"],
                    help="how the learning rate falls after warm-up (default %(default)s)")
-    g.add_argument("--seed", type=int, default=3407,
+    g.add_argument("--seed", type=seed, default=3407,
                    help="seed for data order and dropout: the same seed gives the same run (default %(default)s)")
     g.add_argument("--packing", type=_bool, default=False, nargs="?", const=True,
                    help="put several short examples in one row (no padding wasted; position ids restart and a "
                         "block-diagonal mask keeps examples apart) (default off)")
-    g.add_argument("--save_steps", type=int, default=0,
+    g.add_argument("--save_steps", type=non_negative_int, default=0,
                    help="write a resumable checkpoint to output_dir every N steps (0: never) (default 0)")
     g.add_argument("--resume_from_checkpoint", default=None,
                    help="a checkpoint-N directory (or 'latest' in output_dir) to continue from exactly")
     g = p.add_argument_group("raw text (instead of --dataset)")
     g.add_argument("--raw_text_file", default=None,
                    help="train on a plain text file: every token is a target (continued pre-training)")
-    g.add_argument("--chunk_size", type=int, default=2048, help="tokens per training window (default %(default)s)")
-    g.add_argument("--stride", type=int, default=512,
+    g.add_argument("--chunk_size", type=int_at_least(2), default=None,
+                   help="tokens per training window, at most max_seq_length (default: max_seq_length)")
+    g.add_argument("--stride", type=positive_int, default=None,
                    help="a new window starts every `stride` tokens; windows overlap by chunk_size - stride "
-                        "(default %(default)s)")
+                        "(default: 3/4 of chunk_size, so windows overlap by a quarter, the proportion of "
+                        "unsloth-cli's 2048/512)")
     g = p.add_argument_group("logging and evaluation")
-    g.add_argument("--logging_steps", type=int, default=1,
+    g.add_argument("--logging_steps", type=positive_int, default=1,
                    help="log loss, learning rate, tokens/s and peak memory every N steps to "
                         "output_dir/train_log.csv and .json (default %(default)s)")
     g.add_argument("--report_to", default="none", choices=["none"],
                    help="external trackers (tensorboard, wandb, ...) are not used: logs are CSV/JSON files")
-    g.add_argument("--eval_examples", type=int, default=60,
+    g.add_argument("--eval_examples", type=non_negative_int, default=60,
                    help="held-out examples for exact-match before and after (dates task; 0 skips) "
                         "(default %(default)s)")
     g.add_argument("--no_progress", action="store_true", help="no progress bar (for logs and CI)")
@@ -187,23 +205,53 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
+    """Everything that can be checked from the command line alone, before a model is loaded (UsageError, exit 2).
+    Single values were range-checked by their argparse types; here: combinations, and options that would do
+    nothing in this run."""
     for name in HUB_ARGUMENTS:
         if getattr(args, name):
-            raise SystemExit(f"--{name}: uploading to the Hugging Face hub is not available in minilora (it works "
-                             f"offline). Save with --save_model and copy {args.save_path!r} yourself.")
+            raise UsageError(f"--{name}: uploading to the Hugging Face hub is not available in minilora (it works "
+                             f"offline) — save with --save_model and copy {args.save_path!r} yourself")
     if args.loftq_config:
-        raise SystemExit("--loftq_config: LoftQ initialization is not supported; leave it unset")
-    for name in ("max_seq_length", "r", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-                 "logging_steps"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if not 0 <= args.lora_dropout < 1:
-        raise SystemExit(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+        raise UsageError("--loftq_config: LoftQ initialization is not supported — leave it unset")
+    check_model_name(args.model_name)
     for path, what in ((args.output_dir, "output_dir"), (args.save_path, "save_path")):
         if os.path.exists(path) and not os.path.isdir(path):
-            raise SystemExit(f"--{what} {path!r} is an existing file; pass a directory path (created if missing)")
-    if args.raw_text_file and not os.path.isfile(args.raw_text_file):
-        raise SystemExit(f"--raw_text_file {args.raw_text_file!r} does not exist")
+            raise UsageError(f"--{what} {path!r} is an existing file — pass a directory path (created if missing)")
+    if args.raw_text_file:
+        if given(args, "dataset"):
+            raise UsageError("--raw_text_file and --dataset both name the training data — pass one of them")
+        if not os.path.isfile(args.raw_text_file):
+            raise UsageError(f"--raw_text_file {args.raw_text_file!r} does not exist — pass a plain text file")
+        args.chunk_size = args.max_seq_length if args.chunk_size is None else args.chunk_size
+        if args.chunk_size > args.max_seq_length:
+            raise UsageError(f"--chunk_size {args.chunk_size} is longer than --max_seq_length "
+                             f"{args.max_seq_length} — lower --chunk_size or raise --max_seq_length")
+        args.stride = max(1, args.chunk_size * 3 // 4) if args.stride is None else args.stride
+        if args.stride > args.chunk_size:
+            raise UsageError(f"--stride {args.stride} is larger than --chunk_size {args.chunk_size}: the tokens "
+                             "between windows would never be trained on — use a stride <= chunk_size")
+    else:
+        refuse_unused(args, ["chunk_size", "stride"], "without --raw_text_file", "drop {it} or add --raw_text_file")
+    if args.raw_text_file or args.dataset != "dates":
+        refuse_unused(args, ["eval_examples"], "outside the bundled dates task",
+                      "drop {it} (held-out exact match is measured on the dates task only)")
+    if not args.save_model:
+        refuse_unused(args, ["save_method"], "without --save_model", "add --save_model or drop {it}")
+    if not args.save_gguf:
+        refuse_unused(args, ["quantization"], "without --save_gguf", "add --save_gguf or drop {it}")
+    if not (args.save_model or args.save_gguf):
+        refuse_unused(args, ["save_path"], "without --save_model or --save_gguf", "add one of them or drop {it}")
+
+
+def check_model_name(name: str) -> None:
+    """A model name that is neither a path nor a bundled name is refused before anything loads."""
+    from ..loader import SMOLLM2_NAMES, unknown_model_name
+    if not os.path.exists(name) and str(name).lower() not in SMOLLM2_NAMES:
+        try:
+            unknown_model_name(str(name))
+        except (ValueError, OSError) as e:
+            raise UsageError(f"--model_name: {e}") from None
 
 
 def stop_at_loss(args) -> float | None:
@@ -219,7 +267,7 @@ def build_data(args, tokenizer):
     if args.raw_text_file:
         with open(args.raw_text_file, encoding="utf-8") as f:
             text = f.read()
-        return chunk_text(tokenizer, text, min(args.chunk_size, args.max_seq_length), args.stride), None
+        return chunk_text(tokenizer, text, args.chunk_size, args.stride), None
     if args.dataset == "dates":
         train, held = dates_task.make_splits(n_train=480, n_eval=max(args.eval_examples, 1), seed=0)
         return build_examples(train, tokenizer, args.max_seq_length), held[:args.eval_examples]

@@ -16,7 +16,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..lora import get_peft_model, lora_layers
+from ..lora import get_peft_model, lora_layers, remove_lora
 from .atomic import write_dir
 
 PREFIX = "base_model.model."
@@ -37,7 +37,8 @@ def adapter_config(model, base_model_name_or_path: str | None = None) -> dict:
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": name,
         "r": cfg["r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
-        "target_modules": sorted(cfg["target_modules"]), "bias": cfg.get("bias", "none"),
+        "target_modules": cfg["target_modules"] if isinstance(cfg["target_modules"], str)
+        else sorted(cfg["target_modules"]), "bias": cfg.get("bias", "none"),
         "use_rslora": cfg.get("use_rslora", False), "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None, "use_dora": False,
     }
@@ -76,22 +77,48 @@ def read_adapter(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, load_file(w_path)
 
 
-def load_adapter(model, directory: str, verbose: bool = False):
-    """Attach (if needed) and fill LoRA layers from a PEFT-format directory; refuses adapters for another model."""
-    config, tensors = read_adapter(directory)
+def _check_config(config: dict, directory: str) -> list[str] | str:
+    """The adapter's target modules, once every setting minilora cannot honour has been refused."""
     if config.get("use_dora"):
-        raise ValueError(f"{directory} is a DoRA adapter; minilora loads plain LoRA adapters only")
-    targets = config.get("target_modules") or []
-    if isinstance(targets, str):
-        raise AdapterMismatchError(f"target_modules in {directory} is a regular expression ({targets!r}); minilora "
-                                   "needs a list of module names")
-    if not lora_layers(model):
+        raise AdapterMismatchError(f"{directory} is a DoRA adapter; minilora loads plain LoRA adapters only")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            raise AdapterMismatchError(f"{directory} sets {key} {config[key]} (per-module rank or alpha), which "
+                                       "minilora does not support — retrain with one r and lora_alpha for all modules")
+    targets = config.get("target_modules") or []  # a string is a regular expression, as in PEFT
+    for key in ("r", "lora_alpha"):
+        if not isinstance(config.get(key), (int, float)) or isinstance(config.get(key), bool):
+            raise AdapterMismatchError(f"{directory}/{CONFIG_NAME} has no numeric {key!r}: is it a LoRA adapter?")
+    return targets if isinstance(targets, str) else list(targets)
+
+
+def load_adapter(model, directory: str, verbose: bool = False):
+    """Attach (if needed) and fill LoRA layers from a PEFT-format directory, with the adapter's own r, lora_alpha
+    and use_rslora. Refuses adapters for another model; a refused adapter leaves the model as it was."""
+    config, tensors = read_adapter(directory)
+    targets = _check_config(config, directory)
+    if lora_layers(model):
+        _fill(model, config, tensors, directory)
+        return model
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
         try:
             get_peft_model(model, r=config["r"], target_modules=targets, lora_alpha=config["lora_alpha"],
                            lora_dropout=config.get("lora_dropout", 0.0), use_rslora=config.get("use_rslora", False),
                            random_state=None, verbose=verbose)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise AdapterMismatchError(f"the adapter in {directory} does not fit this model: {e}") from None
+        _fill(model, config, tensors, directory)
+    except BaseException:  # put the model back as it was: no LoRA layers, the same trainable parameters
+        remove_lora(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, p.requires_grad))
+        raise
+    return model
+
+
+def _fill(model, config: dict, tensors: dict[str, torch.Tensor], directory: str) -> None:
+    """Check every tensor against the model's LoRA layers, then (only then) copy them and set the scaling."""
     layers = dict(lora_layers(model))
     expected = {}
     for name, layer in layers.items():
@@ -113,7 +140,18 @@ def load_adapter(model, directory: str, verbose: bool = False):
                 f"{key}: the adapter holds shape {tuple(found[key].shape)} but this model needs {tuple(target.shape)}"
                 f" — the adapter was made for a model with other layer sizes (base "
                 f"{config.get('base_model_name_or_path')!r}) or another rank r")
+    if any(layer.r != config["r"] for layer in layers.values()):
+        raise AdapterMismatchError(f"{directory} says r={config['r']} but its tensors and this model's LoRA layers "
+                                   "have another rank: the adapter_config.json does not belong to these weights")
+    merged = [name for name, layer in layers.items() if layer.merged]
+    if merged:
+        raise AdapterMismatchError(f"this model's LoRA layers are merged (e.g. {merged[0]}): call unmerge_lora(model) "
+                                   "before loading another adapter into them")
+    alpha, rslora = config["lora_alpha"], bool(config.get("use_rslora", False))
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(found[key].to(target.dtype))
-    return model
+    for layer in layers.values():
+        layer.set_scaling(alpha, rslora)
+    if isinstance(getattr(model, "peft_config", None), dict):
+        model.peft_config.update(r=config["r"], lora_alpha=alpha, use_rslora=rslora)

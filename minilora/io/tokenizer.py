@@ -210,10 +210,23 @@ class Tokenizer:
         """transformers-style: {"input_ids", "attention_mask"} for one text or a batch (padding=True pads)."""
         texts = [text] if isinstance(text, str) else list(text)
         ids = [self.encode(t, add_special_tokens) for t in texts]
-        if padding:
+        return self._batch(ids, padding, None, return_tensors, single=isinstance(text, str))
+
+    def _batch(self, ids: list[list[int]], padding, max_length: int | None, return_tensors, single: bool) -> dict:
+        """{"input_ids", "attention_mask"} from token lists: padded (True/"longest", or "max_length") on
+        ``padding_side``, as lists or (return_tensors="pt") tensors; ``single`` unwraps a batch of one."""
+        if padding not in (False, True, "longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding={padding!r}: use False, True/'longest' or 'max_length'")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}: use None (lists) or 'pt' (torch tensors)")
+        width = max((len(x) for x in ids), default=0)
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            width = max(width, max_length)
+        if padding not in (False, "do_not_pad"):
             if self.pad_token_id is None:
                 raise ValueError("padding needs a pad token: set tokenizer.pad_token (e.g. to the EOS token)")
-            width = max(len(x) for x in ids)
             pad = [[self.pad_token_id] * (width - len(x)) for x in ids]
             mask = [[1] * len(x) + [0] * (width - len(x)) for x in ids]
             if self.padding_side == "left":
@@ -228,39 +241,81 @@ class Tokenizer:
             if len({len(x) for x in ids}) > 1:
                 raise ValueError("texts have different lengths: pass padding=True to make one tensor")
             return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
-        if return_tensors is not None:
-            raise ValueError(f"return_tensors={return_tensors!r}: use None (lists) or 'pt' (torch tensors)")
-        if isinstance(text, str):
+        if single:
             return {"input_ids": ids[0], "attention_mask": mask[0]}
         return {"input_ids": ids, "attention_mask": mask}
 
     # --- chat template ---------------------------------------------------------------------------------------
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, tokenize: bool = False,
-                            return_tensors: str | None = None, chat_template: str | None = None, **kwargs):
-        """Render ``messages`` ([{"role": "user", "content": "…"}, …]) with the model's Jinja chat template.
+    def apply_chat_template(self, conversation, tools: list | None = None, documents: list | None = None,
+                            chat_template: str | None = None, add_generation_prompt: bool = False,
+                            continue_final_message: bool | str = False, tokenize: bool = True,
+                            padding: bool | str = False, truncation: bool = False, max_length: int | None = None,
+                            return_tensors: str | None = None, return_dict: bool = True,
+                            return_assistant_tokens_mask: bool = False, tokenizer_kwargs: dict | None = None,
+                            **kwargs):
+        """Render ``conversation`` ([{"role": "user", "content": "…"}, …], or a list of them) with the model's Jinja
+        chat template — with transformers' (5.x) arguments and defaults, so code written for it runs unchanged.
 
-        ``add_generation_prompt`` appends the header of an assistant turn, so the model's next tokens are its
-        reply. Returns the text, or with ``tokenize=True`` its ids (a (1, T) tensor with return_tensors="pt").
+        Defaults as in transformers: ``tokenize=True`` and ``return_dict=True`` give {"input_ids",
+        "attention_mask"}; ``return_dict=False`` gives the ids alone (a (1, T) tensor with return_tensors="pt");
+        ``tokenize=False`` gives the text. ``add_generation_prompt`` (default False) appends the header of an
+        assistant turn, so the model's next tokens are its reply; ``continue_final_message`` leaves the last
+        message open instead, so the model continues it. Extra keyword arguments reach the template.
         """
         template = chat_template or self.chat_template
         if not template:
             raise ValueError("this tokenizer has no chat template; set tokenizer.chat_template to a Jinja string")
+        if add_generation_prompt and continue_final_message:
+            raise ValueError("add_generation_prompt starts a new assistant turn and continue_final_message leaves "
+                             "the last one open: pass one of them")
+        if return_assistant_tokens_mask:
+            raise ValueError("return_assistant_tokens_mask is not supported: mask the prompt with "
+                             "minilora.train.build_examples (train_on_responses_only) instead")
+        if kwargs.get("sanitize_control_tokens"):
+            raise ValueError("sanitize_control_tokens is not supported by minilora's tokenizer")
+        kwargs.pop("sanitize_control_tokens", None)
+        unknown = sorted(set(tokenizer_kwargs or {}) - {"add_special_tokens"})
+        if unknown:
+            raise ValueError(f"tokenizer_kwargs {unknown} are not supported (only add_special_tokens)")
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and all(
+            isinstance(c, (list, tuple)) for c in conversation)
+        conversations = list(conversation) if batched else [conversation]
+        texts = [self._render(template, c, tools, documents, add_generation_prompt, continue_final_message, kwargs)
+                 for c in conversations]
+        if not tokenize:
+            return texts if batched else texts[0]
+        add_special = bool((tokenizer_kwargs or {}).get("add_special_tokens", False))
+        ids = [self.encode(t, add_special_tokens=add_special) for t in texts]  # the template wrote the specials
+        if truncation:
+            limit = max_length or self.model_max_length
+            if limit is None:
+                raise ValueError("truncation=True needs max_length (or tokenizer.model_max_length)")
+            ids = [x[:limit] for x in ids]
+        out = self._batch(ids, padding, max_length, return_tensors, single=not batched and return_tensors is None)
+        return out if return_dict else out["input_ids"]
+
+    def _render(self, template: str, messages, tools, documents, add_generation_prompt: bool,
+                continue_final_message: bool | str, extra: dict) -> str:
         if not isinstance(messages, (list, tuple)) or not all(
                 isinstance(m, dict) and "role" in m and "content" in m for m in messages):
             raise ValueError("messages must be a list of dicts with 'role' and 'content', e.g. "
                              "[{'role': 'user', 'content': 'Hello'}]")
+        kwargs = dict(extra)
+        if tools is not None:
+            kwargs["tools"] = tools
+        if documents is not None:
+            kwargs["documents"] = documents
         text = _compile(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                                          bos_token=self.bos_token or "", eos_token=self.eos_token or "",
                                          pad_token=self.pad_token or "", unk_token=self.unk_token or "", **kwargs)
-        if not tokenize:
-            return text
-        ids = self.encode(text, add_special_tokens=False)  # the template already wrote every special token
-        if return_tensors == "pt":
-            import torch
-            return torch.tensor([ids])
-        if return_tensors is not None:
-            raise ValueError(f"return_tensors={return_tensors!r}: use None (a list) or 'pt' (a torch tensor)")
-        return ids
+        if continue_final_message:
+            key = continue_final_message if isinstance(continue_final_message, str) else "content"
+            final = str(messages[-1].get(key, "")).strip() if messages else ""
+            if not final or final not in text:
+                raise ValueError("continue_final_message: the final message's text does not appear in the rendered "
+                                 "conversation, so it cannot be left open")
+            text = text[:text.rindex(final) + len(final)]  # cut the end-of-turn tokens after the final message
+        return text
 
     # --- saving ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> list[str]:

@@ -20,10 +20,13 @@ Layout of the Triton part (Liger-style): `_ce_forward_kernel` / `_ce_backward_ke
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from ._triton import check_tensor, host_checks, interpreter_on, tl, triton
+from .checks import check_float, check_positive
 
 MAX_CHUNK = 65536  # one program handles at most this many columns of a row; longer rows are chunked
 # launch shapes on a GPU (columns loaded per step of the forward loop / per backward program, warps per program);
@@ -34,6 +37,7 @@ FORWARD_BLOCK, BACKWARD_BLOCK, NUM_WARPS = 4096, 4096, 8
 def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
                             num_items: int | float | torch.Tensor | None = None,
                             logit_scale: float | None = None, softcap: float | None = None) -> torch.Tensor:
+    check_cross_entropy(logits, labels, ignore_index, num_items, logit_scale, softcap)
     # the reference upcasts the whole (N, V) block to fp32 (fp64 stays fp64): the memory the kernel avoids
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logit_scale is not None:
@@ -197,19 +201,32 @@ def _ce_row_forward_backward_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Python wrappers
 # ---------------------------------------------------------------------------------------------------------------
-def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, num_items) -> None:
-    check_tensor("logits", logits, contiguous=False)
+def check_cross_entropy(logits, labels, ignore_index: int = -100, num_items=None, logit_scale=None,
+                        softcap=None) -> None:
+    """The checks both paths make: logits (N, V) floating, labels (N,) in range, positive num_items/scale/softcap."""
+    check_float("logits", logits)
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (tokens, vocab), got shape {tuple(logits.shape)}: "
                          "flatten with logits.view(-1, vocab)")
+    check_labels(labels, logits.shape[0], logits.shape[1], logits.device, ignore_index, num_items)
+    check_positive("logit_scale", logit_scale, optional=True)
+    check_positive("softcap", softcap, optional=True)
+
+
+def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, num_items, logit_scale=None,
+                  softcap=None) -> None:
+    check_cross_entropy(logits, labels, ignore_index, num_items, logit_scale, softcap)
+    check_tensor("logits", logits, contiguous=False)  # what only the kernel needs: dtype, device, layout
     if logits.shape[1] > 1 and logits.stride(1) != 1:
         raise ValueError(f"logits must have unit stride along the vocabulary (strides {logits.stride()}): "
                          "call .contiguous() first")
-    check_labels(labels, logits.shape[0], logits.shape[1], logits.device, ignore_index, num_items)
+    if not labels.is_contiguous():
+        raise ValueError("labels is not contiguous: call .contiguous() first")
 
 
 def check_labels(labels, N: int, V: int, device, ignore_index: int, num_items) -> None:
-    """labels (N,) int on `device`, each in [0, V) or ignore_index; num_items positive if given as a number."""
+    """labels (N,) int on `device`, each in [0, V) or ignore_index; num_items (a number or a one-element tensor)
+    positive if given."""
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"labels must be an int64 or int32 tensor, got "
                         f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
@@ -218,11 +235,10 @@ def check_labels(labels, N: int, V: int, device, ignore_index: int, num_items) -
                          "pass one label per token (flatten with labels.view(-1))")
     if labels.device != device:
         raise ValueError(f"labels are on {labels.device} but logits on {device}: move them to one device")
-    if not labels.is_contiguous():
-        raise ValueError("labels is not contiguous: call .contiguous() first")
-    if isinstance(num_items, (int, float)) and num_items <= 0:
-        raise ValueError(f"num_items must be positive (the number of tokens that carry loss), got {num_items}")
-    if not host_checks(labels):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    _check_num_items(num_items)
+    if not host_checks(labels):  # reading values would wait for the GPU: see host_checks
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
     if labels.numel() and bool(bad.any()):
@@ -230,9 +246,25 @@ def check_labels(labels, N: int, V: int, device, ignore_index: int, num_items) -
                          f"{labels[bad][0].item()} (vocabulary size {V})")
 
 
+def _check_num_items(num_items) -> None:
+    if num_items is None:
+        return
+    if isinstance(num_items, torch.Tensor):
+        if num_items.numel() != 1 or num_items.dtype == torch.bool:
+            raise ValueError(f"num_items must be a number or a one-element tensor, got shape "
+                             f"{tuple(num_items.shape)} ({num_items.dtype})")
+        if not host_checks(num_items):  # its value lives on the GPU: reading it would sync
+            return
+        value = num_items.item()
+    else:
+        value = num_items
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"num_items must be a number, got {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"num_items must be positive (the number of tokens that carry loss), got {value}")
+
+
 def _constexprs(logit_scale, softcap) -> dict:
-    if softcap is not None and softcap <= 0:
-        raise ValueError(f"softcap must be positive, got {softcap}")
     return dict(SCALE=float(logit_scale) if logit_scale is not None else 1.0,
                 SOFTCAP=float(softcap) if softcap is not None else 1.0,
                 HAS_SCALE=logit_scale is not None, HAS_SOFTCAP=softcap is not None)
@@ -336,5 +368,5 @@ def cross_entropy_fast(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     With ``inplace_grad=True`` (default) backward overwrites ``logits`` with their gradient: don't read the logits
     after ``loss.backward()``. Pass ``inplace_grad=False`` when you still need them (one (N, V) buffer, same dtype).
     """
-    _check_inputs(logits, labels, ignore_index, num_items)
+    _check_inputs(logits, labels, ignore_index, num_items, logit_scale, softcap)
     return CrossEntropyFunction.apply(logits, labels, ignore_index, num_items, logit_scale, softcap, inplace_grad)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ._triton import check_tensor
+from .checks import check_float, check_positive, check_same_device
 from .cross_entropy import (_count, check_labels, cross_entropy_backward_, cross_entropy_forward,
                             cross_entropy_forward_backward_, cross_entropy_reference, token_losses_sum)
 
@@ -31,10 +32,34 @@ ONE_LAUNCH_CE = True  # per chunk: one kernel for loss + gradient (True) or the 
 def fused_linear_cross_entropy_reference(hidden, weight, labels, ignore_index=-100, num_items=None,
                                          logit_scale=None, softcap=None, bias=None):
     """The unfused definition: materialize all logits, then cross-entropy."""
-    logits = hidden @ weight.T
-    if bias is not None:
-        logits = logits + bias
+    check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index, num_items, logit_scale, softcap, bias)
+    logits = torch.nn.functional.linear(hidden, weight, bias)  # what nn.Linear computes: the same bits as the head
     return cross_entropy_reference(logits, labels, ignore_index, num_items, logit_scale, softcap)
+
+
+def check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index=-100, num_items=None, logit_scale=None,
+                                     softcap=None, bias=None) -> None:
+    """The checks both paths make: hidden (N, H), weight (V, H) and bias (V,) of one dtype and device, plus the
+    cross-entropy's own checks (labels, num_items, logit_scale, softcap)."""
+    check_float("hidden", hidden)
+    check_float("weight", weight)
+    if hidden.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"hidden must be (tokens, H) and weight (vocab, H); got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}: flatten the batch with hidden.view(-1, H)")
+    if hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden has {hidden.shape[1]} features but weight expects {weight.shape[1]} "
+                         "(weight is (vocab, hidden), like nn.Linear.weight)")
+    if hidden.dtype != weight.dtype or hidden.device != weight.device:
+        raise TypeError(f"hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, {weight.device}) "
+                        "must share dtype and device")
+    if bias is not None:
+        check_float("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        check_same_device("bias and weight", bias, weight)
+    check_labels(labels, hidden.shape[0], weight.shape[0], hidden.device, ignore_index, num_items)
+    check_positive("logit_scale", logit_scale, optional=True)
+    check_positive("softcap", softcap, optional=True)
 
 
 def default_chunk_size(n_tokens: int, vocab: int, itemsize: int) -> int:
@@ -118,22 +143,12 @@ def fused_linear_cross_entropy_fast(hidden: torch.Tensor, weight: torch.Tensor, 
                                     softcap: float | None = None, bias: torch.Tensor | None = None,
                                     chunk_size: int | None = None) -> torch.Tensor:
     """Loss of (hidden @ weight.T + bias) against labels, chunked over tokens (see the module docstring)."""
-    if hidden.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"hidden must be (tokens, H) and weight (vocab, H); got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}: flatten the batch with hidden.view(-1, H)")
-    if hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden has {hidden.shape[1]} features but weight expects {weight.shape[1]} "
-                         "(weight is (vocab, hidden), like nn.Linear.weight)")
-    if hidden.dtype != weight.dtype or hidden.device != weight.device:
-        raise TypeError(f"hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, {weight.device}) "
-                        "must share dtype and device")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index, num_items, logit_scale, softcap, bias)
     if not hidden.is_contiguous() or not weight.is_contiguous():
         raise ValueError("hidden and weight must be contiguous: call .contiguous() first")
-    # the chunk checks (dtype, labels in range, shapes) are the cross-entropy kernel's own
-    check_tensor("hidden", hidden)
-    check_labels(labels, hidden.shape[0], weight.shape[0], hidden.device, ignore_index, num_items)
+    check_tensor("hidden", hidden)  # what only the kernels need: a supported dtype and device
+    if not labels.is_contiguous():
+        raise ValueError("labels is not contiguous: call .contiguous() first")
     if chunk_size is None:
         chunk_size = default_chunk_size(hidden.shape[0], weight.shape[0], hidden.element_size())
     if chunk_size <= 0:

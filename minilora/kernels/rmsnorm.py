@@ -20,8 +20,24 @@ from __future__ import annotations
 import torch
 
 from ._triton import check_tensor, interpreter_on, num_programs_hint, tl, triton
+from .checks import check_float, check_positive, check_same_device
+
+
+def check_rms_norm(x, weight, eps) -> None:
+    """The checks both paths make: x (..., hidden), weight (hidden,) of x's dtype or fp32, eps a finite number > 0."""
+    check_float("x", x)
+    check_float("weight", weight)
+    if x.dim() == 0 or weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"weight must have shape (hidden,) = ({x.shape[-1] if x.dim() else '?'},) to match x "
+                         f"{tuple(x.shape)}, got {tuple(weight.shape)}")
+    if weight.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"weight dtype {weight.dtype} must equal x's ({x.dtype}) or be float32")
+    check_same_device("x and weight", x, weight)
+    check_positive("eps", eps)
+
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    check_rms_norm(x, weight, eps)
     x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 for 16-bit inputs; float64 stays float64
     inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * (x32 * inv_rms).to(x.dtype)
@@ -98,20 +114,12 @@ def _rows_per_tile(n_cols: int, block: int) -> int:
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
-    check_tensor("x", x)
+    check_rms_norm(x, weight, eps)
+    check_tensor("x", x)  # what only the kernel needs: a supported dtype and device, contiguous rows
     check_tensor("weight", weight)
-    if x.dim() == 0 or weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"weight must have shape (hidden,) = ({x.shape[-1] if x.dim() else '?'},) to match x "
-                         f"{tuple(x.shape)}, got {tuple(weight.shape)}")
-    if weight.dtype not in (x.dtype, torch.float32):
-        raise TypeError(f"weight dtype {weight.dtype} must equal x's ({x.dtype}) or be float32")
-    if weight.device != x.device:
-        raise ValueError(f"x is on {x.device} but weight is on {weight.device}")
     if x.shape[-1] > MAX_HIDDEN:
         raise ValueError(f"hidden size {x.shape[-1]} is larger than the kernel's one-block limit {MAX_HIDDEN}; "
                          "use rms_norm_reference")
-    if not (eps > 0):
-        raise ValueError(f"eps must be positive, got {eps}")
 
 
 def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float):
@@ -172,4 +180,5 @@ class RMSNormFunction(torch.autograd.Function):
 def rms_norm_fast(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Triton RMSNorm. x (..., hidden) contiguous fp32/fp16/bf16; weight (hidden,) of x's dtype or fp32.
     The output dtype follows the reference (torch's type promotion of x's and weight's dtypes)."""
+    _check_inputs(x, weight, eps)
     return RMSNormFunction.apply(x, weight, eps)

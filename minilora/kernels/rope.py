@@ -1,6 +1,7 @@
 """Rotary position embedding (RoPE), rotate-half layout.
 
-Shapes: q (B, n_head, T, hd), k (B, n_kv_head, T, hd), cos/sin (B or 1, T, hd).
+Shapes: q (B, n_head, T, hd), k (B, n_kv_head, T, hd), cos/sin (B or 1, T, hd) or (T, hd) — the 2-D tables
+transformers and Liger pass, shared by the whole batch. `check_rope` is the one validation of both paths.
 
 Rotate-half pairs element i with element i + hd/2 of the same head:
 $x' = x \\cos\\theta + \\mathrm{rotate\\_half}(x) \\sin\\theta$ with $\\mathrm{rotate\\_half}([x_1, x_2]) = [-x_2, x_1]$.
@@ -23,6 +24,33 @@ from __future__ import annotations
 import torch
 
 from ._triton import check_same, check_tensor, interpreter_on, tl, triton
+from .checks import check_float, check_same_device
+
+
+def check_rope(q, k, cos, sin):
+    """The checks both paths make; returns (cos, sin) as (B or 1, T, hd) (a 2-D (T, hd) table gains a batch dim)."""
+    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
+        check_float(name, t)
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"q and k must be 4-D (B, heads, T, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
+    check_same("q and k", q, k, shape=False)
+    B, _, T, hd = q.shape
+    if k.shape[0] != B or k.shape[2:] != q.shape[2:]:
+        raise ValueError(f"k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, length and head_dim")
+    if hd % 2:
+        raise ValueError(f"head_dim must be even for rotate-half RoPE, got {hd}")
+    check_same("cos and sin", cos, sin)
+    if cos.dim() == 2:  # (T, hd): one table for every sequence of the batch
+        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    if cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (T, hd):
+        raise ValueError(f"cos/sin must have shape (B or 1, T, head_dim) = ({B} or 1, {T}, {hd}) or (T, head_dim), "
+                         f"got {tuple(cos.shape)}")
+    if cos.dtype != q.dtype:
+        raise TypeError(f"cos/sin have dtype {cos.dtype} but q has {q.dtype}: cast the tables with .to(q.dtype) "
+                        "(the output would otherwise be promoted to another dtype)")
+    check_same_device("q and cos/sin", q, cos)
+    return cos, sin
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -31,6 +59,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def rope_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Plain PyTorch RoPE: reads q, k, cos, sin and writes several temporaries of q's size."""
+    cos, sin = check_rope(q, k, cos, sin)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hd): broadcast over heads
     q_out = q * cos + rotate_half(q) * sin
     k_out = k * cos + rotate_half(k) * sin
@@ -103,27 +132,11 @@ _rope_backward_kernel = _rope_kernel
 
 
 def _check_inputs(q, k, cos, sin) -> None:
+    """What the Triton path needs beyond `check_rope`: supported dtypes and devices, cos and sin laid out alike."""
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
         check_tensor(name, t, contiguous=False)  # any strides are handled
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"q and k must be 4-D (B, heads, T, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
-    check_same("q and k", q, k, shape=False)
-    B, _, T, hd = q.shape
-    if k.shape[0] != B or k.shape[2:] != q.shape[2:]:
-        raise ValueError(f"k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, length and head_dim")
-    if hd % 2:
-        raise ValueError(f"head_dim must be even for rotate-half RoPE, got {hd}")
-    check_same("cos and sin", cos, sin)
-    if cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (T, hd):
-        raise ValueError(f"cos/sin must have shape (B or 1, T, head_dim) = ({B} or 1, {T}, {hd}), "
-                         f"got {tuple(cos.shape)}")
     if cos.stride() != sin.stride():
         raise ValueError("cos and sin must share strides (build both the same way, or call .contiguous() on both)")
-    if cos.dtype != q.dtype:
-        raise TypeError(f"cos/sin have dtype {cos.dtype} but q has {q.dtype}: cast the tables with .to(q.dtype) "
-                        "(the reference would otherwise promote the output dtype)")
-    if q.device != cos.device:
-        raise ValueError(f"q is on {q.device} but cos/sin are on {cos.device}")
 
 
 # Launch settings; None = the default heuristic. The benchmark script sweeps these on a GPU.
@@ -155,6 +168,7 @@ def _launch(q, k, q_out, k_out, cos, sin, backward: bool):
 
 def rope_forward(q, k, cos, sin, inplace: bool = False):
     """(q_rot, k_rot). inplace=True overwrites q and k and returns them."""
+    cos, sin = check_rope(q, k, cos, sin)
     _check_inputs(q, k, cos, sin)
     q_out, k_out = (q, k) if inplace else (torch.empty_like(q), torch.empty_like(k))
     _launch(q, k, q_out, k_out, cos, sin, backward=False)
@@ -186,8 +200,8 @@ class RopeFunction(torch.autograd.Function):
 
 
 def rope_fast(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inplace: bool = False):
-    """Triton RoPE for q (B, n_head, T, hd) and k (B, n_kv, T, hd) in one launch; cos/sin (B or 1, T, hd) of q's
-    dtype; q and k may have any strides (outputs keep them).
+    """Triton RoPE for q (B, n_head, T, hd) and k (B, n_kv, T, hd) in one launch; cos/sin (B or 1, T, hd) or
+    (T, hd) of q's dtype; q and k may have any strides (outputs keep them).
 
     inplace=True rotates q and k in their own memory and returns them. Autograd allows that only for tensors that
     are neither leaves requiring grad nor views of another tensor (a Function returning two outputs cannot mark a
@@ -197,4 +211,5 @@ def rope_fast(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
         raise ValueError("rope_fast(inplace=True) got a view (e.g. a transposed projection) that requires grad; "
                          "autograd cannot rotate views in place in a two-output Function: use inplace=False, or "
                          "pass tensors that own their memory")
+    cos, sin = check_rope(q, k, cos, sin)
     return RopeFunction.apply(q, k, cos, sin, inplace)

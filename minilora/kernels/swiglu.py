@@ -19,12 +19,27 @@ import torch
 import torch.nn.functional as F
 
 from ._triton import check_same, check_tensor, elementwise_launch, tl, triton
+from .checks import check_float
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+def check_glu(gate, up, approximate: str = "none") -> None:
+    """The checks both paths make: gate and up floating, of one shape (no silent broadcasting), dtype and device."""
+    check_float("gate", gate)
+    check_float("up", up)
+    check_same("gate and up", gate, up)
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"approximate must be 'none' (exact erf GELU) or 'tanh', got {approximate!r}")
+
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    check_glu(gate, up)
     return F.silu(gate) * up
 
 
 def geglu_reference(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    check_glu(gate, up, approximate)
     return F.gelu(gate, approximate=approximate) * up
 
 
@@ -180,12 +195,12 @@ def swiglu_fast(gate: torch.Tensor, up: torch.Tensor, inplace_backward: bool | N
     The backward writes dgate/dup into gate's and up's memory (no new tensors) unless `inplace_backward=False`;
     the default (None) does so whenever neither input is a leaf tensor.
     """
+    check_glu(gate, up)
     return GLUFunction.apply(gate, up, SILU, _inplace_ok(gate, up, inplace_backward))
 
 
 def geglu_fast(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none",
                inplace_backward: bool | None = None) -> torch.Tensor:
     """Triton GeGLU: gelu(gate, approximate) * up, approximate "none" (exact erf) or "tanh"; see swiglu_fast."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' (exact erf GELU) or 'tanh', got {approximate!r}")
+    check_glu(gate, up, approximate)
     return GLUFunction.apply(gate, up, ACTIVATIONS[approximate], _inplace_ok(gate, up, inplace_backward))

@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
+OPTIONAL = ("num_key_value_heads", "head_dim", "sliding_window")  # None has a meaning for these
+POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
+BOOLS = ("tie_word_embeddings", "attention_bias", "qkv_bias")
 
 # model_type -> the transformers class named in a saved config.json
 ARCHITECTURE_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -33,6 +40,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict, repr=False)  # HF keys minilora does not use, kept for saving
 
     def __post_init__(self):
+        self._check_types()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -43,6 +51,38 @@ class ModelConfig:
                              "group of query heads")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even: RoPE rotates pairs of dimensions")
+
+    def _check_types(self) -> None:
+        """Every value of the right kind, before any arithmetic: a config.json typed by hand may hold "64" or
+        2.5 where an integer belongs, and torch would fail later with a message that names no key."""
+        def bad(key, value, want):
+            return ValueError(f"config key {key!r} must be {want}, got {value!r} ({type(value).__name__}) — fix it "
+                              "in config.json")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for key in POSITIVE_INTS:
+            v = getattr(self, key)
+            if not (is_int(v) and v > 0) and not (v is None and key in OPTIONAL):
+                raise bad(key, v, "a positive integer")
+        for key in POSITIVE_FLOATS:
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise bad(key, v, "a finite number > 0")
+        for key in BOOLS:
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, getattr(self, key), "true or false")
+        for key in ("model_type", "hidden_act"):
+            if not isinstance(getattr(self, key), str):
+                raise bad(key, getattr(self, key), "a string")
+        for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
+            v = getattr(self, key)
+            ids = v if key == "eos_token_id" and isinstance(v, list) else [v]
+            if v is not None and not all(is_int(i) for i in ids):
+                raise bad(key, v, "an integer token id" + (" or a list of them" if key == "eos_token_id" else ""))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise bad("rope_scaling", self.rope_scaling, "an object (or null)")
 
     @property
     def n_rep(self) -> int:

@@ -59,6 +59,8 @@ class LlamaAttention(nn.Module):
         q = q.view(B, T, -1, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, -1, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if cos.dtype != q.dtype:  # under autocast q comes out in the autocast dtype; the tables follow it
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = ops.rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd)

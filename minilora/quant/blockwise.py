@@ -112,6 +112,10 @@ def _check_float_tensor(x, what: str = "tensor") -> None:
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{what} has dtype {x.dtype}; NF4 supports float32, float16 and bfloat16: convert it with "
                         f".float() first")
+    if x.is_meta:
+        raise ValueError(f"{what} is on the meta device (a shape without values): load or materialize the weights "
+                         "first (e.g. FastLanguageModel.from_pretrained, or model.to_empty(device=...) and then "
+                         "load a state dict), then quantize")
     if x.numel() == 0:
         raise ValueError(f"{what} is empty: there is nothing to quantize")
 

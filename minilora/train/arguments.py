@@ -49,6 +49,16 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for name, low, high in (("weight_decay", 0, None), ("max_grad_norm", 0, None), ("adam_beta1", 0, 1),
+                                ("adam_beta2", 0, 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                    value < low or (high is not None and value >= high):
+                raise ValueError(f"{name} must be a finite number in [{low}, {high if high is not None else 'inf'})"
+                                 f", got {value!r}")
+        if isinstance(self.adam_epsilon, bool) or not isinstance(self.adam_epsilon, (int, float)) or \
+                not (math.isfinite(self.adam_epsilon) and self.adam_epsilon > 0):
+            raise ValueError(f"adam_epsilon must be a finite number > 0, got {self.adam_epsilon!r}")
         if self.lr_scheduler_type not in SCHEDULES:
             raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}: choose one of {', '.join(SCHEDULES)}")
         if self.optim not in OPTIMIZERS:

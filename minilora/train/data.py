@@ -54,14 +54,26 @@ def read_records(path: str) -> list[dict]:
                         "bundled task")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    try:
-        if path.endswith(".jsonl"):
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+    if path.endswith(".jsonl"):
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):  # line numbers as an editor shows them
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno}); a .jsonl "
+                                "file holds one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object ({{...}}), got "
+                                f"{type(record).__name__}")
+            records.append(record)
+    else:
+        try:
             records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); expected a list of objects (.json) or one object per "
-                        "line (.jsonl)") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}); expected a list of objects (.json) or one object per "
+                            "line (.jsonl)") from None
     if isinstance(records, dict) and "train" in records:
         records = records["train"]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

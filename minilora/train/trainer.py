@@ -57,6 +57,11 @@ class Trainer:
         else:
             self.rows = [[e] for e in train_dataset]
         self.optimizer = self._make_optimizer()
+        half = [n for n, p in self.params.items() if p.dtype == torch.float16]
+        if half and args.mixed_precision == "fp16":
+            raise ValueError(f"{len(half)} trainable parameters are float16 (e.g. {half[0]}): fp16 loss scaling needs "
+                             "fp32 trainable weights — create the adapters with get_peft_model (it keeps them fp32) "
+                             "or call .float() on them")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.mixed_precision == "fp16")
         self.step = 0
         self.log_history: list[dict] = []

@@ -1,0 +1,76 @@
+"""`load_adapter` honours the adapter's own lora_alpha / use_rslora even when the model already has LoRA layers,
+refuses what it cannot honour, and leaves the model exactly as it was when it refuses."""
+import json
+
+import pytest
+import torch
+from helpers_train import randomize_lora, tiny_model
+
+from minilora.io.adapters import AdapterMismatchError, load_adapter, save_adapter
+from minilora.lora import get_peft_model, lora_layers
+
+
+def adapted(alpha, rslora=False, r=8, targets=None, seed=0):
+    model = get_peft_model(tiny_model(seed=0), r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=targets,
+                           verbose=False)
+    return randomize_lora(model, seed=seed)
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(torch.arange(1, 9)[None]).logits
+
+
+@pytest.mark.parametrize("alpha, rslora", [(32, False), (16, True)])
+def test_loading_onto_a_model_with_lora_uses_the_adapters_scaling(tmp_path, alpha, rslora):
+    source = adapted(alpha, rslora)
+    save_adapter(source, str(tmp_path / "a"))
+    target = adapted(16, False, seed=5)  # LoRA already attached, with other settings
+    load_adapter(target, str(tmp_path / "a"))
+    torch.testing.assert_close(logits(target), logits(source))
+    assert target.peft_config["lora_alpha"] == alpha and target.peft_config["use_rslora"] == rslora
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()}, getattr(model, "peft_config", None))
+
+
+def assert_unchanged(model, before):
+    state, grads, cfg = snapshot(model)
+    assert state.keys() == before[0].keys()
+    for k in state:
+        assert torch.equal(state[k], before[0][k]), k
+    assert grads == before[1] and cfg == before[2]
+
+
+def test_a_refused_adapter_leaves_a_plain_model_unchanged(tmp_path):
+    save_adapter(adapted(16), str(tmp_path / "a"))
+    wrong = tiny_model(layers=1)
+    before = snapshot(wrong)
+    with pytest.raises(AdapterMismatchError):
+        load_adapter(wrong, str(tmp_path / "a"))
+    assert not lora_layers(wrong)
+    assert_unchanged(wrong, before)
+
+
+def test_a_refused_adapter_leaves_an_adapted_model_unchanged(tmp_path):
+    save_adapter(adapted(16, r=4), str(tmp_path / "a"))
+    target = adapted(16, r=8, seed=3)
+    before = snapshot(target)
+    with pytest.raises(AdapterMismatchError):
+        load_adapter(target, str(tmp_path / "a"))
+    assert_unchanged(target, before)
+
+
+def test_per_module_patterns_are_refused_not_ignored(tmp_path):
+    save_adapter(adapted(16), str(tmp_path / "a"))
+    cfg_path = tmp_path / "a" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["alpha_pattern"] = {"q_proj": 64}
+    cfg_path.write_text(json.dumps(cfg))
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(AdapterMismatchError, match="alpha_pattern"):
+        load_adapter(model, str(tmp_path / "a"))
+    assert_unchanged(model, before)
