@@ -157,10 +157,12 @@ def test_one_process_ignores_the_parallel_setting():
 
 @pytest.mark.slow
 def test_smollm2_qlora_fsdp_on_two_ranks_trains_like_one_process(tmp_path):
-    """The real CLI on the bundled SmolLM2-135M (4-bit base): 2 steps, a global batch of 4 examples."""
+    """The real CLI on the bundled SmolLM2-135M (4-bit base): 2 steps, a global batch of 4 examples. SGD, so the
+    adapter's difference measures the gradients' (see the module docstring on AdamW)."""
     from safetensors.torch import load_file
     common = ["--max_steps", "2", "--global_train_batch_size", "4", "--per_device_train_batch_size", "2",
-              "--eval_examples", "0", "--no_progress", "--save_model", "--save_method", "lora"]
+              "--eval_examples", "0", "--no_progress", "--save_model", "--save_method", "lora", "--optim", "sgd",
+              "--learning_rate", "0.1", "--warmup_steps", "0"]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     one = subprocess.run([sys.executable, "-m", "minilora", "train", *common, "--output_dir", "one", "--save_path",
                           "one-adapter"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -175,5 +177,7 @@ def test_smollm2_qlora_fsdp_on_two_ranks_trains_like_one_process(tmp_path):
     assert rel([r["loss"] for r in logs[1]], [r["loss"] for r in logs[0]]) < LOSS_RTOL * 10
     a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one-adapter", "two-adapter"))
     assert set(a) == set(b)
-    for name in a:
-        assert rel(b[name].tolist(), a[name].tolist()) < TENSOR_RTOL * 10, name
+    worst = max(rel(b[name].tolist(), a[name].tolist()) for name in a)
+    print(f"SmolLM2 2 ranks vs 1: losses {[r['loss'] for r in logs[1]]} vs {[r['loss'] for r in logs[0]]}, "
+          f"adapter relative difference at most {worst:.2e}")
+    assert worst < TENSOR_RTOL * 10
