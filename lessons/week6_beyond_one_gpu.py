@@ -39,7 +39,6 @@
 
 # %%
 import dataclasses
-import glob
 import inspect
 import json
 import os
@@ -247,30 +246,35 @@ print(f"frozen bytes held per rank with FSDP: {frozen}; with DDP: {[h['frozen'] 
 #
 # ## 5. Measured on GPUs
 #
-# `benchmarks/gpu_distributed.py` measures tokens/s and peak memory per GPU for 1, 2 and 4 GPUs with DDP and FSDP
+# `python -m benchmarks.gpu_distributed` measures tokens/s and peak memory per GPU for 1, 2 and 4 GPUs with DDP and FSDP
 # at the Llama-3-8B shape. Its recorded results, if any, are plotted here.
 
 # %%
-recorded = sorted(glob.glob(str(ROOT / "benchmarks" / "results" / "gpu-distributed-*.json")))
-if not recorded:
-    print("No multi-GPU run has been recorded yet (no benchmarks/results/gpu-distributed-*.json), so there is no "
-          "scaling plot. Run benchmarks/gpu_distributed.py on a machine with several GPUs to make one.")
+from benchmarks.harness import latest, load_results  # noqa: E402  (the results schema's reader)
+
+recorded = latest(ROOT / "benchmarks" / "results", "gpu-distributed")
+if recorded is None:
+    print("No multi-GPU run has been recorded yet (no benchmarks/results/gpu-distributed-<card>-<date>.json), so "
+          "there is no scaling plot. `python -m benchmarks.gpu_distributed` on a machine with several GPUs makes one.")
 else:
-    result = json.loads(pathlib.Path(recorded[-1]).read_text())
+    result = load_results(recorded)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for parallel in ("ddp", "fsdp"):
-        rows = sorted((r for r in result["rows"] if r.get("parallel") == parallel and "error" not in r),
+        rows = sorted((r for r in result["rows"] if r.get("parallel") == parallel and r["reps"]),
                       key=lambda r: r["gpus"])
         if rows:
             axes[0].plot([r["gpus"] for r in rows], [r["tokens_per_s_per_gpu"] for r in rows], marker="o",
                          label=parallel)
-            axes[1].plot([r["gpus"] for r in rows], [r["peak_gib_per_gpu"] for r in rows], marker="o",
+            axes[1].plot([r["gpus"] for r in rows], [r["frozen_gib_per_gpu"] for r in rows], marker="o",
                          label=parallel)
             for r in rows:
-                print(f"{parallel} on {r['gpus']} GPU(s): {r['tokens_per_s_per_gpu']:.0f} tokens/s per GPU, "
-                      f"peak {r['peak_gib_per_gpu']:.1f} GiB per GPU")
-    axes[0].set(title=f"{result['what']}\n{result['card']}, {result['date']}", xlabel="GPUs", ylabel="tokens/s per GPU")
-    axes[1].set(title="peak memory per GPU", xlabel="GPUs", ylabel="GiB")
+                eff = "" if r.get("scaling_efficiency") is None else \
+                    f", {r['scaling_efficiency']:.0%} of the 1-GPU rate per GPU"
+                peak = "" if r["peak_gib"] is None else f", peak {r['peak_gib']:.1f} GiB per GPU"
+                print(f"{parallel} on {r['gpus']} GPU(s): {r['tokens_per_s_per_gpu']:.0f} tokens/s per GPU{eff}"
+                      f"{peak}, frozen base {r['frozen_gib_per_gpu']:.3f} GiB per GPU")
+    axes[0].set(title=f"{result['card']}, {result['date'][:10]}", xlabel="GPUs", ylabel="tokens/s per GPU")
+    axes[1].set(title="frozen base per GPU", xlabel="GPUs", ylabel="GiB")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
