@@ -20,6 +20,7 @@ one process group (NCCL between GPUs, gloo between CPU processes). The `Trainer`
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -127,8 +128,10 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
     if ctx.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
         # buffers (rotary tables, 4-bit scales) are constant: copied from rank 0 once, not before every forward
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+        # (newer torch names the switch forward_sync_buffers and deprecates broadcast_buffers)
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
     from torch.distributed.fsdp import fully_shard
     from ..linear4bit import Linear4bit
     for module in model.modules():
