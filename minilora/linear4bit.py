@@ -29,6 +29,7 @@ from .quant.blockwise import DoubleQuantState, NF4State, check_blocksize, check_
 from .quant.nf4 import shared_dynamic_map
 
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_STATE_NAMES = ("absmax", "absmax_codes", "absmax_scales", "absmax_offset")  # the quantization state's tensors
 
 
 class _DequantMatmul(torch.autograd.Function):
@@ -138,8 +139,10 @@ class Linear4bit(QuantizedLinear):
                              f"in={self.in_features}, out={self.out_features}): expected (out, in)")
         self.weight = nn.Parameter(state.codes, requires_grad=False)  # uint8 (out·in/2,)
         self.weight_dtype = state.dtype
-        for name in ("absmax", "absmax_codes", "absmax_scales", "absmax_offset"):
+        for name in _STATE_NAMES:
             self._buffers.pop(name, None)
+            self._parameters.pop(name, None)
+        self.__dict__["_byte_views"] = {}  # name -> (dtype, shape) while the state is stored as bytes
         if state.double_quant is None:
             self.register_buffer("absmax", state.absmax)
         else:
@@ -149,22 +152,52 @@ class Linear4bit(QuantizedLinear):
             self.register_buffer("absmax_offset", dq.offset)
             self.double_quant_blocksize = dq.blocksize
 
+    def store_as_bytes(self) -> "Linear4bit":
+        """Keep every tensor of the quantization state as a frozen, flat uint8 nn.Parameter (the codes already are).
+
+        For sharding (FSDP2's ``fully_shard``, see minilora/train/distributed.py): fully_shard splits PARAMETERS
+        along dim 0 across ranks and all-gathers them before the module runs, but leaves BUFFERS whole on every
+        rank, refuses 0-dim parameters, and its mixed-precision policy casts every floating-point parameter to
+        ``param_dtype`` (bf16 would ruin the float32 block scales). As 1-D uint8 bytes, the absmax codes, the
+        float32 scales and the float32 offset shard like the codes (each rank ~1/N), are never cast (casts skip
+        integer tensors), and the full tensors are viewed back as float32 after the all-gather. Outputs and
+        gradients are unchanged; call it on the model's layers before fully_shard.
+        """
+        for name in _STATE_NAMES:
+            t = self._buffers.get(name)
+            if t is None:
+                continue
+            del self._buffers[name]
+            self._byte_views[name] = (t.dtype, tuple(t.shape))
+            flat = t.detach().reshape(-1).contiguous().view(torch.uint8).clone()
+            self.register_parameter(name, nn.Parameter(flat, requires_grad=False))
+        self.__dict__.pop("_state_cache", None)
+        return self
+
+    def _state_tensor(self, name: str) -> torch.Tensor | None:
+        t = self._parameters.get(name) if name in self._parameters else self._buffers.get(name)
+        if t is None or name not in self._byte_views:
+            return t
+        dtype, shape = self._byte_views[name]
+        return t.detach().view(dtype).reshape(shape)  # the full bytes again (all-gathered under FSDP)
+
     @property
     def quant_state(self) -> NF4State:
         # Built once and reused while the tensors it refers to are still the layer's own: this property runs
         # for every dequantization (3x per step), and assembling the state costs ~10 µs of Python each time.
-        # The key holds the tensor objects themselves (compared with `is`) and the codes' memory address, so a
-        # replaced parameter or buffer, `weight.data = ...`, `.to(device)` or `_store` all rebuild it.
-        w, b = self._parameters["weight"], self._buffers
-        key = (w, b.get("absmax"), b.get("absmax_codes"), b.get("absmax_scales"), b.get("absmax_offset"))
+        # The key holds the tensor objects themselves (compared with `is`) and their memory addresses, so a
+        # replaced parameter or buffer, `weight.data = ...`, `.to(device)`, `_store` or a sharded layer's
+        # all-gather into new memory all rebuild it.
+        own = {**self._buffers, **self._parameters}
+        key = tuple(own.get(n) for n in ("weight", *_STATE_NAMES))
+        ptrs = tuple(t.data_ptr() if t is not None else 0 for t in key)
         cached = self.__dict__.get("_state_cache")
         if cached is not None:
-            old_key, ptr, fields, state = cached
-            if (old_key[0] is key[0] and old_key[1] is key[1] and old_key[2] is key[2] and old_key[3] is key[3]
-                    and old_key[4] is key[4] and ptr == w.data_ptr() and fields == self._state_fields()):
+            old_key, old_ptrs, fields, state = cached
+            if all(a is b for a, b in zip(old_key, key)) and old_ptrs == ptrs and fields == self._state_fields():
                 return state
         state = self._build_state()
-        self.__dict__["_state_cache"] = (key, w.data_ptr(), self._state_fields(), state)
+        self.__dict__["_state_cache"] = (key, ptrs, self._state_fields(), state)
         return state
 
     def _state_fields(self) -> tuple:
@@ -173,10 +206,12 @@ class Linear4bit(QuantizedLinear):
 
     def _build_state(self) -> NF4State:
         shape = torch.Size((self.out_features, self.in_features))
-        if "absmax" in self._buffers:
-            return NF4State(self.weight.data, self.absmax, self.blocksize, shape, self.weight_dtype)
-        dq = DoubleQuantState(self.absmax_codes, self.absmax_scales, self.absmax_offset,
-                              self.double_quant_blocksize, shared_dynamic_map(self.weight.device))
+        absmax = self._state_tensor("absmax")
+        if absmax is not None:
+            return NF4State(self.weight.data, absmax, self.blocksize, shape, self.weight_dtype)
+        dq = DoubleQuantState(self._state_tensor("absmax_codes"), self._state_tensor("absmax_scales"),
+                              self._state_tensor("absmax_offset"), self.double_quant_blocksize,
+                              shared_dynamic_map(self.weight.device))
         return NF4State(self.weight.data, None, self.blocksize, shape, self.weight_dtype, dq)
 
     # --- use ---------------------------------------------------------------------------------------------------

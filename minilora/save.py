@@ -73,11 +73,13 @@ def merged_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16, quan
 
 
 def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, save_method: str = "merged_16bit",
-                           dtype: str | torch.dtype = "float16", base_model_name_or_path: str | None = None) -> str:
+                           dtype: str | torch.dtype = "float16", base_model_name_or_path: str | None = None,
+                           adapter_tensors: dict | None = None) -> str:
     """Save as ``lora`` (adapter only), ``merged_16bit`` or ``merged_4bit`` (see the module docstring).
 
     ``base_model_name_or_path`` is recorded in the adapter's config so that loading the adapter directory with
-    `FastLanguageModel.from_pretrained` (or PEFT) knows which base model to load first."""
+    `FastLanguageModel.from_pretrained` (or PEFT) knows which base model to load first. ``adapter_tensors``: the
+    adapter already gathered from a sharded model (`minilora.io.adapters.adapter_state_dict` on every rank)."""
     from safetensors.torch import save_file
 
     if save_method not in SAVE_METHODS:
@@ -87,7 +89,7 @@ def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, sav
     def fill(tmp: str) -> None:
         if save_method == "lora":
             from .io.adapters import write_adapter
-            write_adapter(model, tmp, base_model_name_or_path)
+            write_adapter(model, tmp, base_model_name_or_path, tensors=adapter_tensors)
         else:
             tensors = merged_state_dict(model, dtype, quantize_4bit=save_method == "merged_4bit")
             save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})

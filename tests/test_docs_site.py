@@ -38,6 +38,8 @@ UNSLOTH_MAP = {
     "save.py": (["minilora/save.py"], "week5_saving"),
     "load_in_8bit": (["minilora/linear8bit.py", "minilora/train/adamw8bit.py", "minilora/quant/dynamic8.py",
                       "minilora/quant/int8.py"], "week4_8bit"),
+    "multi-gpu-training-with-unsloth": (["minilora/train/distributed.py", "minilora/linear4bit.py"],
+                                        "week6_beyond_one_gpu"),
 }
 
 

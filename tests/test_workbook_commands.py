@@ -25,7 +25,7 @@ def test_template_and_prompts_cover_the_plan():
     template = (ROOT / "journal" / "TEMPLATE.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in template
-    for week in range(1, 6):
+    for week in range(1, 7):
         assert (ROOT / "journal" / "prompts" / f"week{week}.md").is_file()
     assert "every parameter" in (ROOT / "journal" / "prompts" / "week1.md").read_text()
 
@@ -53,7 +53,7 @@ def test_journal_new_never_overwrites(journal, capsys):
 
 def test_journal_rejects_a_bad_week_and_guesses_the_week_from_the_first_entry(journal, capsys):
     assert main(["journal", "--journal-dir", str(journal), "new", "--week", "9"]) == 1
-    assert "1-5" in capsys.readouterr().err
+    assert "1-6" in capsys.readouterr().err
     journal_cmd.new_entry(journal, dt.date(2026, 11, 2), None)
     assert journal_cmd.guess_week(journal, dt.date(2026, 11, 17)) == 3
     assert journal_cmd.guess_week(journal, dt.date(2027, 6, 1)) == 5

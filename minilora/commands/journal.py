@@ -17,7 +17,7 @@ import sys
 from ..course import find_checkout
 from ..io.atomic import write_text
 
-WEEKS = range(1, 6)
+WEEKS = range(1, 7)
 ENTRY = re.compile(r"^(\d{4}-\d{2}-\d{2})\.md$")
 
 
@@ -35,7 +35,8 @@ def entries(journal: pathlib.Path) -> list[pathlib.Path]:
 
 
 def guess_week(journal: pathlib.Path, today: dt.date) -> int:
-    """Week of the course: 1 + whole weeks since the first entry (1 when there is none), at most 5."""
+    """Week of the course: 1 + whole weeks since the first entry (1 when there is none), at most 5 (the bonus
+    week 6 is chosen with --week 6)."""
     existing = entries(journal)
     if not existing:
         return 1
@@ -58,7 +59,7 @@ def render(journal: pathlib.Path, day: dt.date, week: int) -> str:
 def new_entry(journal: pathlib.Path, day: dt.date, week: int | None) -> pathlib.Path:
     """Create journal/entries/<day>.md; FileExistsError if it is already there (an entry is never overwritten)."""
     if week is not None and week not in WEEKS:
-        raise ValueError(f"--week must be one of 1-5 (the five weeks of the course), got {week}")
+        raise ValueError(f"--week must be one of 1-6 (the five weeks of the course and the bonus week 6), got {week}")
     week = week if week is not None else guess_week(journal, day)
     target = journal / "entries" / f"{day.isoformat()}.md"
     if target.exists():
@@ -89,7 +90,7 @@ def add_parser(subparsers) -> None:
                              description="Create a dated entry from the template with the week's prompts. "
                                          "Refuses to overwrite an existing entry.")
     new.add_argument("--week", type=int, metavar="N",
-                     help="which week's prompts to include, 1-5 (default: counted from your first entry)")
+                     help="which week's prompts to include, 1-6 (default: counted from your first entry)")
     new.add_argument("--date", type=_date, default=None, help="the entry's date, YYYY-MM-DD (default: today)")
     actions.add_parser("list", help="list the entries, oldest first")
     parser.set_defaults(run=run)

@@ -3,6 +3,13 @@
 With no arguments it QLoRA-fine-tunes the bundled SmolLM2-135M-Instruct on the bundled dates task (rewrite
 "March 5, 2021" as "2021-03-05") and prints held-out exact-match before and after. The steps, in order:
 load (4-bit) → add LoRA → build the data (prompt tokens masked) → train → evaluate → save.
+
+On N GPUs (or N CPU processes), start it with torchrun; every process runs this same command:
+    torchrun --nproc_per_node N -m minilora train ... --parallel ddp     (a full model per GPU)
+    torchrun --nproc_per_node N -m minilora train ... --parallel fsdp    (weights sharded: ~1/N per GPU)
+    torchrun --nproc_per_node 2 -m minilora train --max_steps 5 --parallel fsdp   (a laptop: 2 CPU processes, gloo)
+--per_device_train_batch_size stays per process, so the global batch is N times larger; pass
+--global_train_batch_size to keep it fixed whatever N is (the run is then the one-process run, split).
 """
 from __future__ import annotations
 
@@ -158,6 +165,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--packing", type=_bool, default=False, nargs="?", const=True,
                    help="put several short examples in one row (no padding wasted; position ids restart and a "
                         "block-diagonal mask keeps examples apart) (default off)")
+    g.add_argument("--global_train_batch_size", type=positive_int, default=None,
+                   help="examples per micro-batch summed over all processes (default: the per-device size x the "
+                        "number of processes); each process takes its contiguous slice")
+    g.add_argument("--parallel", default=None, choices=["ddp", "fsdp"],
+                   help="with several processes (torchrun): ddp keeps a full model per process and averages the "
+                        "LoRA gradients; fsdp shards every weight, the 4-bit base included, across processes "
+                        "(default ddp when started by torchrun with N > 1; one process ignores it)")
     g.add_argument("--save_steps", type=non_negative_int, default=0,
                    help="write a resumable checkpoint to output_dir every N steps (0: never) (default 0)")
     g.add_argument("--resume_from_checkpoint", default=None,
@@ -286,8 +300,15 @@ def run(args) -> int:
     t_start = time.perf_counter()
     from .. import FastLanguageModel
     from ..train import DataError, Trainer, TrainingArguments, TrainingError, dates_task
+    from ..train.distributed import init_from_env, unsharded
+    ctx = init_from_env(args.parallel)  # torchrun's environment; one plain process: nothing happens
+    if ctx.enabled and ctx.parallel == "fsdp" and (args.save_gguf or (args.save_model and args.save_method != "lora")):
+        raise SystemExit("--parallel fsdp saves the adapter only (--save_method lora): the merge needs the whole "
+                         "base, which no single rank holds. Merge afterwards in one process: "
+                         "FastLanguageModel.from_pretrained(<adapter dir>), then save_pretrained_merged")
+    say = print if ctx.is_main else _quiet  # rank 0 speaks for all
 
-    print(f"loading {args.model_name} (load_in_4bit={args.load_in_4bit}) ...", flush=True)
+    say(f"loading {args.model_name} (load_in_4bit={args.load_in_4bit}) ...", flush=True)
     model, tokenizer = FastLanguageModel.from_pretrained(args.model_name, max_seq_length=args.max_seq_length,
                                                          dtype=args.dtype, load_in_4bit=args.load_in_4bit)
     if tokenizer is None:
@@ -297,10 +318,10 @@ def run(args) -> int:
     except DataError as e:
         raise SystemExit(f"dataset problem: {e}") from None
     n_tokens = sum(len(e) for e in examples)
-    print(f"data: {len(examples)} training examples, {n_tokens} tokens (longest {max(len(e) for e in examples)})")
+    say(f"data: {len(examples)} training examples, {n_tokens} tokens (longest {max(len(e) for e in examples)})")
 
     before = None
-    if held_out:
+    if held_out and ctx.is_main:
         correct, answers = dates_task.exact_match(model, tokenizer, held_out)
         show_scores("before fine-tuning", correct, held_out, answers)
         before = correct
@@ -308,7 +329,7 @@ def run(args) -> int:
     model = FastLanguageModel.get_peft_model(
         model, r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, bias=args.bias,
         use_gradient_checkpointing=args.use_gradient_checkpointing, random_state=args.random_state,
-        use_rslora=args.use_rslora)
+        use_rslora=args.use_rslora, verbose=ctx.is_main)
     precision = {None: None, "float32": None, "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
     targs = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.per_device_train_batch_size,
@@ -316,6 +337,7 @@ def run(args) -> int:
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
         weight_decay=args.weight_decay, optim=args.optim, seed=args.seed, logging_steps=args.logging_steps,
         save_steps=args.save_steps, packing=args.packing, max_seq_length=args.max_seq_length,
+        parallel=args.parallel, global_train_batch_size=args.global_train_batch_size,
         mixed_precision=precision if precision == "fp16" else None, progress_bar=not args.no_progress,
         stop_at_loss=stop_at_loss(args))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -326,30 +348,47 @@ def run(args) -> int:
         raise SystemExit(f"training stopped: {e}") from None
     log = result["log_history"]
     speed = sum(r["tokens"] for r in log) / max(sum(r["seconds"] for r in log), 1e-9)
-    print(f"trained {result['global_step']} steps in {result['train_runtime']:.1f} s ({speed:.0f} tokens/s); "
-          f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; log in {args.output_dir}/train_log.csv")
+    say(f"trained {result['global_step']} steps in {result['train_runtime']:.1f} s ({speed:.0f} tokens/s); "
+        f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; log in {args.output_dir}/train_log.csv")
 
     summary = {"steps": result["global_step"], "train_seconds": round(result["train_runtime"], 2),
                "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"], "tokens_per_s": round(speed, 1)}
-    if held_out:
-        correct, answers = dates_task.exact_match(model, tokenizer, held_out)
-        show_scores("after fine-tuning", correct, held_out, answers)
-        summary.update(exact_match_before=before, exact_match_after=correct, held_out=len(held_out))
+    sharded = ctx.parallel == "fsdp"
+    if held_out and (ctx.is_main or sharded):
+        with unsharded(model):  # FSDP: every rank gathers the whole model, rank 0 generates with it
+            if ctx.is_main:
+                correct, answers = dates_task.exact_match(model, tokenizer, held_out)
+                show_scores("after fine-tuning", correct, held_out, answers)
+                summary.update(exact_match_before=before, exact_match_after=correct, held_out=len(held_out))
 
     if args.save_model or args.save_gguf:
-        save(args, model, tokenizer)
-    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
-    with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(f"done in {summary['total_seconds']:.0f} s")
+        adapter = None
+        if sharded:  # gathered by every rank together, written by rank 0
+            from ..io.adapters import adapter_state_dict
+            adapter = adapter_state_dict(model)
+        if ctx.is_main:
+            save(args, model, tokenizer, adapter)
+    if ctx.is_main:
+        summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        say(f"done in {summary['total_seconds']:.0f} s")
+    if ctx.enabled:
+        import torch.distributed
+        torch.distributed.destroy_process_group()
     return 0
 
 
-def save(args, model, tokenizer) -> None:
+def _quiet(*_args, **_kwargs) -> None:
+    """What ranks other than 0 print: nothing."""
+
+
+def save(args, model, tokenizer, adapter=None) -> None:
     from ..save import save_gguf, save_pretrained_merged
     if args.save_model:
         base = args.model_name if not os.path.exists(args.model_name) else os.path.abspath(args.model_name)
-        save_pretrained_merged(model, tokenizer, args.save_path, args.save_method, base_model_name_or_path=base)
+        save_pretrained_merged(model, tokenizer, args.save_path, args.save_method, base_model_name_or_path=base,
+                               adapter_tensors=adapter)
         print(f"saved ({args.save_method}) to {args.save_path}/")
     if args.save_gguf:
         for q in args.quantization:

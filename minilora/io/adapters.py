@@ -44,18 +44,26 @@ def adapter_config(model, base_model_name_or_path: str | None = None) -> dict:
     }
 
 
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    # a weight sharded across ranks (FSDP2's DTensor) is gathered whole: every rank must call this together
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def adapter_state_dict(model) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in lora_layers(model):
-        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous().cpu()
-        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+        out[f"{PREFIX}{name}.lora_A.weight"] = _whole(layer.lora_A.weight.detach()).contiguous().cpu()
+        out[f"{PREFIX}{name}.lora_B.weight"] = _whole(layer.lora_B.weight.detach()).contiguous().cpu()
     return out
 
 
-def write_adapter(model, directory: str, base_model_name_or_path: str | None = None) -> None:
-    """Write both adapter files into ``directory`` (an existing, staging directory: see `save_adapter`)."""
+def write_adapter(model, directory: str, base_model_name_or_path: str | None = None,
+                  tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write both adapter files into ``directory`` (an existing, staging directory: see `save_adapter`).
+    ``tensors``: `adapter_state_dict(model)` already gathered (by every rank of a sharded model)."""
     config = adapter_config(model, base_model_name_or_path)
-    save_file(adapter_state_dict(model), os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+    tensors = adapter_state_dict(model) if tensors is None else tensors
+    save_file(tensors, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
     with open(os.path.join(directory, CONFIG_NAME), "w") as f:
         json.dump(config, f, indent=2)
 

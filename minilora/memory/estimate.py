@@ -31,10 +31,10 @@ from torch import nn
 
 from ..models.config import ModelConfig
 
-__all__ = ["ALL_LINEAR", "GiB", "METHODS", "MemoryEstimate", "STATE_FORMATS", "activation_bytes",
-           "adamw8bit_state_bytes", "block_linear_shapes", "estimate_memory", "int8_model_weight_bytes",
-           "int8_weight_bytes", "lora_param_count", "nf4_bytes", "optimizer_state_bytes", "param_counts",
-           "quant_state_bits_per_param", "table", "trainable_tensor_sizes"]
+__all__ = ["ALL_LINEAR", "GiB", "METHODS", "MemoryEstimate", "STAGES", "STATE_FORMATS", "activation_bytes",
+           "adamw8bit_state_bytes", "block_linear_shapes", "estimate_memory", "estimate_memory_per_rank",
+           "int8_model_weight_bytes", "int8_weight_bytes", "lora_param_count", "nf4_bytes", "optimizer_state_bytes",
+           "param_counts", "quant_state_bits_per_param", "table", "trainable_tensor_sizes"]
 
 METHODS = ("full", "lora", "qlora")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -174,6 +174,34 @@ def estimate_memory(config: ModelConfig, method: str = "qlora", *, r: int = 16, 
         state += config.num_hidden_layers * b["state"]
     dense = (counts["total"] - counts["block_linear"]) * wb  # embedding, norms, head, biases stay 16-bit
     return MemoryEstimate("qlora", codes + dense, state, adapter, grads, opt, act)
+
+
+# --- several GPUs: what each rank holds ---------------------------------------------------------------------------
+STAGES = ("ddp", "zero1", "zero2", "zero3")
+
+
+def estimate_memory_per_rank(config: ModelConfig, method: str = "qlora", world_size: int = 1, stage: str = "ddp",
+                             **kwargs) -> MemoryEstimate:
+    """The bytes ONE of ``world_size`` ranks holds, for data parallelism with each ZeRO stage (kwargs as
+    `estimate_memory`; batch_size is the per-rank batch, so activations are per rank already).
+
+    ddp    every rank keeps everything: a full copy of weights, gradients and optimizer state
+    zero1  the optimizer state is split: each rank updates 1/N of the parameters
+    zero2  the gradients are split too (reduce-scatter instead of all-reduce)
+    zero3  the weights are split too (FSDP's fully_shard): a layer is all-gathered just before it runs, so on top
+           of its 1/N a rank briefly holds one layer whole (not counted here, like the activations' peaks)
+    Splitting rounds up (ceil), as FSDP pads each tensor's first dimension to a multiple of N."""
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: choose one of {', '.join(STAGES)} (zero3 = FSDP)")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    e = estimate_memory(config, method, **kwargs)
+    level = STAGES.index(stage)
+
+    def split(nbytes: int, from_level: int) -> int:
+        return -(-nbytes // world_size) if level >= from_level else nbytes
+    return MemoryEstimate(e.method, split(e.weights, 3), split(e.quant_state, 3), split(e.adapter, 3),
+                          split(e.gradients, 2), split(e.optimizer, 1), e.activations)
 
 
 def table(config: ModelConfig, title: str = "", unit: int = GiB, **kwargs) -> str:

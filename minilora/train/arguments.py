@@ -32,6 +32,8 @@ class TrainingArguments:
     per_device_eval_batch_size: int = 8
     mixed_precision: str | None = None  # None/"fp32": no autocast; "bf16" or "fp16": autocast (+ loss scaling)
     packing: bool = False
+    parallel: str | None = None  # several processes (torchrun): "ddp" (default there) or "fsdp"; ignored in one
+    global_train_batch_size: int | None = None  # examples per micro-batch over all ranks; None: per_device × ranks
     max_seq_length: int = 2048
     progress_bar: bool = True
     stop_at_loss: float | None = None  # stop early once the loss stayed below this for `stop_patience` steps
@@ -68,6 +70,12 @@ class TrainingArguments:
                              f"got {self.stop_at_loss}")
         if not isinstance(self.stop_patience, int) or self.stop_patience < 1:
             raise ValueError(f"stop_patience must be a positive integer, got {self.stop_patience!r}")
+        if self.parallel not in (None, "ddp", "fsdp"):
+            raise ValueError(f"parallel={self.parallel!r}: choose 'ddp' (a full model per rank) or 'fsdp' (sharded)")
+        if self.global_train_batch_size is not None and (not isinstance(self.global_train_batch_size, int)
+                                                         or self.global_train_batch_size < 1):
+            raise ValueError(f"global_train_batch_size must be a positive integer or None, got "
+                             f"{self.global_train_batch_size!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose fp32, bf16 or fp16")
 

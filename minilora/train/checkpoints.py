@@ -15,23 +15,33 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..io.atomic import write_dir
+from . import distributed
 from .arguments import TrainingError
 
 
 def save_checkpoint(trainer, path: str) -> str:
-    """Write ``trainer``'s state as the directory ``path``."""
+    """Write ``trainer``'s state as the directory ``path``.
+
+    Several ranks: every rank takes part in making the sharded tensors whole (FSDP), rank 0 alone writes, so the
+    files are exactly those of one process and any number of ranks can resume from them."""
+    names = list(trainer.params)
+    weights = {n: distributed.full_tensor(p.detach()).contiguous().cpu() for n, p in trainer.params.items()}
+    opt_state = trainer.optimizer.state_dict()
+    tensors, steps = {}, {}
+    for idx in sorted(opt_state["state"]):  # the same order on every rank: the gathers pair up
+        for key, value in opt_state["state"][idx].items():
+            if key == "step":
+                steps[names[idx]] = float(distributed.full_tensor(value))
+            else:
+                tensors[f"{names[idx]}::{key}"] = distributed.full_tensor(value.detach()).contiguous().cpu()
+    from ..lora import lora_layers
+    adapter = None
+    if lora_layers(trainer.model):
+        from ..io.adapters import adapter_state_dict
+        adapter = adapter_state_dict(trainer.model)
+
     def fill(tmp: str) -> None:
-        names = list(trainer.params)
-        save_file({n: p.detach().contiguous().cpu() for n, p in trainer.params.items()},
-                  os.path.join(tmp, "trainable.safetensors"))
-        opt_state = trainer.optimizer.state_dict()
-        tensors, steps = {}, {}
-        for idx, st in opt_state["state"].items():
-            for key, value in st.items():
-                if key == "step":
-                    steps[names[idx]] = float(value)
-                else:
-                    tensors[f"{names[idx]}::{key}"] = value.detach().contiguous().cpu()
+        save_file(weights, os.path.join(tmp, "trainable.safetensors"))
         rng = {"rng.cpu": torch.get_rng_state()}
         if trainer.device.type == "cuda":
             rng["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
@@ -42,12 +52,14 @@ def save_checkpoint(trainer, path: str) -> str:
                  "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
                  "args": dict(asdict(trainer.args)), "log_history": trainer.log_history}
         _dump_json(os.path.join(tmp, "trainer_state.json"), state)
-        from ..lora import lora_layers
-        if lora_layers(trainer.model):
+        if adapter is not None:
             from ..io.adapters import write_adapter
-            write_adapter(trainer.model, tmp)
+            write_adapter(trainer.model, tmp, tensors=adapter)
 
-    return write_dir(path, fill)
+    if trainer.dist.is_main:
+        write_dir(path, fill)
+    distributed.barrier(trainer.dist)  # no rank moves on (or resumes) before the checkpoint exists
+    return path
 
 
 def load_checkpoint(trainer, path: str) -> None:
@@ -72,11 +84,13 @@ def load_checkpoint(trainer, path: str) -> None:
             if weights[n].shape != p.shape:
                 raise TrainingError(f"checkpoint tensor {n} has shape {tuple(weights[n].shape)}, the model "
                                     f"{tuple(p.shape)}: resume with the same model and LoRA rank")
-            p.copy_(weights[n])
+            p.copy_(distributed.shard_like(weights[n], p))  # FSDP: this rank's shard of the full tensor
     tensors = load_file(os.path.join(path, "optimizer.safetensors"))
     opt_state = {"state": {}, "param_groups": []}
     for i, n in enumerate(names):
-        st = {key.split("::", 1)[1]: t.to(trainer.device) for key, t in tensors.items() if key.split("::")[0] == n}
+        like = trainer.params[n]
+        st = {key.split("::", 1)[1]: distributed.shard_like(t.to(trainer.device), like)
+              for key, t in tensors.items() if key.split("::")[0] == n}
         if n in state["optimizer_steps"]:
             st["step"] = torch.tensor(state["optimizer_steps"][n])
         if st:

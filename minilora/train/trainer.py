@@ -11,9 +11,19 @@ the gradient is exactly that of one big batch.
 Resume, exactly. A checkpoint holds everything the next step depends on: the trainable weights and the AdamW
 moments (safetensors), the step counter, the loss log and the random generators' state (JSON + safetensors —
 no pickles). The data order is a pure function of (seed, epoch), so it needs no state at all.
+
+Several processes (torchrun, see distributed.py): micro-batch i of the run is the same global batch of
+``global_train_batch_size`` examples whatever the number of ranks; rank r reads its contiguous slice of it. The
+trained-token count N is summed over ranks before the first forward, so each rank's loss is (its tokens' loss sum)/N
+and the ranks' losses add up to the one-process loss. DDP and FSDP both AVERAGE gradients over the W ranks (they
+divide the summed gradient by W); each rank therefore backpropagates W × its loss, which turns that average back into
+the plain sum — the gradient of one process with the whole batch. (Scaling the loss, rather than summing gradients by
+hand under no_sync, keeps DDP's and FSDP's own overlapped communication.) Logging, evaluation output and saving
+happen on rank 0; checkpoints hold full tensors, so any number of ranks resumes from any checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -23,7 +33,7 @@ import torch
 
 from ..io.atomic import write_file, write_json
 from ..memory.measure import peak_memory_gib
-from . import checkpoints
+from . import checkpoints, distributed
 from .adamw8bit import AdamW8bit
 from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError  # noqa: F401  (public names)
 from .data import Example, collate, count_trained_tokens
@@ -51,6 +61,17 @@ class Trainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters: add LoRA adapters with get_peft_model first")
         self.device = next(iter(self.params.values())).device
+        self.dist = distributed.init_from_env(args.parallel)  # under torchrun: joins its process group
+        self.engine = model  # what the training step calls: the model, or its DDP wrapper
+        if self.dist.enabled:
+            self.device = distributed.device_for(self.dist)
+            self.engine = distributed.wrap_model(model, self.dist, self.device)
+            # FSDP replaced the parameters by their shards (DTensors): the optimizer must see those
+            self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.global_batch = args.global_train_batch_size or args.per_device_train_batch_size * self.dist.world_size
+        if self.global_batch < self.dist.world_size:
+            raise ValueError(f"global_train_batch_size={self.global_batch} is smaller than the {self.dist.world_size} "
+                             "ranks: every rank needs at least one example per micro-batch")
         if args.packing:
             order = torch.randperm(len(train_dataset), generator=torch.Generator().manual_seed(args.seed)).tolist()
             self.rows = pack_examples([train_dataset[i] for i in order], args.max_seq_length)
@@ -72,10 +93,12 @@ class Trainer:
         return torch.randperm(len(self.rows), generator=g).tolist()
 
     def micro_batch(self, index: int, device: torch.device | None = None) -> dict:
-        """The ``index``-th micro-batch of the run (epochs wrap around; each epoch has its own shuffle)."""
-        B, n = self.args.per_device_train_batch_size, len(self.rows)
+        """This rank's part of the ``index``-th global micro-batch of the run (epochs wrap around; each epoch has
+        its own shuffle). One process: the whole global batch."""
+        G, n = self.global_batch, len(self.rows)
+        lo, hi = distributed.rank_slice(G, self.dist.rank, self.dist.world_size)
         picked = []
-        for pos in range(index * B, index * B + B):
+        for pos in range(index * G + lo, index * G + hi):
             epoch, k = divmod(pos, n)
             picked.append(self.rows[self._epoch_order(epoch)[k]])
         if self.args.packing:
@@ -115,31 +138,40 @@ class Trainer:
         k = a.gradient_accumulation_steps
         host = [self.micro_batch(self.step * k + j, torch.device("cpu")) for j in range(k)]
         n_items = sum(count_trained_tokens(b["labels"]) for b in host)  # counted on the host: no GPU wait
+        n_items = distributed.all_reduce_sum(n_items, self.dist, self.device)  # the GLOBAL count, before any forward
         if n_items == 0:
             raise TrainingError(f"step {self.step + 1}: every label of the batch is masked (-100); check the "
                                 "response marker and max_seq_length")
         n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b and b["attention_mask"].dim() == 2
                        else b["input_ids"].numel() for b in host)
+        n_tokens = distributed.all_reduce_sum(n_tokens, self.dist, self.device)
         batches = [self._to_device(b, self.device) for b in host]
         # The loss stays on the device while the micro-batches run: reading it (.item(), or `if not finite`) would
         # make the host wait for the GPU after every forward. One read per step, before the optimizer touches
         # anything, fetches the loss and the gradient norm together and guards against NaN.
-        loss_total = None
-        for b in batches:
-            with self._autocast():
-                # return_logits=False: only the loss is needed, so the head's logits are never held at once (a
-                # fused, chunked loss on a GPU; on a CPU only the positions that carry a label get logits)
-                out = model(b["input_ids"], b["labels"], attention_mask=b.get("attention_mask"),
-                            position_ids=b.get("position_ids"), num_items_in_batch=n_items, return_logits=False)
-            self.scaler.scale(out.loss).backward()
+        loss_total, W = None, self.dist.world_size
+        for j, b in enumerate(batches):
+            # DDP: all-reduce only after the last micro-batch's backward (the gradients add up locally first)
+            sync = self.engine.no_sync() if self.dist.parallel == "ddp" and j < k - 1 else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    # return_logits=False: only the loss is needed, so the head's logits are never held at once (a
+                    # fused, chunked loss on a GPU; on a CPU only the positions that carry a label get logits)
+                    out = self.engine(b["input_ids"], b["labels"], attention_mask=b.get("attention_mask"),
+                                      position_ids=b.get("position_ids"), num_items_in_batch=n_items,
+                                      return_logits=False)
+                self.scaler.scale(out.loss * W if W > 1 else out.loss).backward()  # × W: see the module docstring
             loss = out.loss.detach().float()
             loss_total = loss if loss_total is None else loss_total + loss
+        if self.dist.enabled:  # the step's loss over all ranks (the same on every rank: they stop together on NaN)
+            torch.distributed.all_reduce(loss_total)
         self.scaler.unscale_(self.optimizer)
         params = list(self.params.values())
         if a.max_grad_norm and a.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         else:
-            grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        grad_norm = distributed.full_tensor(grad_norm)  # FSDP: the norm of the sharded gradients, made whole
         loss_value, grad_norm = torch.stack([loss_total, grad_norm.float()]).tolist()  # the step's one sync
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -170,14 +202,21 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
-        bs = self.args.per_device_eval_batch_size
-        for i in range(0, len(dataset), bs):
-            b = {k: v.to(self.device) for k, v in collate(dataset[i:i + bs], self.pad_token_id).items()}
-            n = count_trained_tokens(b["labels"])
+        bs, W = self.args.per_device_eval_batch_size, self.dist.world_size
+        # each rank scores its slice; all ranks run the same number of forwards (FSDP's all-gathers pair up),
+        # a rank whose slice ran out scores a stand-in batch and ignores it
+        lo, hi = distributed.rank_slice(len(dataset), self.dist.rank, W)
+        mine = dataset[lo:hi]
+        for i in range(0, -(-len(dataset) // W), bs):
+            part = mine[i:i + bs]
+            b = {k: v.to(self.device) for k, v in collate(part or dataset[:1], self.pad_token_id).items()}
             with self._autocast():
                 out = self.model(b["input_ids"], b["labels"], attention_mask=b.get("attention_mask"),
                                  num_items_in_batch=1)  # returns the sum over tokens
-            total, count = total + out.loss.item(), count + n
+            if part:
+                total, count = total + out.loss.item(), count + count_trained_tokens(b["labels"])
+        total = distributed.all_reduce_sum(total, self.dist, self.device)
+        count = distributed.all_reduce_sum(count, self.dist, self.device)
         self.model.train(was_training)
         return {"eval_loss": total / max(count, 1), "eval_tokens": count}
 
@@ -194,7 +233,8 @@ class Trainer:
             torch.manual_seed(a.seed)
         self._rewrite_csv()
         end = a.max_steps if stop_after is None else min(a.max_steps, stop_after)
-        bar = tqdm(total=a.max_steps, initial=self.step, disable=not a.progress_bar, desc="training", unit="step")
+        bar = tqdm(total=a.max_steps, initial=self.step, disable=not (a.progress_bar and self.dist.is_main),
+                   desc="training", unit="step")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start_time = time.perf_counter()
@@ -217,7 +257,7 @@ class Trainer:
             if a.save_steps and self.step % a.save_steps == 0:
                 self.save_checkpoint()
         bar.close()
-        if stopped_early:
+        if stopped_early and self.dist.is_main:
             print(f"stopped early at step {self.step} of {a.max_steps}: the loss stayed below {a.stop_at_loss} for "
                   f"{a.stop_patience} steps in a row (the task is learned; --stop_at_loss none runs every step)")
         runtime = time.perf_counter() - start_time
@@ -234,6 +274,9 @@ class Trainer:
         return os.path.join(self.args.output_dir, "train_log.csv")
 
     def _rewrite_csv(self):
+        if not self.dist.is_main:
+            return
+
         def write(tmp):
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, self.CSV_FIELDS, extrasaction="ignore")
@@ -242,10 +285,14 @@ class Trainer:
         write_file(self._csv_path(), write)
 
     def _append_csv(self, record):
+        if not self.dist.is_main:
+            return
         with open(self._csv_path(), "a", newline="") as f:
             csv.DictWriter(f, self.CSV_FIELDS, extrasaction="ignore").writerow(record)
 
     def _write_json_log(self):
+        if not self.dist.is_main:
+            return
         path = os.path.join(self.args.output_dir, "train_log.json")
         write_json(path, self.log_history, indent=1)
 
