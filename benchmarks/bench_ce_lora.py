@@ -76,7 +76,7 @@ def bench_linear_ce(res, args, N, H, V, device, liger_flce, frozen: bool):
         impls["torch.compile"] = run(torch.compile(eager))
     if liger_flce is not None and not frozen:
         impls["Liger-Kernel"] = run(lambda h, w, y: liger_flce(w, h, y))
-    default = default_chunk_size(N, V, hidden.element_size())
+    default = default_chunk_size(N, V, hidden.element_size(), weight_trainable=not frozen)
     impls[f"minilora (default chunk {default})"] = run(fused_linear_cross_entropy_fast)
     for chunk in args.chunk_list:
         if chunk != default:

@@ -65,6 +65,7 @@ def test_num_items_and_default_chunk():
     compare(*make(21, 8, 40, torch.float32), num_items=50)
     assert default_chunk_size(8192, 128256, 2) == 256  # 64 MiB of bf16 logits per chunk
     assert default_chunk_size(10, 128256, 2) == 10
+    assert default_chunk_size(8192, 128256, 2, weight_trainable=True) == 1024  # the head's gradient dwarfs 256 MiB
 
 
 def test_chunked_vocab_path():
