@@ -125,5 +125,5 @@ def save_gguf(model: nn.Module, tokenizer, path: str, quantization: str = "f16",
     An existing file is refused unless ``overwrite=True``."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"GGUF path {str(path)!r} is a directory; pass a file name like model.gguf")
-    check_save_target(path, loaded_from(model), overwrite)
+    check_save_target(path, loaded_from(model), overwrite, is_dir=False)
     return write_gguf(path, merged_state_dict(model, torch.float32), model.config, tokenizer, quantization, name)

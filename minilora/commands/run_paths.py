@@ -56,7 +56,7 @@ def check(args) -> None:
         if args.output_dir is not None or not args.default_save_path:  # a new run directory is empty
             try:
                 check_save_target(args.save_path, model, overwrite=args.overwrite_output_dir, flag=FLAG)
-            except (SaveTargetError, FileExistsError) as e:
+            except (SaveTargetError, FileExistsError, NotADirectoryError) as e:
                 raise UsageError(f"--save_path: {e}") from None
     if args.output_dir is None:
         args.output_dir = new_run_dir(RUNS_ROOT)

@@ -79,7 +79,7 @@ def _is_within(inner: str, outer: str) -> bool:
 
 
 def check_save_target(path: str | os.PathLike, protected: Iterable[str | os.PathLike] = (), overwrite: bool = False,
-                      flag: str = "overwrite=True") -> None:
+                      flag: str = "overwrite=True", is_dir: bool = True) -> None:
     """Refuse, before anything is written, a save to ``path`` that could destroy data.
 
     - ``path`` equal to, or a directory containing, one of ``protected`` (the files or directories the model was
@@ -87,6 +87,7 @@ def check_save_target(path: str | os.PathLike, protected: Iterable[str | os.Path
       allowed (a new sub-directory destroys nothing).
     - ``path`` an existing non-empty directory, or an existing file, unless ``overwrite``: it is then replaced as a
       whole. ``flag`` names the switch in the message (``--overwrite_output_dir`` on the command line).
+    - ``is_dir``: the save writes a directory, so an existing file at ``path`` is a mistake (NotADirectoryError).
     """
     target = os.path.realpath(os.fspath(path))
     for source in protected:
@@ -96,6 +97,9 @@ def check_save_target(path: str | os.PathLike, protected: Iterable[str | os.Path
             raise SaveTargetError(f"refusing to save to {os.fspath(path)!r}: it {how} {os.fspath(source)!r}, which "
                                   "this model was loaded from, and a save replaces its target as a whole (the "
                                   "weights would be lost). Save to a new path (a sub-directory of it is fine).")
+    if is_dir and os.path.exists(target) and not os.path.isdir(target):
+        raise NotADirectoryError(f"{os.fspath(path)!r} is an existing file; pass a directory path (it is created "
+                                 "if missing)")
     if overwrite:
         return
     if os.path.isdir(target) and os.listdir(target):
