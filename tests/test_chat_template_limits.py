@@ -2,8 +2,8 @@
 import time
 
 import pytest
-
 from helpers_train import CHATML, tiny_tokenizer
+
 from minilora.io.chat_template import ChatTemplateLimitError, render
 
 MESSAGES = [{"role": "user", "content": "March 5, 2021"}]

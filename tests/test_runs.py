@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-
 from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+
 from minilora.cli import main
 from minilora.io.adapters import load_adapter, save_adapter
 from minilora.lora import get_peft_model

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
-
 from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+
 from minilora import FastLanguageModel
 from minilora.io.adapters import save_adapter
 from minilora.io.atomic import SaveTargetError, clean_leftovers, leftovers, recover, write_dir

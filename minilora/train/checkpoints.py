@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
-
 import warnings
+from dataclasses import asdict
 
 import torch
 from safetensors.torch import save_file

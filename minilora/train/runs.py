@@ -116,5 +116,6 @@ def fingerprint(trainer) -> dict:
 
 def differences(saved: dict, current: dict) -> list[str]:
     """'key: saved -> current' for every fingerprint key whose value differs."""
-    return [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in sorted(set(saved) | set(current))
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in keys
             if saved.get(k) != current.get(k)]
