@@ -25,17 +25,18 @@ HOSTILE = {
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_templates_are_stopped_quickly(name):
     tok = tiny_tokenizer()
-    tok.apply_chat_template(MESSAGES)  # Jinja imported and the sandbox built before the clock starts
+    tok.apply_chat_template(MESSAGES, tokenize=False)  # Jinja imported and the sandbox built before the clock starts
     started = time.perf_counter()
     with pytest.raises(ChatTemplateLimitError, match="limit|ran for more than"):
-        tok.apply_chat_template(MESSAGES, chat_template=HOSTILE[name])
+        tok.apply_chat_template(MESSAGES, chat_template=HOSTILE[name], tokenize=False)
     assert time.perf_counter() - started < 2.0
 
 
 def test_real_templates_still_render_and_the_tracer_is_restored():
     import sys
     tok = tiny_tokenizer()
-    assert tok.apply_chat_template(MESSAGES) == "<|im_start|>user\nMarch 5, 2021<|im_end|>\n<|im_start|>assistant\n"
+    assert (tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+            == "<|im_start|>user\nMarch 5, 2021<|im_end|>\n<|im_start|>assistant\n")
     assert sys.gettrace() is None or sys.gettrace() is not None  # (a debugger's tracer is left alone)
     long = [{"role": "user", "content": "x" * 1_000_000}] * 3  # a long but honest prompt is fine
     assert len(render(CHATML, messages=long, add_generation_prompt=False)) > 3_000_000

@@ -2,6 +2,7 @@
 checkpoint or adapter named (and skipped by "latest"), and a default command that can be run again and again."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -127,28 +128,35 @@ def test_cli_default_runs_get_their_own_directories_and_resume_latest(tiny_dir, 
     newest = max(runs, key=lambda r: (r.split("-")[1:3], int(r.split("-")[3]) if r.count("-") == 3 else 1))
     assert (tmp_path / "outputs" / newest / "model" / "adapter_config.json").is_file()  # default save_path
     capsys.readouterr()
-    with pytest.raises(SystemExit, match="nothing was trained.*checkpoint-2.*--max_steps"):
-        cli(tiny_dir, "--resume_from_checkpoint", "latest")
-    assert f"resuming the newest run with a checkpoint: outputs/{newest}" in capsys.readouterr().out
+    assert cli(tiny_dir, "--resume_from_checkpoint", "latest") == 1  # a runtime outcome, not a success
+    out = capsys.readouterr()
+    assert f"resuming the newest run with a checkpoint: outputs/{newest}" in out.out
+    assert re.search("nothing was trained.*checkpoint-2.*--max_steps", out.err)
     assert cli(tiny_dir, "--resume_from_checkpoint", "latest", "--max_steps", "3") == 0
     assert json.loads((tmp_path / "outputs" / newest / "summary.json").read_text())["steps"] == 3
 
 
-def test_cli_refuses_to_mix_runs_or_destroy_the_model(tiny_dir, tmp_path):
+def refused(capsys, pattern, *argv):
+    """The command exits with 2 (a usage error) and one line matching ``pattern``."""
+    capsys.readouterr()
+    assert cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+
+
+def test_cli_refuses_to_mix_runs_or_destroy_the_model(tiny_dir, tmp_path, capsys):
     out = str(tmp_path / "o")
     assert cli(tiny_dir, "--output_dir", out) == 0
-    with pytest.raises(SystemExit, match="--output_dir: .*already holds a run.*--overwrite_output_dir"):
-        cli(tiny_dir, "--output_dir", out)
+    refused(capsys, "--output_dir: .*already holds a run.*--overwrite_output_dir", tiny_dir, "--output_dir", out)
     assert cli(tiny_dir, "--output_dir", out, "--overwrite_output_dir") == 0
     before = sorted(os.listdir(tiny_dir))
     for target in (tiny_dir, tiny_dir.parent):
-        with pytest.raises(SystemExit, match="--save_path: .*loaded from"):
-            cli(tiny_dir, "--output_dir", str(tmp_path / "p"), "--save_model", "--save_path", str(target),
-                "--overwrite_output_dir")
+        refused(capsys, "--save_path: .*loaded from", tiny_dir, "--output_dir", str(tmp_path / "p"), "--save_model",
+                "--save_path", str(target), "--overwrite_output_dir")
     assert sorted(os.listdir(tiny_dir)) == before
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(SystemExit, match="--save_path: .*not empty.*--overwrite_output_dir"):
-        cli(tiny_dir, "--output_dir", str(tmp_path / "q"), "--save_model", "--save_path", str(tmp_path / "full"))
-    with pytest.raises(SystemExit, match="would replace the run directory"):
-        cli(tiny_dir, "--output_dir", str(tmp_path / "r"), "--save_model", "--save_path", str(tmp_path / "r"))
+    refused(capsys, "--save_path: .*not empty.*--overwrite_output_dir", tiny_dir, "--output_dir",
+            str(tmp_path / "q"), "--save_model", "--save_path", str(tmp_path / "full"))
+    refused(capsys, "would replace the run directory", tiny_dir, "--output_dir", str(tmp_path / "r"), "--save_model",
+            "--save_path", str(tmp_path / "r"))
