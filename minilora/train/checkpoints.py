@@ -21,9 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..io.atomic import write_dir
-from . import distributed
 from ..io.safetensors_dir import read_safetensors
-from . import runs
+from . import distributed, runs
 from .arguments import TrainingError
 
 STATE_KEYS = ("step", "param_names", "optimizer_steps", "param_groups", "log_history")
