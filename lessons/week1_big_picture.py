@@ -95,7 +95,7 @@ RUN = pathlib.Path("runs/week1")
 started = time.perf_counter()
 main(["train", "--load_in_4bit", "false", "--max_steps", "8", "--warmup_steps", "2", "--eval_examples", "20",
       "--output_dir", str(RUN / "out"), "--save_model", "--save_method", "lora",
-      "--save_path", str(RUN / "adapter"), "--no_progress"])
+      "--save_path", str(RUN / "adapter"), "--overwrite_output_dir", "--no_progress"])
 lesson_run_s = time.perf_counter() - started
 summary = json.loads((RUN / "out" / "summary.json").read_text())
 print(f"\nthis run: {lesson_run_s:.0f} s; exact match {summary['exact_match_before']}/{summary['held_out']} -> "

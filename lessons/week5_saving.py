@@ -92,9 +92,9 @@ model, tokenizer = FastLanguageModel.from_pretrained("smollm2", device="cpu")
 train_records, held = dates_task.make_splits(480, 20, seed=0)
 model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, use_gradient_checkpointing=False)
 started = time.perf_counter()
-Trainer(model, TrainingArguments(output_dir="runs/week5/out", per_device_train_batch_size=8,
-                                 gradient_accumulation_steps=1, max_steps=8, warmup_steps=2, learning_rate=1e-3,
-                                 progress_bar=False),
+Trainer(model, TrainingArguments(output_dir="runs/week5/out", overwrite_output_dir=True,  # re-runs replace the run
+                                 per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=8,
+                                 warmup_steps=2, learning_rate=1e-3, progress_bar=False),
         build_examples(train_records, tokenizer, 128), pad_token_id=tokenizer.pad_token_id).train()
 model.eval()
 score = {"LoRA (fp32 base + adapter)": dates_task.exact_match(model, tokenizer, held)[0]}
@@ -113,7 +113,8 @@ from minilora.save import save_pretrained_merged
 OUT = pathlib.Path("runs/week5")
 sizes = {}
 for method in ("lora", "merged_16bit", "merged_4bit"):
-    save_pretrained_merged(model, tokenizer, str(OUT / method), method, base_model_name_or_path="smollm2")
+    save_pretrained_merged(model, tokenizer, str(OUT / method), method, base_model_name_or_path="smollm2",
+                           overwrite=True)  # replace what an earlier run of this lesson saved
     sizes[method] = sum(f.stat().st_size for f in (OUT / method).iterdir()) / 1e6
     if method != "lora":
         reloaded, _ = FastLanguageModel.from_pretrained(str(OUT / method), device="cpu", dtype="float32")
@@ -186,7 +187,7 @@ import gguf
 from minilora.save import save_gguf
 
 path = OUT / "model-q8_0.gguf"
-save_gguf(model, tokenizer, str(path), "q8_0")
+save_gguf(model, tokenizer, str(path), "q8_0", overwrite=True)
 reader = gguf.GGUFReader(str(path))
 print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, {len(reader.fields)} metadata keys, {len(reader.tensors)} tensors")
 for key in list(reader.fields)[:14]:

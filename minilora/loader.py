@@ -111,17 +111,19 @@ class FastLanguageModel:
             return _load_adapter_dir(path, max_seq_length, dtype, load_in_4bit, device, load_in_8bit)
         if path.is_file():
             model, tokenizer = _load_gguf(path, dtype, device)
-            name_or_path = str(path.resolve())
+            name_or_path = source = str(path.resolve())
         elif path.is_dir():
             model, tokenizer = _load_hf_dir(path, dtype, device)
-            name_or_path = str(path.resolve())
+            name_or_path = source = str(path.resolve())
         elif str(model_name).lower() in SMOLLM2_NAMES:
             from .io import find_smollm2_gguf
-            model, tokenizer = _load_gguf(find_smollm2_gguf(), dtype, device)
+            source = str(find_smollm2_gguf().resolve())
+            model, tokenizer = _load_gguf(Path(source), dtype, device)
             name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
         else:
             unknown_model_name(str(model_name))
         model.name_or_path = name_or_path
+        model.loaded_from = [source]  # what a save must never replace (minilora.io.atomic.check_save_target)
         model.max_seq_length = max_seq_length
         if tokenizer is not None:
             tokenizer.model_max_length = max_seq_length
@@ -190,7 +192,8 @@ def _load_gguf(path: Path, dtype, device):
 def _load_hf_dir(path: Path, dtype, device):
     from .io.safetensors_dir import load_safetensors_dir, read_config
     from .io.tokenizer import Tokenizer
-    ggufs = sorted(path.glob("*.gguf"))
+    # names starting with a dot are what interrupted saves leave (minilora.io.atomic): never a model
+    ggufs = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("."))
     if not (path / "config.json").is_file() and len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device)
     config = ModelConfig.from_dict(read_config(path))
@@ -214,6 +217,10 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, l
                          "minilora.io.adapters.load_adapter(model, dir)")
     if not Path(base).exists() and (path / base).exists():
         base = str(path / base)  # a base path written relative to the adapter directory
+    if Path(base).exists() and Path(base).resolve() == path.resolve():
+        raise ValueError(f"{str(path / 'adapter_config.json')!r} names its own directory as its base model; the "
+                         "base weights are not there (an adapter was saved over its base model). Set "
+                         "base_model_name_or_path to the base model it was trained from")
     model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
                                                          load_in_4bit=load_in_4bit, device=device,
                                                          load_in_8bit=load_in_8bit)
@@ -221,11 +228,18 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, l
     loaded = load_adapter(model, path)
     if isinstance(loaded, torch.nn.Module):
         model = loaded
+    model.loaded_from = [*getattr(model, "loaded_from", []), str(path.resolve())]
     return model, tokenizer
 
 
 def unknown_model_name(name: str):
     """Raise the error that says what a model name can be (the name is neither a path nor a bundled model)."""
+    from .io.atomic import leftovers
+    left = leftovers(name)
+    if left:
+        raise FileNotFoundError(f"{name!r} does not exist, but an interrupted save left {left}; the next save to "
+                                f"{name!r} restores or removes them (minilora.io.atomic.recover restores a "
+                                "'.previous-' copy now)")
     try:
         catalogue_config(name)
     except ValueError:

@@ -11,7 +11,9 @@
   chat template in its metadata, and the rows of W_q and W_k permuted into llama.cpp's interleaved RoPE layout.
 
 Every writer builds its output in a staging place next to the target and swaps it in whole
-(`minilora.io.atomic`), so an error (or Ctrl-C) never leaves half a model behind. The file formats themselves live
+(`minilora.io.atomic`), so an error (or Ctrl-C) never leaves half a model behind. Before writing, a save refuses a
+target that is (or contains) what the model was loaded from (``model.loaded_from``, set by the loader), and an
+existing non-empty target unless ``overwrite=True``. The file formats themselves live
 in `minilora.io` (adapters, GGUF); this module decides what goes into them.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from .dtypes import dtype_name, parse_dtype
-from .io.atomic import write_dir
+from .io.atomic import check_save_target, write_dir
 from .io.gguf import GGUF_TYPES, write_gguf
 from .linear4bit import dense_weight, is_quantized
 from .lora import LoraLinear
@@ -72,19 +74,27 @@ def merged_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16, quan
     return {k: v.contiguous().cpu() for k, v in out.items()}
 
 
+def loaded_from(model: nn.Module) -> list[str]:
+    """The files and directories ``model`` was read from (a save must never replace them)."""
+    return list(getattr(model, "loaded_from", ()) or ())
+
+
 def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, save_method: str = "merged_16bit",
                            dtype: str | torch.dtype = "float16", base_model_name_or_path: str | None = None,
-                           adapter_tensors: dict | None = None) -> str:
+                           adapter_tensors: dict | None = None, overwrite: bool = False) -> str:
     """Save as ``lora`` (adapter only), ``merged_16bit`` or ``merged_4bit`` (see the module docstring).
 
     ``base_model_name_or_path`` is recorded in the adapter's config so that loading the adapter directory with
     `FastLanguageModel.from_pretrained` (or PEFT) knows which base model to load first. ``adapter_tensors``: the
-    adapter already gathered from a sharded model (`minilora.io.adapters.adapter_state_dict` on every rank)."""
+    adapter already gathered from a sharded model (`minilora.io.adapters.adapter_state_dict` on every rank). An
+    existing non-empty ``save_directory`` is refused unless ``overwrite=True``, and then replaced as a whole (no file
+    of an earlier save stays behind)."""
     from safetensors.torch import save_file
 
     if save_method not in SAVE_METHODS:
         raise ValueError(f"save_method={save_method!r}: choose one of {', '.join(SAVE_METHODS)}")
     dtype = parse_dtype(dtype)
+    check_save_target(save_directory, loaded_from(model), overwrite)
 
     def fill(tmp: str) -> None:
         if save_method == "lora":
@@ -109,6 +119,11 @@ def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, sav
     return save_directory
 
 
-def save_gguf(model: nn.Module, tokenizer, path: str, quantization: str = "f16", name: str = "minilora-model") -> str:
-    """Write a llama.cpp GGUF file (``quantization``: f16, q8_0 or f32) of the model with LoRA merged in."""
+def save_gguf(model: nn.Module, tokenizer, path: str, quantization: str = "f16", name: str = "minilora-model",
+              overwrite: bool = False) -> str:
+    """Write a llama.cpp GGUF file (``quantization``: f16, q8_0 or f32) of the model with LoRA merged in.
+    An existing file is refused unless ``overwrite=True``."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"GGUF path {str(path)!r} is a directory; pass a file name like model.gguf")
+    check_save_target(path, loaded_from(model), overwrite, is_dir=False)
     return write_gguf(path, merged_state_dict(model, torch.float32), model.config, tokenizer, quantization, name)

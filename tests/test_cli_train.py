@@ -58,6 +58,7 @@ def test_train_on_a_json_file_and_raw_text(tiny_dir, tmp_path):
     base = ["train", "--model_name", str(tiny_dir), "--load_in_4bit", "false", "--max_steps", "2",
             "--no_progress", "--output_dir", str(tmp_path / "o")]
     assert main(base + ["--dataset", str(tmp_path / "d.json"), "--packing"]) == 0
+    base.append("--overwrite_output_dir")  # a second run in the same directory replaces the first one's files
     (tmp_path / "t.txt").write_text("March 5, 2021 is 2021-03-05. " * 20)
     assert main(base + ["--raw_text_file", str(tmp_path / "t.txt"), "--chunk_size", "16", "--stride", "8",
                         "--save_model", "--save_method", "merged_16bit", "--save_path", str(tmp_path / "m")]) == 0

@@ -154,6 +154,28 @@ def test_missing_shard_names_the_file(tiny_checkpoint):
         FastLanguageModel.from_pretrained(directory, dtype="float32", device="cpu")
 
 
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"])
+def test_shard_paths_must_stay_inside_the_model_directory(tiny_checkpoint, shard):
+    directory, _ = tiny_checkpoint("llama", max_shard_size="40KB")
+    (directory.parent / "outside.safetensors").write_bytes(b"")
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    first = sorted(index["weight_map"])[0]
+    index["weight_map"][first] = shard
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="not a file inside"):
+        FastLanguageModel.from_pretrained(directory, dtype="float32", device="cpu")
+
+
+def test_safetensors_header_length_is_bounded_by_the_file(tiny_checkpoint):
+    import struct
+    directory, _ = tiny_checkpoint("llama")
+    path = directory / "model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 2**60) + raw[8:])
+    with pytest.raises(ValueError, match="model.safetensors.*header claims"):
+        FastLanguageModel.from_pretrained(directory, dtype="float32", device="cpu")
+
+
 def test_pickle_only_directory_is_refused(tiny_checkpoint):
     directory, _ = tiny_checkpoint("llama")
     (directory / "model.safetensors").rename(directory / "pytorch_model.bin")

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from . import run_paths
 from .arguments import (
     UsageError,
     finite_float,
@@ -175,7 +176,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--save_steps", type=non_negative_int, default=0,
                    help="write a resumable checkpoint to output_dir every N steps (0: never) (default 0)")
     g.add_argument("--resume_from_checkpoint", default=None,
-                   help="a checkpoint-N directory (or 'latest' in output_dir) to continue from exactly")
+                   help="a checkpoint-N directory, or 'latest': the newest readable checkpoint of --output_dir "
+                        "(without --output_dir: of the newest run under outputs/), to continue from exactly. The "
+                        "checkpoint must come from the same model, data and settings (--max_steps may grow)")
     g = p.add_argument_group("raw text (instead of --dataset)")
     g.add_argument("--raw_text_file", default=None,
                    help="train on a plain text file: every token is a target (continued pre-training)")
@@ -196,7 +199,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default %(default)s)")
     g.add_argument("--no_progress", action="store_true", help="no progress bar (for logs and CI)")
     g = p.add_argument_group("saving")
-    g.add_argument("--output_dir", default="outputs", help="logs and checkpoints go here (default %(default)s)")
+    g.add_argument("--output_dir", default=None,
+                   help="logs and checkpoints go here; one directory per run: a directory holding another run is "
+                        "refused (unless resuming it or --overwrite_output_dir) (default: a new "
+                        "outputs/run-<date>-<time> for every run)")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="delete the earlier run's logs and checkpoints in --output_dir, and replace a non-empty "
+                        "--save_path as a whole (default off: both are refused)")
     g.add_argument("--save_model", type=_bool, default=False, nargs="?", const=True,
                    help="save the result to --save_path after training (default off)")
     g.add_argument("--save_method", default="merged_16bit", choices=["lora", "merged_16bit", "merged_4bit"],
@@ -205,7 +214,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(loses accuracy: see lessons/week5_saving.py) (default %(default)s)")
     g.add_argument("--save_gguf", type=_bool, default=False, nargs="?", const=True,
                    help="also write a GGUF file for llama.cpp tools into --save_path (default off)")
-    g.add_argument("--save_path", default="model", help="directory for the saved model (default %(default)s)")
+    g.add_argument("--save_path", default=None,
+                   help="directory for the saved model; never the model's own directory; a non-empty one needs "
+                        "--overwrite_output_dir (default: output_dir/model)")
     g.add_argument("--quantization", default=["q8_0"], nargs="+", choices=["f16", "q8_0", "f32"],
                    help="GGUF tensor types, one file each: f16, q8_0 (8-bit blocks of 32) or f32 "
                         "(default q8_0)")
@@ -230,7 +241,7 @@ def check_args(args) -> None:
         raise UsageError("--loftq_config: LoftQ initialization is not supported — leave it unset")
     check_model_name(args.model_name)
     for path, what in ((args.output_dir, "output_dir"), (args.save_path, "save_path")):
-        if os.path.exists(path) and not os.path.isdir(path):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(f"--{what} {path!r} is an existing file — pass a directory path (created if missing)")
     if args.raw_text_file:
         if given(args, "dataset"):
@@ -296,7 +307,9 @@ def show_scores(label: str, correct: int, records, answers, n_show: int = 3) -> 
 
 
 def run(args) -> int:
+    run_paths.resolve(args)
     check_args(args)
+    run_paths.check(args)
     t_start = time.perf_counter()
     from .. import FastLanguageModel
     from ..train import DataError, Trainer, TrainingArguments, TrainingError, dates_task
@@ -338,6 +351,7 @@ def run(args) -> int:
         weight_decay=args.weight_decay, optim=args.optim, seed=args.seed, logging_steps=args.logging_steps,
         save_steps=args.save_steps, packing=args.packing, max_seq_length=args.max_seq_length,
         parallel=args.parallel, global_train_batch_size=args.global_train_batch_size,
+        overwrite_output_dir=args.overwrite_output_dir,
         mixed_precision=precision if precision == "fp16" else None, progress_bar=not args.no_progress,
         stop_at_loss=stop_at_loss(args))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -346,6 +360,10 @@ def run(args) -> int:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     except TrainingError as e:
         raise SystemExit(f"training stopped: {e}") from None
+    if result["steps_trained"] == 0:
+        raise SystemExit(f"nothing was trained: {trainer.resumed_from} is already at step {result['global_step']} "
+                         f"= --max_steps (that run is finished). Pass a larger --max_steps to train on, or leave "
+                         "out --resume_from_checkpoint to start a new run")
     log = result["log_history"]
     speed = sum(r["tokens"] for r in log) / max(sum(r["seconds"] for r in log), 1e-9)
     say(f"trained {result['global_step']} steps in {result['train_runtime']:.1f} s ({speed:.0f} tokens/s); "
@@ -388,12 +406,12 @@ def save(args, model, tokenizer, adapter=None) -> None:
     if args.save_model:
         base = args.model_name if not os.path.exists(args.model_name) else os.path.abspath(args.model_name)
         save_pretrained_merged(model, tokenizer, args.save_path, args.save_method, base_model_name_or_path=base,
-                               adapter_tensors=adapter)
+                               adapter_tensors=adapter, overwrite=args.overwrite_output_dir)
         print(f"saved ({args.save_method}) to {args.save_path}/")
     if args.save_gguf:
         for q in args.quantization:
             path = os.path.join(args.save_path, f"model-{q}.gguf")
-            save_gguf(model, tokenizer, path, q)
+            save_gguf(model, tokenizer, path, q, overwrite=args.overwrite_output_dir)
             print(f"saved GGUF ({q}) to {path}")
 
 

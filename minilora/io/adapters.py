@@ -14,10 +14,10 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..lora import get_peft_model, lora_layers, remove_lora
-from .atomic import write_dir
+from .atomic import check_save_target, write_dir
 
 PREFIX = "base_model.model."
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -68,8 +68,10 @@ def write_adapter(model, directory: str, base_model_name_or_path: str | None = N
         json.dump(config, f, indent=2)
 
 
-def save_adapter(model, directory: str, base_model_name_or_path: str | None = None) -> str:
-    """Save the adapter as the directory ``directory``, swapped in whole (`minilora.io.atomic.write_dir`)."""
+def save_adapter(model, directory: str, base_model_name_or_path: str | None = None, overwrite: bool = False) -> str:
+    """Save the adapter as the directory ``directory``, swapped in whole (`minilora.io.atomic.write_dir`).
+    A non-empty ``directory`` is refused unless ``overwrite=True``; so is one the model was loaded from."""
+    check_save_target(directory, getattr(model, "loaded_from", ()) or (), overwrite)
     return write_dir(directory, lambda tmp: write_adapter(model, tmp, base_model_name_or_path))
 
 
@@ -78,11 +80,13 @@ def read_adapter(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if not os.path.isfile(cfg_path) or not os.path.isfile(w_path):
         raise FileNotFoundError(f"{directory!r} is not a LoRA adapter directory: it needs {CONFIG_NAME} and "
                                 f"{WEIGHTS_NAME} (as written by save_adapter or PEFT's save_pretrained)")
-    with open(cfg_path) as f:
-        config = json.load(f)
+    from .safetensors_dir import read_json, read_safetensors
+    config = read_json(cfg_path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path!r} is damaged: it holds a JSON {type(config).__name__}, not an object")
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{cfg_path} describes a {config.get('peft_type')} adapter; minilora loads LoRA only")
-    return config, load_file(w_path)
+    return config, read_safetensors(w_path)
 
 
 def _check_config(config: dict, directory: str) -> list[str] | str:

@@ -13,7 +13,8 @@ from a Hugging Face checkpoint, and this module undoes each:
    rotation if the rows of W_q and W_k are reordered, so the converter permutes those rows when it writes a Llama
    GGUF. `unpermute_qk` puts them back, so the file runs in our rotate-half model.
 
-The `gguf` package (gguf-py, from llama.cpp) does the parsing and the dequantization; nothing here runs pickle.
+The `gguf` package (gguf-py, from llama.cpp) does the parsing and the dequantization, after `gguf_check` has walked
+the header with every count bounded by the file's size; nothing here runs pickle.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ import numpy as np
 import torch
 
 from .atomic import write_file
-
-GGUF_MAGIC = b"GGUF"
+from .gguf_check import GGUF_MAGIC, GGUFError, check_gguf
 
 # GGUF architecture -> Hugging Face model_type. llama.cpp writes Mistral models as "llama" too.
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
@@ -52,8 +52,6 @@ TENSOR_NAMES = {
 }
 
 
-class GGUFError(ValueError):
-    """The file is not a GGUF minilora can read (corrupt, truncated, or an unsupported architecture)."""
 
 
 # --- the RoPE row permutation ----------------------------------------------------------------------------------
@@ -83,6 +81,7 @@ def open_gguf(path: str | os.PathLike):
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise GGUFError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
+    check_gguf(path)  # every count and length bounded by the file's size, before gguf-py trusts them
     try:
         from gguf import GGUFReader
     except ImportError as e:  # pragma: no cover - gguf is a runtime dependency
@@ -119,17 +118,22 @@ def read_metadata(reader) -> dict:
 def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -> dict:
     """A Hugging Face ``config.json``-style dict from the ``{arch}.*`` metadata keys."""
     arch = metadata.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise GGUFError(f"GGUF architecture {arch!r} is not supported; minilora reads "
                         f"{', '.join(sorted(ARCHITECTURES))}")
 
-    def get(key, default=None, required=True):
+    def get(key, default=None, required=True, kind=None):
         full = f"{arch}.{key}"
         if full not in metadata:
             if required:
                 raise GGUFError(f"GGUF metadata lacks {full!r}, which a {arch} model needs")
             return default
-        return metadata[full]
+        value = metadata[full]
+        if kind is int and (type(value) is not int or value < 1):
+            raise GGUFError(f"GGUF metadata {full!r} is {value!r}; it must be a positive integer")
+        if kind is float and (type(value) not in (int, float) or not 0 < value < float("inf")):
+            raise GGUFError(f"GGUF metadata {full!r} is {value!r}; it must be a positive number")
+        return value
 
     if get("rope.scaling.type", None, required=False) not in (None, "none"):
         raise GGUFError(f"this GGUF uses RoPE scaling {get('rope.scaling.type', required=False)!r}, which minilora "
@@ -137,28 +141,35 @@ def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -
     if tensor_names is not None and "rope_freqs.weight" in tensor_names:
         raise GGUFError("this GGUF carries a rope_freqs tensor (Llama-3.1-style frequency scaling), which minilora "
                         "does not read from GGUF; load the Hugging Face safetensors directory instead")
-    n_heads = get("attention.head_count")
-    hidden = get("embedding_length")
+    n_heads = get("attention.head_count", kind=int)
+    hidden = get("embedding_length", kind=int)
     tokens = metadata.get("tokenizer.ggml.tokens")
-    vocab_size = get("vocab_size", len(tokens) if tokens else None, required=tokens is None)
+    if tokens is not None and not isinstance(tokens, list):
+        raise GGUFError(f"GGUF metadata 'tokenizer.ggml.tokens' is a {type(tokens).__name__}, not a list")
+    vocab_size = get("vocab_size", len(tokens) if tokens else None, required=not tokens, kind=int)
     config = {
         "model_type": ARCHITECTURES[arch],
         "vocab_size": vocab_size,
         "hidden_size": hidden,
-        "intermediate_size": get("feed_forward_length"),
-        "num_hidden_layers": get("block_count"),
+        "intermediate_size": get("feed_forward_length", kind=int),
+        "num_hidden_layers": get("block_count", kind=int),
         "num_attention_heads": n_heads,
-        "num_key_value_heads": get("attention.head_count_kv", n_heads, required=False),
-        "head_dim": get("attention.key_length", hidden // n_heads, required=False),
-        "max_position_embeddings": get("context_length", 2048, required=False),
-        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-5, required=False),
-        "rope_theta": get("rope.freq_base", 10000.0, required=False),
+        "num_key_value_heads": get("attention.head_count_kv", n_heads, required=False, kind=int),
+        "head_dim": get("attention.key_length", hidden // n_heads, required=False, kind=int),
+        "max_position_embeddings": get("context_length", 2048, required=False, kind=int),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-5, required=False, kind=float),
+        "rope_theta": get("rope.freq_base", 10000.0, required=False, kind=float),
         "tie_word_embeddings": tensor_names is not None and "output.weight" not in tensor_names,
         "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
     }
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if config[key] is not None and type(config[key]) is not int:
+            raise GGUFError(f"GGUF metadata for the {key[:3]} token id is {config[key]!r}, not an integer")
     window = get("attention.sliding_window", None, required=False)
+    if window is not None and type(window) is not int:
+        raise GGUFError(f"GGUF metadata {arch}.attention.sliding_window is {window!r}, not an integer")
     if window:
         config["sliding_window"] = window
         config["model_type"] = "mistral"
@@ -205,7 +216,11 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
     Quantized tensors are dequantized to float32; q/k rows are put back in rotate-half order.
     """
     reader = open_gguf(path)
-    metadata = read_metadata(reader)
+    try:
+        metadata = read_metadata(reader)
+    except (UnicodeDecodeError, ValueError, IndexError, TypeError) as e:
+        raise GGUFError(f"{str(path)!r}: its metadata cannot be decoded ({type(e).__name__}: {e}); the file is "
+                        "damaged") from e
     names = {t.name for t in reader.tensors}
     config = config_from_metadata(metadata, names)
     permuted = metadata.get("general.architecture") in PERMUTED_QK
@@ -219,10 +234,12 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
         except Exception as e:  # a tensor whose bytes run past the end of the file
             raise GGUFError(f"{str(path)!r}: tensor {tensor.name!r} cannot be read ({type(e).__name__}: {e}); "
                             "the file looks truncated: download or reinstall it again") from e
-        if permuted and ".self_attn.q_proj." in name:
-            w = unpermute_qk(w, config["num_attention_heads"])
-        elif permuted and ".self_attn.k_proj." in name:
-            w = unpermute_qk(w, config["num_key_value_heads"])
+        heads = config["num_attention_heads"] if ".self_attn.q_proj." in name else config["num_key_value_heads"]
+        if permuted and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
+            if w.shape[0] % (2 * heads):
+                raise GGUFError(f"{str(path)!r}: tensor {tensor.name!r} has {w.shape[0]} rows, which {heads} heads "
+                                "of even size cannot split: the file's head counts do not fit its tensors")
+            w = unpermute_qk(w, heads)
         state_dict[name] = w
     return config, state_dict, metadata
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -22,8 +23,80 @@ def read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({e}); the download may be incomplete") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({e}); the file is damaged or incomplete (save or "
+                         "download it again)") from e
+
+
+# bytes per element of each safetensors dtype
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
+                "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit on the JSON header
+
+
+def check_safetensors(path: str | os.PathLike) -> dict:
+    """Validate a safetensors file's header against the file's size before any tensor is read; returns it.
+
+    The layout: 8 bytes (little-endian u64) giving the header's length N, N bytes of JSON mapping each tensor's
+    name to its dtype, shape and [begin, end) byte range in the data that follows. Every length and range is
+    checked against the file's size, so a damaged or hostile file is refused without allocating what it claims.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file {str(path)!r} does not exist")
+    size = path.stat().st_size
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{str(path)!r} is not a valid safetensors file: {why}; it may be truncated or damaged "
+                          "(save or download it again)")
+
+    if size < 8:
+        raise bad(f"it is {size} bytes long, shorter than the 8-byte header length")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise bad(f"its header claims {n:,} bytes but the file has {size - 8:,} after the length")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise bad(f"its header is not JSON ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise bad("__metadata__ must map names to strings")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {name!r} needs exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= data for d in shape):
+            raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data):
+            raise bad(f"tensor {name!r} has byte range {offsets!r} outside the {data:,} data bytes")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * _DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            raise bad(f"tensor {name!r}: shape {shape} of {dtype} needs {count * _DTYPE_BYTES[dtype]:,} bytes but "
+                      f"its byte range holds {offsets[1] - offsets[0]:,}")
+    return header
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, after `check_safetensors`; any failure is a ValueError naming the file."""
+    from safetensors.torch import load_file
+    check_safetensors(path)
+    try:
+        return load_file(path)
+    except Exception as e:  # SafetensorError and friends (overlapping ranges, …) do not name the file
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({type(e).__name__}: {e}); it may be "
+                         "truncated or damaged (save or download it again)") from e
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -49,7 +122,16 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{str(index)!r} has no 'weight_map': the index file is damaged")
+        if not all(isinstance(s, str) for s in weight_map.values()):
+            raise ValueError(f"{str(index)!r}: every 'weight_map' value must be a shard file name")
         shards = sorted(set(weight_map.values()))
+        root = os.path.abspath(directory)
+        for s in shards:  # a hostile index could point at ../../secret or /etc/passwd
+            # checked on the names, not on symlink targets: the Hugging Face cache links shards to ../../blobs/
+            lexical = os.path.normpath(os.path.join(root, s))
+            if os.path.isabs(s) or not lexical.startswith(root + os.sep):
+                raise ValueError(f"{str(index)!r} names shard {s!r}, which is not a file inside {str(directory)!r}; "
+                                 "shard names must be plain file names in the model directory")
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise FileNotFoundError(f"shard {missing[0]!r} named in {INDEX_FILE} is missing from {str(directory)!r}"
@@ -72,18 +154,10 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
 
 def load_safetensors_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config dict, state dict) of a Hugging Face model directory. Tensors keep the dtype they were saved in."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     config = read_config(directory)
     state_dict: dict[str, torch.Tensor] = {}
     for path in weight_files(directory):
-        try:
-            tensors = load_file(path)
-        except SafetensorError as e:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}); it may be truncated: "
-                             "download it again") from e
-        state_dict.update(tensors)
+        state_dict.update(read_safetensors(path))
     index = Path(directory) / INDEX_FILE
     if index.is_file():
         listed = set(read_json(index)["weight_map"])

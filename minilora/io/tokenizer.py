@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex
@@ -305,9 +304,10 @@ class Tokenizer:
             kwargs["tools"] = tools
         if documents is not None:
             kwargs["documents"] = documents
-        text = _compile(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-                                         pad_token=self.pad_token or "", unk_token=self.unk_token or "", **kwargs)
+        from .chat_template import render  # sandboxed, with a time and an output size limit
+        text = render(template, messages=list(messages), add_generation_prompt=add_generation_prompt,
+                      bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                      pad_token=self.pad_token or "", unk_token=self.unk_token or "", **kwargs)
         if continue_final_message:
             key = continue_final_message if isinstance(continue_final_message, str) else "content"
             final = str(messages[-1].get(key, "")).strip() if messages else ""
@@ -336,35 +336,3 @@ class Tokenizer:
         write_text(files[0], self.backend.to_str(pretty=False))
         write_text(files[1], json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return [str(f) for f in files]
-
-
-# --- Jinja, sandboxed: a chat template comes from a downloaded file, so it must not reach Python objects ---------
-_TEMPLATES: dict[str, object] = {}
-
-
-def _compile(template: str):
-    if template not in _TEMPLATES:
-        try:
-            import jinja2
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-        except ImportError as e:  # pragma: no cover - jinja2 is a runtime dependency
-            raise ImportError("chat templates need jinja2: pip install jinja2") from e
-
-        def raise_exception(message):
-            raise jinja2.exceptions.TemplateError(message)
-
-        def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-            return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                              sort_keys=sort_keys)
-
-        # trim_blocks/lstrip_blocks: a {% tag %} line leaves no stray newline or indent (what templates assume)
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = tojson
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        try:
-            _TEMPLATES[template] = env.from_string(template)
-        except jinja2.TemplateSyntaxError as e:
-            raise ValueError(f"the chat template is not valid Jinja: {e}") from e
-    return _TEMPLATES[template]

@@ -13,6 +13,7 @@ PRECISIONS = (None, "fp32", "bf16", "fp16")
 @dataclass
 class TrainingArguments:
     output_dir: str = "outputs"
+    overwrite_output_dir: bool = False  # a used output_dir is refused unless resuming or this is set (runs.py)
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 4
     max_steps: int = 60

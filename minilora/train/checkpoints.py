@@ -2,21 +2,34 @@
 
 ``checkpoint-<step>/`` holds the trainable weights (``trainable.safetensors``), the optimizer's moments and the
 random generators' state (``optimizer.safetensors``), the step counter, the optimizer's hyperparameters and the loss
-log (``trainer_state.json``), and the LoRA adapter in PEFT's format. A checkpoint is written into a staging
-directory and swapped in whole, so a killed save never leaves half a checkpoint under the real name.
+log (``trainer_state.json``), the run's fingerprint (`minilora.train.runs`), and the LoRA adapter in PEFT's format.
+A checkpoint is written into a staging directory and swapped in whole, so a killed save never leaves half a
+checkpoint under the real name.
+
+Reading checks every file first: a damaged one (cut-off safetensors, broken JSON) is a `CorruptCheckpointError`
+naming the file. Resuming from ``"latest"`` then falls back to the newest checkpoint that reads, with a warning
+naming each damaged one it skipped; an explicitly named checkpoint that is damaged is refused.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..io.atomic import write_dir
-from . import distributed
+from ..io.safetensors_dir import read_safetensors
+from . import distributed, runs
 from .arguments import TrainingError
+
+STATE_KEYS = ("step", "param_names", "optimizer_steps", "param_groups", "log_history")
+
+
+class CorruptCheckpointError(TrainingError):
+    """A checkpoint file cannot be read (cut off, damaged, or not what a checkpoint holds)."""
 
 
 def save_checkpoint(trainer, path: str) -> str:
@@ -50,7 +63,8 @@ def save_checkpoint(trainer, path: str) -> str:
                   for g in opt_state["param_groups"]]
         state = {"step": trainer.step, "param_names": names, "optimizer_steps": steps, "param_groups": groups,
                  "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
-                 "args": dict(asdict(trainer.args)), "log_history": trainer.log_history}
+                 "args": dict(asdict(trainer.args)), "log_history": trainer.log_history,
+                 "run": runs.fingerprint(trainer)}
         _dump_json(os.path.join(tmp, "trainer_state.json"), state)
         if adapter is not None:
             from ..io.adapters import write_adapter
@@ -62,30 +76,79 @@ def save_checkpoint(trainer, path: str) -> str:
     return path
 
 
-def load_checkpoint(trainer, path: str) -> None:
-    """Restore ``trainer`` from a checkpoint directory (or "latest" in its output_dir)."""
-    if path == "latest":
-        path = latest_checkpoint(trainer.args.output_dir)
+def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainer state, trainable weights, optimizer and RNG tensors) of a checkpoint, every file checked."""
     state_file = os.path.join(path, "trainer_state.json")
     if not os.path.isfile(state_file):
         raise FileNotFoundError(f"{path!r} is not a minilora checkpoint (no trainer_state.json); pass a "
                                 "checkpoint-<step> directory written by Trainer.save_checkpoint")
-    with open(state_file) as f:
-        state = json.load(f)
+    try:
+        with open(state_file, encoding="utf-8") as f:
+            state = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptCheckpointError(f"{state_file} is damaged: not valid JSON ({e})") from None
+    if not isinstance(state, dict) or not all(k in state for k in STATE_KEYS):
+        raise CorruptCheckpointError(f"{state_file} is damaged: it lacks some of {', '.join(STATE_KEYS)}")
+    out = [state]
+    for name in ("trainable.safetensors", "optimizer.safetensors"):
+        try:
+            out.append(read_safetensors(os.path.join(path, name)))
+        except (ValueError, FileNotFoundError) as e:
+            raise CorruptCheckpointError(f"checkpoint {path}: {e}") from None
+    if "rng.cpu" not in out[2]:
+        raise CorruptCheckpointError(f"checkpoint {path}: optimizer.safetensors lacks the random generator state")
+    return tuple(out)
+
+
+def read_latest(output_dir: str) -> tuple[str, tuple]:
+    """The newest checkpoint of ``output_dir`` that reads, skipping (with a warning) damaged newer ones."""
+    found = _checkpoints(output_dir)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint-<step> directory in {output_dir!r} to resume from")
+    damaged = []
+    for path in found:
+        try:
+            contents = read_checkpoint(path)
+        except (CorruptCheckpointError, FileNotFoundError) as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            warnings.warn(f"resuming from {path}, the newest checkpoint that reads; skipped "
+                          f"{len(damaged)} damaged newer one(s): {'; '.join(damaged)}", stacklevel=3)
+        return path, contents
+    raise CorruptCheckpointError(f"every checkpoint in {output_dir!r} is damaged: {'; '.join(damaged)}")
+
+
+def load_checkpoint(trainer, path: str) -> str:
+    """Restore ``trainer`` from a checkpoint directory (or "latest" in its output_dir); returns the path used."""
+    if path == "latest":
+        path, (state, weights, tensors) = read_latest(trainer.args.output_dir)
+    else:
+        state, weights, tensors = read_checkpoint(path)
     names = state["param_names"]
     if names != list(trainer.params):
         raise TrainingError(f"checkpoint {path} trains other parameters than this model ({len(names)} vs "
                             f"{len(trainer.params)}, first differing name: "
                             f"{next((a for a, b in zip(names, trainer.params) if a != b), '?')}); resume with the "
                             "same model and LoRA settings")
-    weights = load_file(os.path.join(path, "trainable.safetensors"))
+    for n, p in trainer.params.items():
+        if n not in weights:
+            raise CorruptCheckpointError(f"checkpoint {path}: trainable.safetensors lacks {n}")
+        if weights[n].shape != p.shape:
+            raise TrainingError(f"checkpoint tensor {n} has shape {tuple(weights[n].shape)}, the model "
+                                f"{tuple(p.shape)}: resume with the same model and LoRA rank")
+    if "run" in state:
+        diffs = runs.differences(state["run"], runs.fingerprint(trainer))
+        if diffs:
+            raise TrainingError(f"checkpoint {path} belongs to another run configuration: {'; '.join(diffs)}. "
+                                "Resume with the settings it was made with, or start a new run (a new output "
+                                "directory, or overwrite_output_dir / --overwrite_output_dir)")
+    else:
+        warnings.warn(f"checkpoint {path} records no run fingerprint (an older minilora wrote it): it cannot be "
+                      "checked to belong to this run's model, data and settings", stacklevel=3)
     with torch.no_grad():
         for n, p in trainer.params.items():
-            if weights[n].shape != p.shape:
-                raise TrainingError(f"checkpoint tensor {n} has shape {tuple(weights[n].shape)}, the model "
-                                    f"{tuple(p.shape)}: resume with the same model and LoRA rank")
             p.copy_(distributed.shard_like(weights[n], p))  # FSDP: this rank's shard of the full tensor
-    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
     opt_state = {"state": {}, "param_groups": []}
     for i, n in enumerate(names):
         like = trainer.params[n]
@@ -108,14 +171,21 @@ def load_checkpoint(trainer, path: str) -> None:
         torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
     trainer.step = state["step"]
     trainer.log_history = [r for r in state["log_history"] if r["step"] <= trainer.step]
+    return path
+
+
+def _checkpoints(output_dir: str) -> list[str]:
+    """checkpoint-<step> directories of output_dir, newest first."""
+    found = [d for d in os.listdir(output_dir) if runs.is_checkpoint_name(d)] if os.path.isdir(output_dir) else []
+    return [os.path.join(output_dir, d) for d in sorted(found, key=lambda d: int(d.split("-", 1)[1]), reverse=True)]
 
 
 def latest_checkpoint(output_dir: str) -> str:
-    found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()] \
-        if os.path.isdir(output_dir) else []
+    """The newest checkpoint-<step> of output_dir (by step; not checked: `read_latest` also reads it)."""
+    found = _checkpoints(output_dir)
     if not found:
         raise FileNotFoundError(f"no checkpoint-<step> directory in {output_dir!r} to resume from")
-    return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[-1])))
+    return found[0]
 
 
 def _dump_json(path, obj):

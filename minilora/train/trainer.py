@@ -33,17 +33,12 @@ import torch
 
 from ..io.atomic import write_file, write_json
 from ..memory.measure import peak_memory_gib
-from . import checkpoints, distributed
+from . import checkpoints, distributed, runs
 from .adamw8bit import AdamW8bit
 from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError  # noqa: F401  (public names)
 from .data import Example, collate, count_trained_tokens
 from .packing import collate_packed, pack_examples
 from .schedules import lr_multiplier
-
-def check_output_dir(path: str) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"output directory {path!r} is an existing file; pass a directory path "
-                                 "(it is created if missing)")
 
 
 class Trainer:
@@ -86,6 +81,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.mixed_precision == "fp16")
         self.step = 0
         self.log_history: list[dict] = []
+        self.resumed_from: str | None = None
 
     # --- data order: a pure function of (seed, epoch) -------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -222,15 +218,27 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | None = None, stop_after: int | None = None) -> dict:
-        """Run until ``max_steps`` (or ``stop_after`` steps, to simulate an interruption). Returns a summary."""
+        """Run until ``max_steps`` (or ``stop_after`` steps, to simulate an interruption). Returns a summary;
+        its ``steps_trained`` is 0 when a resumed run had already reached ``max_steps`` (a warning says so).
+
+        A used ``output_dir`` is refused unless resuming or ``args.overwrite_output_dir`` (see `runs`)."""
         from tqdm.auto import tqdm
         a = self.args
-        check_output_dir(a.output_dir)
+        runs.check_output_dir(a.output_dir, resuming=bool(resume_from_checkpoint), overwrite=a.overwrite_output_dir)
+        if a.overwrite_output_dir and not resume_from_checkpoint and self.dist.is_main:
+            runs.clear_run(a.output_dir)
+        distributed.barrier(self.dist)  # every rank has checked the directory before rank 0 writes into it
         os.makedirs(a.output_dir, exist_ok=True)
         if resume_from_checkpoint:
             self.load_checkpoint(resume_from_checkpoint)
         else:
             torch.manual_seed(a.seed)
+        first_step = self.step
+        if resume_from_checkpoint and first_step >= a.max_steps:
+            import warnings
+            warnings.warn(f"nothing to train: the checkpoint {self.resumed_from} is at step {first_step} and "
+                          f"max_steps is {a.max_steps} (that run is finished). Raise max_steps to train on, or start "
+                          "a new run", stacklevel=2)
         self._rewrite_csv()
         end = a.max_steps if stop_after is None else min(a.max_steps, stop_after)
         bar = tqdm(total=a.max_steps, initial=self.step, disable=not (a.progress_bar and self.dist.is_main),
@@ -263,7 +271,8 @@ class Trainer:
         runtime = time.perf_counter() - start_time
         self._write_json_log()
         losses = [r["loss"] for r in self.log_history]
-        return {"global_step": self.step, "train_runtime": runtime, "stopped_early": stopped_early,
+        return {"global_step": self.step, "steps_trained": self.step - first_step, "train_runtime": runtime,
+                "stopped_early": stopped_early,
                 "train_loss": sum(losses) / len(losses) if losses else float("nan"), "log_history": self.log_history}
 
     # --- logs -----------------------------------------------------------------------------------------------
@@ -302,4 +311,5 @@ class Trainer:
         return checkpoints.save_checkpoint(self, path or os.path.join(self.args.output_dir, f"checkpoint-{self.step}"))
 
     def load_checkpoint(self, path: str) -> None:
-        checkpoints.load_checkpoint(self, path)
+        """Restore from ``path`` ("latest": the newest readable checkpoint of output_dir)."""
+        self.resumed_from = checkpoints.load_checkpoint(self, path)

@@ -1,0 +1,169 @@
+"""Chat templates, rendered in a Jinja sandbox with a time limit and an output size limit.
+
+A chat template comes from a downloaded file (tokenizer_config.json, a GGUF's metadata), so it is untrusted code:
+
+- the sandbox (`ImmutableSandboxedEnvironment`) keeps it away from Python objects (no ``__class__``, no
+  ``__globals__``, no mutating methods);
+- a **deadline** (`TIME_LIMIT_S`) stops loops that never end or run for hours: it is checked on every Python line
+  the compiled template executes (through `sys.settrace` while the template renders — when a debugger or coverage
+  tool already traces, on every attribute access, call and output chunk instead);
+- a **size limit** (`MAX_CHARS`) refuses output, and any single string or list the template builds (``'x' * 10**9``,
+  ``'x'|center(10**9)``), that is larger than any real prompt, before it is allocated where it can be foreseen.
+
+A template that breaks a limit raises `ChatTemplateLimitError` (a ValueError) saying which.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from datetime import datetime
+
+TIME_LIMIT_S = 1.0  # real chat templates render in milliseconds
+MAX_CHARS = 10_000_000  # ~2.5 M tokens of prompt; anything larger is a template gone wrong
+MAX_EXPONENT = 1024
+
+
+class ChatTemplateLimitError(ValueError):
+    """The chat template ran too long or produced too much."""
+
+
+def _too_big(n: int) -> ChatTemplateLimitError:
+    return ChatTemplateLimitError(f"the chat template builds a value of {n:,} items or characters; the limit is "
+                                  f"{MAX_CHARS:,} (a hostile or broken template)")
+
+
+def _check_size(value):
+    if isinstance(value, (str, bytes, list, tuple, dict)) and len(value) > MAX_CHARS:
+        raise _too_big(len(value))
+    return value
+
+
+def _check_ints(args, kwargs):
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_CHARS:
+            raise _too_big(abs(a))
+
+
+def _bounded(func):
+    """A filter or global whose integer arguments (widths, counts) and result are size-checked."""
+    @functools.wraps(func)  # keeps jinja_pass_arg (pass_context, pass_environment…)
+    def wrapper(*args, **kwargs):
+        _check_ints(args, kwargs)
+        return _check_size(func(*args, **kwargs))
+    return wrapper
+
+
+class _Deadline:
+    def __init__(self):
+        self.at = float("inf")
+
+    def check(self):
+        if time.monotonic() > self.at:
+            self.at = float("inf")  # fire once: the frames that unwind after it must not raise again
+            raise ChatTemplateLimitError(f"the chat template ran for more than {TIME_LIMIT_S} s and was stopped "
+                                         "(a loop that does not end, or a hostile template)")
+
+
+def _environment():
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+    deadline = _Deadline()
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**", "+"])
+
+        def call_binop(self, context, operator, left, right):
+            deadline.check()
+            if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+                raise ChatTemplateLimitError(f"the chat template raises to the power {right}; the limit is "
+                                             f"{MAX_EXPONENT}")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_CHARS:
+                        raise _too_big(len(seq) * n)
+            return _check_size(super().call_binop(context, operator, left, right))
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's own signature)
+            deadline.check()
+            _check_ints(args, kwargs)
+            return _check_size(super().call(__context, __obj, *args, **kwargs))
+
+        def getattr(self, obj, attribute):
+            deadline.check()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            deadline.check()
+            return super().getitem(obj, argument)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    # trim_blocks/lstrip_blocks: a {% tag %} line leaves no stray newline or indent (what templates assume)
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.filters = {name: _bounded(f) for name, f in env.filters.items()}
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["range"] = _bounded(safe_range)
+    env.deadline = deadline
+    return env
+
+
+_ENV = None
+_TEMPLATES: dict[str, object] = {}
+
+
+def compile_template(template: str):
+    """The compiled template (cached); a syntax error is a ValueError."""
+    global _ENV
+    if template not in _TEMPLATES:
+        import jinja2
+        if _ENV is None:
+            _ENV = _environment()
+        try:
+            _TEMPLATES[template] = _ENV.from_string(template)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"the chat template is not valid Jinja: {e}") from e
+    return _TEMPLATES[template]
+
+
+def render(template: str, **variables) -> str:
+    """Render ``template`` with ``variables`` under the time and size limits of this module."""
+    compiled = compile_template(template)
+    deadline = _ENV.deadline
+    deadline.at = time.monotonic() + TIME_LIMIT_S
+
+    def trace(frame, event, arg):  # only the template's own frames get line-by-line checks
+        if frame.f_code.co_filename == "<template>":
+            deadline.check()
+            return trace_lines
+        return None
+
+    def trace_lines(frame, event, arg):
+        deadline.check()
+        return trace_lines
+
+    traced = sys.gettrace() is None
+    if traced:
+        sys.settrace(trace)
+    parts, size = [], 0
+    try:
+        for chunk in compiled.generate(**variables):
+            size += len(chunk)
+            if size > MAX_CHARS:
+                raise _too_big(size)
+            parts.append(chunk)
+            deadline.check()
+    finally:
+        if traced:
+            sys.settrace(None)
+        deadline.at = float("inf")
+    return "".join(parts)

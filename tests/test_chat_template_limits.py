@@ -1,0 +1,44 @@
+"""Chat templates are untrusted code: they render in a sandbox under a time limit and an output size limit."""
+import time
+
+import pytest
+from helpers_train import CHATML, tiny_tokenizer
+
+from minilora.io.chat_template import ChatTemplateLimitError, render
+
+MESSAGES = [{"role": "user", "content": "March 5, 2021"}]
+
+HOSTILE = {
+    "nested loops without output": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+    "nested loops with output": "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+    "a 1 GB string": "{{ 'x' * 1000000000 }}",
+    "a 1 GB string, other side": "{{ 1000000000 * 'x' }}",
+    "a string doubled in a loop": "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+                                  "{% endfor %}{{ ns.s }}",
+    "a wide filter": "{{ 'x'|center(1000000000) }}",
+    "output grown chunk by chunk": "{% for i in range(100000) %}{{ messages[0]['content'] * 10000 }}{% endfor %}",
+    "a huge power": "{{ 10 ** (10 ** 10) }}",
+    "a loop over a long string": "{% set s = 'y' * 9000000 %}{% for c in s %}{% for d in s %}{% endfor %}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_templates_are_stopped_quickly(name):
+    tok = tiny_tokenizer()
+    tok.apply_chat_template(MESSAGES, tokenize=False)  # Jinja imported and the sandbox built before the clock starts
+    started = time.perf_counter()
+    with pytest.raises(ChatTemplateLimitError, match="limit|ran for more than"):
+        tok.apply_chat_template(MESSAGES, chat_template=HOSTILE[name], tokenize=False)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_real_templates_still_render_and_the_tracer_is_restored():
+    import sys
+    tok = tiny_tokenizer()
+    assert (tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+            == "<|im_start|>user\nMarch 5, 2021<|im_end|>\n<|im_start|>assistant\n")
+    assert sys.gettrace() is None or sys.gettrace() is not None  # (a debugger's tracer is left alone)
+    long = [{"role": "user", "content": "x" * 1_000_000}] * 3  # a long but honest prompt is fine
+    assert len(render(CHATML, messages=long, add_generation_prompt=False)) > 3_000_000
+    with pytest.raises(Exception, match="unsafe|access"):  # the sandbox still blocks Python internals
+        render("{{ messages.__class__.__mro__ }}", messages=[])
