@@ -5,9 +5,10 @@
   safetensors with ``config.json`` and the tokenizer files: transformers' ``from_pretrained`` opens it.
 - ``merged_4bit``: the same merge, cast to ``dtype``, then every linear weight except ``lm_head`` stored as NF4 with
   double quantization in the layout transformers + bitsandbytes save (`minilora.io.bnb4bit`): ``from_pretrained``
-  opens it as a 4-bit model, and so does minilora's loader (which dequantizes it). About 4.13 bits per quantized
-  weight instead of 16. The small ΔW is mostly *below* the NF4 step size of its block, so rounding erases much of
-  it: this is why Unsloth warns that merging into 4-bit loses accuracy, and why week 5 measures it.
+  opens it as a 4-bit model, and so does minilora's loader (which dequantizes it). 4 bits per weight + 8 per
+  block of 64 + 32 per 256 blocks (≈ 4.127) plus ~1.3 KB of tables per weight matrix, instead of 16. The small
+  ΔW is mostly *below* the NF4 step size of its block, so rounding erases much of it: this is why Unsloth warns
+  that merging into 4-bit loses accuracy, and why week 5 measures it.
 - GGUF (llama.cpp's single file): F16, Q8_0 or F32 tensors through the `gguf` package, with the tokenizer and the
   chat template in its metadata, and the rows of W_q and W_k permuted into llama.cpp's interleaved RoPE layout.
 
