@@ -277,7 +277,8 @@ for m, e in est.items():
           f", gradients {e.gradients / GiB:5.1f}, AdamW {e.optimizer / GiB:5.1f}, activations "
           f"{e.activations / GiB:5.1f})")
 saving = 100 * (est["qlora"].total / est["full"].total - 1)
-print(f"1. QLoRA vs full fine-tuning (computed): {compare(saving, '%', kind='memory')} memory")
+print(f"1. QLoRA vs full fine-tuning (computed): QLoRA needs {compare(saving, '%', kind='memory')} than full "
+      f"fine-tuning")
 
 # %% [markdown]
 # The second comparison needs a GPU. The cell reads the recorded run (H200) through the `benchmarks` package and
@@ -297,7 +298,7 @@ else:
           f"batch {run['config']['batch']} x {run['config']['seq']} tokens")
     print(f"2. Unsloth-style vs HF, both QLoRA (measured): minilora '{ours['impl']}' {ours['median_ms']:.0f} ms a "
           f"step vs HF+PEFT+bnb {hf['median_ms']:.0f} ms: {compare(ours['median_ms'] - hf['median_ms'], 'ms', fmt='.0f')}"
-          f"; peak {ours['peak_gib']:.2f} vs {hf['peak_gib']:.2f} GiB: "
+          f"; peak {ours['peak_gib']:.2f} vs {hf['peak_gib']:.2f} GiB: minilora needs "
           f"{compare(100 * (ours['peak_gib'] / hf['peak_gib'] - 1), '%', kind='memory')}")
 
 # %% [markdown]

@@ -73,12 +73,12 @@ print(inspect.getsource(checkpointing.OffloadedCheckpoint.forward))
 #
 # A model with SmolLM2-135M's layer widths (C 576, intermediate 1536, 9 heads) but a vocabulary cut to 8192 (so the
 # lm_head does not dominate a CPU step) and 1 or 3 decoder layers, random weights in float32, LoRA r = 8 on the
-# seven projections, batch 2 × 128 tokens. For each mode, `measure_activations` runs the forward and reports the
+# seven projections, batch 2 × 64 tokens. For each mode, `measure_activations` runs the forward and reports the
 # bytes saved through autograd (they stay on the device) and the bytes custom Functions keep as attributes (the
 # offloaded layer inputs, in CPU memory). The difference between 3 layers and 1, halved, is what one layer keeps.
 
 # %%
-B, T = 2, 128
+B, T = 2, 64
 MODES = {"none": False, "recompute": "recompute", "offload": "offload"}
 LAYERS = (1, 3)
 VOCAB = 8192

@@ -354,7 +354,7 @@ for fused, label in [(False, "autograd (PEFT-style)"), (True, "LoRA_QKV")]:
     with AllocationLog() as seen:
         loss.backward()
     formed = [s for s in seen.shapes if s in {(o, C) for o in outs.values()}]
-    print(f"{label:22s} backward created {seen.shapes.count((N, C))} tensors of shape (N, C) = {(N, C)}, "
+    print(f"{label:22s} new tensors the backward created: {seen.shapes.count((N, C))} of shape (N, C) = {(N, C)}, "
           f"{len(formed)} of shape (out, C)")
     for p in outs:
         for t in AB[p]:

@@ -17,6 +17,7 @@ CITED = {
     "*": {
         "2 bytes": "the width of bf16 / fp16 (IEEE 754 binary16, bfloat16): 16 bits",
         "4 bytes": "the width of float32",
+        "8 bytes": "two float32 numbers (AdamW's two moments kept in fp32)",
         "8 bits": "one byte",
         "16 bits": "the width of bf16 / fp16",
     },
