@@ -58,11 +58,13 @@ print(checkpointing.__doc__)
 # Each decoder layer runs through `run_layer`. With no checkpointing it is a plain call, and autograd keeps every
 # intermediate of the layer (norm outputs, q/k/v, attention output, gate/up/SwiGLU...). With recompute,
 # `torch.utils.checkpoint` replaces them by placeholders and keeps only the layer's input. With offload,
-# `OffloadedCheckpoint` keeps that input in CPU memory and runs the layer without a graph:
+# `OffloadedCheckpoint` keeps that input in CPU memory (`_Offloaded`: on a GPU the copy runs on a side stream into
+# pinned memory, so it overlaps the layer's compute) and runs the layer without a graph:
 
 # %%
 print(inspect.getsource(checkpointing.run_layer))
 print(inspect.getsource(checkpointing.OffloadedCheckpoint.forward))
+print(inspect.getsource(checkpointing._Offloaded.__init__))
 
 # %% [markdown]
 # Why not `torch.autograd.graph.save_on_cpu()` around `checkpoint`? `save_on_cpu` moves what autograd *saves*;
@@ -137,8 +139,10 @@ plt.show()
 none_l, rec_l, off_l = (per_layer[m] for m in MODES)
 print(f"recompute keeps {rec_l[0] / MiB:.3f} MiB per layer on the device, {rec_l[0] / layer_input:.2f} layer "
       f"inputs; no checkpointing keeps {none_l[0] / rec_l[0]:.1f}x that")
+rng_bytes = torch.get_rng_state().numel()  # each checkpoint keeps the CPU generator's state to replay dropout
 print(f"offload keeps {off_l[0] / MiB:.3f} MiB per layer on the device and {off_l[1] / MiB:.3f} MiB in host memory "
-      f"({off_l[1] / layer_input:.2f} layer inputs)")
+      f"({off_l[1] / layer_input:.2f} layer inputs; one input + the {rng_bytes:,}-byte random state = "
+      f"{(layer_input + rng_bytes) / MiB:.3f} MiB)")
 print(f"head (logits and final norm), kept in every mode: {(kept['none', 1][0] - none_l[0]) / MiB:.2f} MiB")
 
 # %% [markdown]
