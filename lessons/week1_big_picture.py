@@ -87,9 +87,9 @@ print(f"\n{n_args} arguments in all")
 # ## 2. Run it (small)
 #
 # The real job (`minilora train` with no arguments) QLoRA-fine-tunes SmolLM2-135M-Instruct on the bundled dates
-# task for 40 steps: a few minutes on two CPU cores. Here we run the same command with plain LoRA (no 4-bit, which
-# is faster on a CPU: see the recorded timings at the end of this section), 8 steps and 20 held-out dates, and save
-# the adapter. Watch three things in its output: the held-out exact-match before, the loss falling, and after.
+# task for 40 steps (its recorded times on two CPU cores are at the end of this section). Here we run the same
+# command with plain LoRA (no 4-bit; the recorded runs compare the two on a CPU), 8 steps and 20 held-out dates, and
+# save the adapter. Watch three things in its output: the held-out exact-match before, the loss falling, and after.
 
 # %%
 from minilora.cli import main

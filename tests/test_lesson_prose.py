@@ -35,6 +35,12 @@ CITED = {
     "week4_memory": {
         "80 GiB": "the memory of an 80 GB A100/H100, the card size the allocator example talks about",
     },
+    "week5_saving": {
+        "34 bytes": "GGUF's Q8_0 block layout (ggml block_q8_0): 32 int8 codes + one fp16 scale, by definition",
+    },
+    "week6_beyond_one_gpu": {
+        "4x": "16 bits / 4 bits: the storage ratio of NF4 codes to 16-bit weights, by definition",
+    },
     "week5_capstone": {
         "2x": "Unsloth README: “2x faster” (github.com/unslothai/unsloth, README.md)",
         "70%": "Unsloth README: “70% less memory” (github.com/unslothai/unsloth, README.md)",
