@@ -83,9 +83,9 @@ def loaded_from(model: nn.Module) -> list[str]:
 def quantizable_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names in ``tensors`` (a `merged_state_dict`) of the linear weights transformers quantizes with
     ``load_in_4bit``: every linear layer but ``lm_head`` (a LoRA layer's lora_A/lora_B are merged away already)."""
-    linear = (LoraLinear, Linear4bit, nn.Linear)
     return [f"{name}.weight" for name, m in model.named_modules()
-            if isinstance(m, linear) and name != "lm_head" and f"{name}.weight" in tensors]
+            if (isinstance(m, (LoraLinear, nn.Linear)) or is_quantized(m)) and name != "lm_head"
+            and f"{name}.weight" in tensors]
 
 
 def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, save_method: str = "merged_16bit",
