@@ -47,7 +47,6 @@ import ast
 import csv
 import inspect
 import json
-import os
 import pathlib
 import time
 
@@ -220,6 +219,7 @@ mean_of_means = sum(t.mean() for t in tok_losses) / 2
 print(f"tokens per micro-batch {[len(t) for t in tok_losses]}: right {right:.4f}, mean of means "
       f"{mean_of_means:.4f} ({100 * abs(mean_of_means - right) / right:.1f}% off)")
 from minilora.train import Trainer
+
 print(inspect.getsource(Trainer.training_step).split("loss_total = 0.0")[0])
 
 # %% [markdown]

@@ -45,8 +45,7 @@ import torch
 
 from minilora.lora import get_peft_model
 from minilora.memory import measure_activations
-from minilora.models import build_model, catalogue_config
-from minilora.models import checkpointing
+from minilora.models import build_model, catalogue_config, checkpointing
 from minilora.prose import compare, ratio
 
 torch.manual_seed(0)

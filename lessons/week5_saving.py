@@ -39,7 +39,6 @@
 import ast
 import inspect
 import json
-import os
 import pathlib
 import time
 

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+
 from minilora.io.adapters import AdapterMismatchError, load_adapter, save_adapter
 from minilora.lora import get_peft_model
 from minilora.save import save_gguf, save_pretrained_merged
@@ -146,6 +146,7 @@ def test_merged_4bit_is_about_4_bits_per_quantized_weight(tmp_path):
     save_pretrained_merged(model, None, str(tmp_path / "m4"), save_method="merged_4bit", dtype="float16")
     save_pretrained_merged(model, None, str(tmp_path / "m16"), save_method="merged_16bit", dtype="float16")
     from safetensors import safe_open
+
     from minilora.save import merged_state_dict, quantizable_weights
     names = quantizable_weights(model, merged_state_dict(model))
     params = sum(p.numel() for n, p in model.named_parameters() if f"{n}" in names)
@@ -171,7 +172,7 @@ def test_gguf_export_reads_back_in_gguf_and_transformers(setup, quant, atol):
     names = {t.name: t for t in reader.tensors}
     assert names["blk.0.attn_q.weight"].tensor_type.name == quant.upper()
     assert names["blk.0.attn_norm.weight"].tensor_type.name == "F32"
-    from minilora.io.gguf import load_gguf, unpermute_qk
+    from minilora.io.gguf import load_gguf
     cfg, sd, meta = load_gguf(path)
     assert meta["tokenizer.chat_template"] == tok.chat_template and cfg["num_hidden_layers"] == 2
     q = model.model.layers[1].self_attn.q_proj

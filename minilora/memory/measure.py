@@ -40,8 +40,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..linear4bit import QuantizedLinear
 
-__all__ = ["ActivationReport", "AllocationLog", "SavedTensorMeter", "function_held_bytes", "measure_activations", "measure_model_bytes",
-           "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
+__all__ = ["ActivationReport", "AllocationLog", "SavedTensorMeter", "function_held_bytes", "measure_activations",
+           "measure_model_bytes", "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> tuple:
