@@ -31,8 +31,8 @@
 # |---|---|---|
 # | `unsloth-cli.py` (the PEFT configuration block) | picks r, α, dropout, target modules, rsLoRA | `minilora/lora.py` → `get_peft_model` (and `minilora/cli.py`) |
 # | `unsloth/kernels/fast_lora.py` → `fast_lora_forward` | one LoRA projection: $XW + s\,XAB$ | `minilora/lora.py` → `LoraLinear.forward`; fused version: `minilora/kernels/fast_lora.py` |
-# | `unsloth/kernels/utils.py` → `get_lora_parameters` | pulls W, its quantization state, A, B and the scale out of a PEFT layer | `LoraLinear` attributes `base_layer`, `lora_A`, `lora_B`, `scaling` |
-# | `unsloth/kernels/utils.py` → `matmul_lora` | $XW$ (dequantizing W if it is 4-bit) plus $s\,(XA)B$ | `LoraLinear.forward` (and week 5's fused kernels) |
+# | `unsloth/kernels/utils.py` → `get_lora_parameters` | pulls W, its quantization state, A, B and the scale out of a PEFT layer | `minilora/lora.py` → `lora_weights` (reads `LoraLinear`'s `base_layer`, `lora_A`, `lora_B`, `scaling`) |
+# | `unsloth/kernels/utils.py` → `matmul_lora` | $XW$ (dequantizing W if it is 4-bit) plus $s\,(XA)B$ | `LoraLinear.forward`; the fused path: `minilora/kernels/fast_lora.py` → `_lora_forward`, `base_weight` (week 5) |
 #
 # The cell below checks which of these minilora files exist in your checkout and prints the first line of each
 # one's docstring (the fused kernels arrive in week 5).
@@ -64,7 +64,9 @@ for path in ["minilora/lora.py", "minilora/cli.py", "minilora/kernels/fast_lora.
 # assumptions, stated once so every number below follows from them:
 #
 # - weights and gradients in bf16 (2 bytes each);
-# - AdamW's two moments in fp32 (4 + 4 = 8 bytes);
+# - AdamW's two moments in the parameter's dtype, bf16 (2 + 2 = 4 bytes) — what `torch.optim.AdamW` does and the one
+#   convention of this course (week 4's calculator counts the same way). Many mixed-precision recipes keep the
+#   moments in fp32 instead (8 bytes); the cell prints that variation too;
 # - activations are left out (they depend on batch and sequence length — week 4), and so is the fp32 "master"
 #   copy that mixed-precision full fine-tuning often adds (it would only widen the gap).
 #
@@ -76,7 +78,9 @@ for path in ["minilora/lora.py", "minilora/cli.py", "minilora/kernels/fast_lora.
 from minilora.lora import TARGET_MODULES, LoraLinear, get_peft_model
 from minilora.models import catalogue_config, from_catalogue
 
-WEIGHT_BYTES, GRAD_BYTES, ADAMW_BYTES = 2, 2, 8
+WEIGHT_BYTES, GRAD_BYTES = 2, 2
+ADAMW_BYTES = 2 * WEIGHT_BYTES  # exp_avg and exp_avg_sq, each in the parameter's dtype (torch.optim.AdamW)
+ADAMW_FP32_BYTES = 2 * 4  # the variation: both moments in fp32
 R = 16
 GiB = 2**30
 
@@ -107,6 +111,11 @@ for name in ("smollm2-135m", "llama-3-8b"):
     print(f"{name}: LoRA trains {100 * n_lora / n_full:.2f}% of the parameters and needs "
           f"{sum(lora.values()) / sum(full.values()):.1%} of full fine-tuning's bytes "
           f"(saving {(sum(full.values()) - sum(lora.values())) / GiB:.2f} GiB)")
+for name in ("smollm2-135m", "llama-3-8b"):
+    (_, _, n_full, full), (_, _, n_lora, lora) = [row for row in rows if row[0] == name]
+    extra = (ADAMW_FP32_BYTES - ADAMW_BYTES)
+    print(f"variation, AdamW moments in fp32: {name} full fine-tuning {(sum(full.values()) + n_full * extra) / GiB:.2f}"
+          f" GiB, LoRA {(sum(lora.values()) + n_lora * extra) / GiB:.2f} GiB")
 floor = WEIGHT_BYTES / (WEIGHT_BYTES + GRAD_BYTES + ADAMW_BYTES)
 print(f"the floor as the adapters' share goes to zero: {WEIGHT_BYTES} / {WEIGHT_BYTES + GRAD_BYTES + ADAMW_BYTES} "
       f"= {floor:.1%} of full fine-tuning (the frozen weights alone)")

@@ -65,11 +65,17 @@ GiB = 2**30
 # big.
 
 # %%
-N, H, V = 4 * 2048, 4096, 128_256
+from minilora.memory import lora_param_count  # noqa: E402
+from minilora.models import catalogue_config  # noqa: E402
+
+llama8b = catalogue_config("llama-3-8b")
+N, H, V = 4 * 2048, llama8b.hidden_size, llama8b.vocab_size
+n_lora = lora_param_count(llama8b, r=16)  # r·(in + out) for each of the 7 projections of every layer
+print(f"LoRA r=16 on all 7 projections of {llama8b.num_hidden_layers} layers: {n_lora:,} parameters")
 sizes = {
     "hidden states entering lm_head (N, H) bf16": N * H * 2,
     "lm_head weight (V, H) bf16": V * H * 2,
-    "LoRA r=16 on all 7 projections of 32 layers (bf16)": 32 * 16 * 2 * (4096 * 3 + 4096 + 1024 * 2 + 14336 * 3 + 4096 * 2 + 4096),
+    "LoRA r=16 on all 7 projections of 32 layers (bf16)": n_lora * 2,
     "logits (N, V) bf16": N * V * 2,
     "  + fp32 copy made by logits.float()": N * V * 4,
     "  + fp32 gradient of that copy": N * V * 4,
@@ -80,10 +86,11 @@ for name, nbytes in sizes.items():
 textbook = sum(v for k, v in sizes.items() if k.startswith(("logits", "  +")))
 print(f"\nthe textbook loss path holds up to {textbook / GiB:.1f} GiB for the loss alone, "
       f"{textbook / sizes['hidden states entering lm_head (N, H) bf16']:.0f}x the hidden states it came from")
+print(f"the logits alone are V / H = {V / H:.1f}x the hidden states")
 
 # %% [markdown]
-# The logits are V / H ≈ 31 times bigger than the hidden states they come from, and the reference implementation
-# (which minilora keeps for CPU runs) upcasts them to fp32 first:
+# The logits are V / H times bigger than the hidden states they come from (printed above), and the reference
+# implementation (which minilora keeps for CPU runs) upcasts them to fp32 first:
 
 # %%
 from benchmarks.harness import COPY_IMPL, latest, load_results  # noqa: E402

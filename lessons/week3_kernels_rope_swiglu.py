@@ -183,8 +183,9 @@ print(", ".join(f"{n} {r / GB:.2f}/{wr / GB:.2f}" for n, r, wr in cases["rope"][
 
 # %%
 one_buffer = 16384 * 14336 * 2
-print(f"one (16384 x 14336) bf16 tensor: {one_buffer / 2**30:.3f} GiB — the SwiGLU backward reuses two of them "
-      f"({2 * one_buffer / 2**30:.3f} GiB not allocated per MLP layer)")
+print(f"one (16384 x 14336) bf16 tensor: {one_buffer / 2**30:.3f} GiB — the SwiGLU backward writes dg and du into "
+      f"two of them, so the backward's peak is {2 * one_buffer / 2**30:.3f} GiB lower. Once, not per layer: the "
+      f"layers' backwards run one after another, so only one layer's dg and du would be alive at a time")
 print(f"RMSNorm saves r: {16384 * 4 / 2**10:.0f} KiB for 16384 rows, versus x_hat: {16384 * 4096 * 2 / 2**20:.0f} MiB")
 
 # %% [markdown]

@@ -13,7 +13,8 @@
 # %% [markdown]
 # # Week 3 — NF4: four bits that keep the quality
 #
-# Half of QLoRA's "70% less memory" is storing the frozen base weights in 4 bits instead of 16. Four bits give
+# QLoRA stores the frozen base weights in 4 bits instead of 16 (how much of a whole fine-tune's memory that is
+# depends on the other piles — gradients, optimizer state, activations — which week 4 computes). Four bits give
 # 16 values. Which 16? QLoRA's answer, **NormalFloat 4 (NF4)**, puts them where a normal distribution puts its
 # mass, because that is what pretrained weights look like. This lesson derives the 16 levels, turns a real weight
 # matrix of SmolLM2 into bytes and back, and measures what it costs.
@@ -31,8 +32,9 @@
 # | Unsloth | what it does | minilora |
 # |---|---|---|
 # | `unsloth/kernels/utils.py` → `fast_dequantize` | NF4 → 16-bit just before a matmul (via bitsandbytes' CUDA kernels) | `minilora/kernels/nf4_dequant.py` (Triton + reference) |
-# | `unsloth/kernels/utils.py` → `QUANT_STATE`, `get_lora_parameters` | reads a weight's quantization state (absmax, nested state, offset) | `minilora/quant/blockwise.py` → `NF4State`, `DoubleQuantState` |
-# | `unsloth/kernels/utils.py` → `matmul_lora` | dequantize W, then $XW + s\,XAB$ | `minilora/linear4bit.py` → `Linear4bit` + `minilora/lora.py` |
+# | `unsloth/kernels/utils.py` → `QUANT_STATE` | reads a weight's quantization state (absmax, nested state, offset) | `minilora/quant/blockwise.py` → `NF4State`, `DoubleQuantState` |
+# | `unsloth/kernels/utils.py` → `get_lora_parameters` | pulls W (or its 4-bit state), A, B and the scale out of a LoRA layer | `minilora/lora.py` → `lora_weights` |
+# | `unsloth/kernels/utils.py` → `matmul_lora` | dequantize W, then $XW + s\,XAB$ | `minilora/kernels/fast_lora.py` → `_lora_forward`, `base_weight` (week 5); `minilora/linear4bit.py` → `Linear4bit` |
 # | `unsloth/models/loader.py` (`load_in_4bit=True`) | loads the base model in 4 bits through bitsandbytes | `minilora/linear4bit.py` → `quantize_model` (called by `FastLanguageModel.from_pretrained`) |
 # | bitsandbytes `functional.quantize_4bit` / `dequantize_4bit` | the NF4 format itself | `minilora/quant/nf4.py`, `minilora/quant/blockwise.py` |
 

@@ -72,7 +72,9 @@ print(memory.__doc__)
 # - **Weights.** Every parameter once (a tied embedding and head count once). 2 bytes in bf16; for QLoRA the
 #   block linears become NF4 codes (½ byte) plus their quantization state.
 # - **Gradients.** One per *trainable* parameter. Full fine-tuning: all of them. LoRA: only A and B.
-# - **Optimizer state.** AdamW keeps two moments (m, v) per trainable parameter, in the parameter's dtype.
+# - **Optimizer state.** AdamW keeps two moments (m, v) per trainable parameter, in the parameter's dtype — what
+#   `torch.optim.AdamW` does, and the one convention of this course (week 1 counts the same way). Mixed-precision
+#   recipes often keep the moments in fp32 instead; section 2 prints that variation next to it.
 # - **Activations.** What the forward saves for the backward. They grow with batch × sequence length, not with
 #   the parameter count, and gradient checkpointing trades them for a second forward.
 #
@@ -98,7 +100,11 @@ for name, kw in setups.items():
                             f"{kw['seq_len']} tokens", **kw))
     estimates[name] = {m: estimate_memory(cfg, m, **kw) for m in METHODS}
     full, qlora = estimates[name]["full"].total, estimates[name]["qlora"].total
-    print(f"QLoRA needs {qlora / full:.1%} of full fine-tuning's memory ({1 - qlora / full:.1%} less)\n")
+    print(f"QLoRA needs {qlora / full:.1%} of full fine-tuning's memory ({1 - qlora / full:.1%} less)")
+    # the variation: AdamW's two moments in fp32 rather than in the (bf16) parameter's dtype
+    full_fp32_moments = full + n["total"] * 2 * (4 - 2)  # every parameter: 2 moments, 4 bytes instead of 2
+    print(f"variation, moments in fp32: full fine-tuning {full_fp32_moments / GiB:.2f} GiB instead of "
+          f"{full / GiB:.2f} GiB\n")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -118,17 +124,20 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# For Llama-3-8B the optimizer state dominates full fine-tuning (two moments per parameter); LoRA removes it and
-# the gradients, but keeps 16-bit weights; QLoRA stores the block linears in ~4.13 bits instead of 16. The cell
-# below splits QLoRA's weights into the 4-bit block linears and what stays 16-bit (the embedding and head of a
-# 128k vocabulary, and the norms).
+# For Llama-3-8B full fine-tuning pays for the optimizer state (two moments per parameter) and the gradients of
+# every parameter; LoRA removes both but keeps 16-bit weights; QLoRA stores the block linears in about 4 bits
+# instead of 16 (the bits per parameter are printed below). The cell below splits QLoRA's weights into the 4-bit
+# block linears and what stays 16-bit (the embedding and head of a 128k vocabulary, and the norms).
 
 # %%
 q8b, c8b = estimates["llama-3-8b"]["qlora"], param_counts(catalogue_config("llama-3-8b"))
 dense16 = (c8b["total"] - c8b["block_linear"]) * 2
-print(f"Llama-3-8B QLoRA weights: block linears in NF4 {(q8b.weights - dense16 + q8b.quant_state) / GiB:.2f} GiB, "
+nf4_linears = q8b.weights - dense16 + q8b.quant_state
+print(f"Llama-3-8B QLoRA weights: block linears in NF4 {nf4_linears / GiB:.2f} GiB "
+      f"({8 * nf4_linears / c8b['block_linear']:.3f} bits per parameter), "
       f"16-bit embedding + head + norms {dense16 / GiB:.2f} GiB, adapters {q8b.adapter / GiB:.3f} GiB")
-#
+
+# %% [markdown]
 # ## 3. What NF4 really costs per parameter
 #
 # 4 bits of code, plus the block's share of its scale. The cell computes it for several block sizes, from the

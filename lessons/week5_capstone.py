@@ -40,7 +40,7 @@
 # | fused LoRA backward | `kernels/fast_lora.py` → `LoRA_MLP`, `LoRA_QKV`, `LoRA_W`; `kernels/utils.py` → `matmul_lora` | `minilora/kernels/fast_lora.py` | week 5 (Triton) |
 # | RoPE / SwiGLU / RMSNorm kernels | `kernels/rope_embedding.py`, `kernels/swiglu.py`, `kernels/rms_layernorm.py` | `minilora/kernels/{rope,swiglu,rmsnorm}.py` | week 3 (kernels) |
 # | chunked / fused cross-entropy | `kernels/cross_entropy_loss.py` | `minilora/kernels/cross_entropy.py`, `fused_linear_ce.py` | week 3 (cross-entropy) |
-# | gradient checkpointing with CPU offload | `models/_utils.py` (the "unsloth" checkpointing mode) | `minilora/models/checkpointing.py` | week 4 (memory) |
+# | gradient checkpointing with CPU offload | `models/_utils.py` (the "unsloth" checkpointing mode) | `minilora/models/checkpointing.py` | week 5 (checkpointing and offload) |
 # | memory accounting | — (the plan's memory-analysis exercise) | `minilora/memory/estimate.py`, `minilora/memory/measure.py` | week 4 (memory) |
 
 # %%
@@ -392,7 +392,8 @@ stage_of = {"week1_big_picture": "the training step the ladder takes apart", "we
             "week2_attention": "the attention every stage runs (SDPA, GQA)", "week3_nf4": "+ nf4",
             "week3_kernels_rope_swiglu": "+ triton (RoPE, SwiGLU, RMSNorm)", "week3_cross_entropy": "+ fused-ce",
             "week4_memory": "+ recompute, + offload, memory.py",
-            "week5_triton_fast_lora": "+ triton (fused LoRA backward)",
+            "week5_triton_fast_lora": "+ triton (fused LoRA MLP and Q/K/V backward)",
+            "week5_checkpointing": "+ recompute, + offload (bytes per layer, measured)",
             "week5_saving": "after the ladder: saving what it trained",
             "week5_capstone_gpu": "the ladder on a GPU, beside the anchor"}
 for path in sorted(pathlib.Path("lessons").glob("week*.py")):

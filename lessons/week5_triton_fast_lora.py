@@ -24,7 +24,11 @@
 # 1. say which elements a Triton program touches, given its program id, block size and mask;
 # 2. choose a launch grid (1-D for flat elementwise work, 2-D for rows × column blocks);
 # 3. derive dX, dA and dB for $y = xW^\top + s\,(xA^\top)B^\top$ and check them against autograd;
-# 4. explain which buffers the fused MLP backward reuses and measure the memory that saves.
+# 4. explain which buffers the fused MLP backward reuses and measure the memory that saves;
+# 5. walk through the Q/K/V backward: three projections of one input, one dx buffer, checked against autograd.
+#
+# Gradient checkpointing and CPU offload — the other half of Unsloth's `_utils.py` — have their own lesson,
+# `week5_checkpointing`.
 #
 # **Where this lives in Unsloth, and in minilora.**
 #
@@ -234,28 +238,13 @@ for name, a, b in zip(["gate A", "gate B", "up A", "up B", "down A", "down B"], 
 # Two things decide a training step's memory here: what the forward **saves** for the backward (it lives from the
 # forward until its backward runs — for every layer at once), and what the backward **allocates**. Both can be
 # measured on a CPU: `torch.autograd.graph.saved_tensors_hooks` sees every tensor saved for backward (including
-# those of custom Functions), and a `TorchDispatchMode` sees every new tensor an op returns.
+# those of custom Functions), and a `TorchDispatchMode` sees every new tensor an op returns — the library's
+# `minilora.memory.AllocationLog`:
 
 # %%
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
+from minilora.memory import AllocationLog  # noqa: E402
 
-
-class AllocationCounter(TorchDispatchMode):
-    """Adds up the bytes of new tensors PyTorch ops return (outputs sharing memory with an input don't count)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.bytes += t.untyped_storage().nbytes()
-        return out
+print(inspect.getsource(AllocationLog))
 
 
 def measure(run_forward, layers):
@@ -271,7 +260,7 @@ def measure(run_forward, layers):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = run_forward()
-    with AllocationCounter() as counter:
+    with AllocationLog() as counter:
         out.backward(torch.ones_like(out))
     return sum(saved.values()) / 2**20, counter.bytes / 2**20
 
@@ -300,7 +289,79 @@ print(f"saved: {100 * (1 - fast_saved / peft_saved):.0f}% less; "
 # three (N, r) products. In the backward, autograd allocates a fresh buffer for every gradient it forms, while the
 # fused backward allocates dh once and overwrites dead buffers for everything else.
 #
-# ## 6. On a real GPU
+# ## 6. Q, K and V: three projections of one input, one dx
+#
+# Attention projects the same normed hidden states x three times. Each projection is the LoRA projection of
+# section 3, so each contributes its own $dy\,W + s\,(dy\,B)\,A$ to the gradient of x, and x's gradient is their
+# sum:
+#
+# $$ dx = \sum_{p \in \{q, k, v\}} dp\,W_p + s_p\,(dp\,B_p)\,A_p, \qquad dA_p = s_p\,(dp\,B_p)^\top x, \qquad
+#    dB_p = s_p\,dp^\top (x A_p^\top) $$
+#
+# Left to autograd, each of the six terms of dx is a fresh (N, C) tensor, summed pairwise into more fresh tensors.
+# `LoRA_QKV` (Unsloth's `apply_lora_qkv`) runs the three projections in one autograd Function: the forward reads x
+# once and saves x and three thin (N, r) products; the backward starts dx with the first matmul and lets every
+# later term add into that one buffer with `addmm_` (the `dx` argument of `_lora_backward` in section 3). O is the
+# same Function with one projection (`LoRA_O`). The backward, shared by both:
+
+# %%
+print(inspect.getsource(fast_lora._LoRA_Projections.backward))
+
+# %% [markdown]
+# Checked against autograd in float64 (any difference is a mistake, not rounding), with the shapes of grouped-query
+# attention (k and v narrower than q), through the entry point the model calls:
+
+# %%
+from minilora.kernels.fast_lora import LoraWeights, apply_lora_projections  # noqa: E402
+
+torch.manual_seed(0)
+N, C, r, outs = 9, 24, 4, {"q": 32, "k": 8, "v": 8}
+x64 = torch.randn(N, C, dtype=torch.float64)
+W = {p: torch.randn(o, C, dtype=torch.float64) for p, o in outs.items()}
+AB = {p: (torch.randn(r, C, dtype=torch.float64, requires_grad=True),
+          torch.randn(o, r, dtype=torch.float64, requires_grad=True)) for p, o in outs.items()}
+scale = {"q": 2.0, "k": 0.5, "v": 1.0}
+dys = [torch.randn(N, o, dtype=torch.float64) for o in outs.values()]
+
+
+def qkv_grads(fused):
+    x = x64.clone().requires_grad_()
+    if fused:
+        ys = apply_lora_projections(x, *(LoraWeights(W[p], None, *AB[p], scale[p]) for p in outs))
+    else:  # what PEFT runs: three separate layers, autograd differentiates each
+        ys = [x @ W[p].T + scale[p] * (x @ AB[p][0].T) @ AB[p][1].T for p in outs]
+    sum((y * dy).sum() for y, dy in zip(ys, dys)).backward()
+    grads = [x.grad] + [t.grad.clone() for p in outs for t in AB[p]]
+    for p in outs:
+        for t in AB[p]:
+            t.grad = None
+    return grads
+
+
+names = ["dx"] + [f"d{t}_{p}" for p in outs for t in "AB"]
+for name, a, b in zip(names, qkv_grads(True), qkv_grads(False)):
+    print(f"{name:5s} {str(tuple(a.shape)):9s} max |LoRA_QKV - autograd| = {(a - b).abs().max().item():.1e}")
+
+# %% [markdown]
+# How many (N, C) tensors does each backward create? `AllocationLog` (section 5) records their shapes too.
+
+# %%
+for fused, label in [(False, "autograd (PEFT-style)"), (True, "LoRA_QKV")]:
+    x = x64.clone().requires_grad_()
+    ys = (apply_lora_projections(x, *(LoraWeights(W[p], None, *AB[p], scale[p]) for p in outs)) if fused
+          else [x @ W[p].T + scale[p] * (x @ AB[p][0].T) @ AB[p][1].T for p in outs])
+    loss = sum((y * dy).sum() for y, dy in zip(ys, dys))
+    with AllocationLog() as seen:
+        loss.backward()
+    formed = [s for s in seen.shapes if s in {(o, C) for o in outs.values()}]
+    print(f"{label:22s} new tensors the backward created: {seen.shapes.count((N, C))} of shape (N, C) = {(N, C)}, "
+          f"{len(formed)} of shape (out, C)")
+    for p in outs:
+        for t in AB[p]:
+            t.grad = None
+
+# %% [markdown]
+# ## 7. On a real GPU
 #
 # The recorded benchmark (`benchmarks/bench_ce_lora.py`, Llama-3-8B MLP shapes: C 4096, I 14336, r 16, 8192
 # tokens, bf16) times forward + backward of the PEFT-style composition and of `LoRA_MLP` in alternation
@@ -351,6 +412,8 @@ plt.show()
 #
 # - **Exercise 5.1 — the LoRA backward** (`exercises/week5/ex5_1_lora_backward.py`): write dx, dA, dB for one
 #   projection and check them against autograd with `pytest -m ex5_1`.
+# - **Exercise 5.3 — the Q/K/V backward** (`exercises/week5/ex5_3_qkv_backward.py`): dx, dA and dB for three
+#   projections sharing x, with dx accumulated in one buffer and B A never formed: `pytest -m ex5_3`.
 #
 # ## Journal prompt
 #

@@ -22,7 +22,7 @@ COURSE_ORDER = [
     "week2_model_family", "week2_attention",
     "week3_nf4", "week3_kernels_rope_swiglu", "week3_cross_entropy",
     "week4_memory", "week4_8bit",
-    "week5_triton_fast_lora", "week5_saving", "week5_capstone", "week5_capstone_gpu",
+    "week5_triton_fast_lora", "week5_checkpointing", "week5_saving", "week5_capstone", "week5_capstone_gpu",
     "week6_beyond_one_gpu",
 ]
 LESSON = re.compile(r"^week(\d+)_\w+$")

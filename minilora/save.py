@@ -3,10 +3,12 @@
 - ``lora``: the adapter alone in PEFT's format (a few MB) — `minilora.io.adapters`.
 - ``merged_16bit``: $W' = W + \\frac{\\alpha}{r} B A$ computed in fp32 for every adapted layer and written as fp16/bf16
   safetensors with ``config.json`` and the tokenizer files: transformers' ``from_pretrained`` opens it.
-- ``merged_4bit``: the same merge, then every merged linear weight rounded through NF4 (quantize, dequantize) —
-  what a model that keeps its merged weights in 4-bit computes. The small ΔW is mostly *below* the NF4 step size
-  of its block, so rounding erases much of it: this is why Unsloth warns that merging into 4-bit loses accuracy,
-  and why week 5 measures it. The file keeps 16-bit storage so every tool can open it.
+- ``merged_4bit``: the same merge, cast to ``dtype``, then every linear weight except ``lm_head`` stored as NF4 with
+  double quantization in the layout transformers + bitsandbytes save (`minilora.io.bnb4bit`): ``from_pretrained``
+  opens it as a 4-bit model, and so does minilora's loader (which dequantizes it). 4 bits per weight + 8 per
+  block of 64 + 32 per 256 blocks (≈ 4.127) plus ~1.3 KB of tables per weight matrix, instead of 16. The small
+  ΔW is mostly *below* the NF4 step size of its block, so rounding erases much of it: this is why Unsloth warns
+  that merging into 4-bit loses accuracy, and why week 5 measures it.
 - GGUF (llama.cpp's single file): F16, Q8_0 or F32 tensors through the `gguf` package, with the tokenizer and the
   chat template in its metadata, and the rows of W_q and W_k permuted into llama.cpp's interleaved RoPE layout.
 
@@ -25,13 +27,15 @@ import torch
 from torch import nn
 
 from .dtypes import dtype_name, parse_dtype
+from .io import bnb4bit
 from .io.atomic import check_save_target, write_dir
 from .io.gguf import GGUF_TYPES, write_gguf
 from .linear4bit import dense_weight, is_quantized
 from .lora import LoraLinear
 
 SAVE_METHODS = ("lora", "merged_16bit", "merged_4bit")
-__all__ = ["GGUF_TYPES", "SAVE_METHODS", "merged_state_dict", "nf4_round_trip", "save_gguf", "save_pretrained_merged"]
+__all__ = ["GGUF_TYPES", "SAVE_METHODS", "merged_state_dict", "nf4_round_trip", "quantizable_weights", "save_gguf",
+           "save_pretrained_merged"]
 
 
 def nf4_round_trip(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
@@ -40,8 +44,7 @@ def nf4_round_trip(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
     return dequantize_nf4_reference(quantize_nf4(w.float(), blocksize=blocksize), torch.float32).reshape(w.shape)
 
 
-def merged_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16, quantize_4bit: bool = False
-                      ) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """Hugging Face-named tensors of the model with every LoRA update folded into its base weight."""
     out: dict[str, torch.Tensor] = {}
 
@@ -50,8 +53,6 @@ def merged_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16, quan
             w = dense_weight(module.base_layer, torch.float32).detach()
             if not module.merged:  # an already merged layer holds W + ΔW in its base weight
                 w = w + module.delta_weight().detach().float()
-            if quantize_4bit:
-                w = nf4_round_trip(w)
             out[f"{prefix}weight"] = w.to(dtype)
             bias = getattr(module.base_layer, "bias", None)
             if bias is not None:
@@ -79,6 +80,14 @@ def loaded_from(model: nn.Module) -> list[str]:
     return list(getattr(model, "loaded_from", ()) or ())
 
 
+def quantizable_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names in ``tensors`` (a `merged_state_dict`) of the linear weights transformers quantizes with
+    ``load_in_4bit``: every linear layer but ``lm_head`` (a LoRA layer's lora_A/lora_B are merged away already)."""
+    return [f"{name}.weight" for name, m in model.named_modules()
+            if (isinstance(m, (LoraLinear, nn.Linear)) or is_quantized(m)) and name != "lm_head"
+            and f"{name}.weight" in tensors]
+
+
 def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, save_method: str = "merged_16bit",
                            dtype: str | torch.dtype = "float16", base_model_name_or_path: str | None = None,
                            adapter_tensors: dict | None = None, overwrite: bool = False) -> str:
@@ -101,12 +110,12 @@ def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, sav
             from .io.adapters import write_adapter
             write_adapter(model, tmp, base_model_name_or_path, tensors=adapter_tensors)
         else:
-            tensors = merged_state_dict(model, dtype, quantize_4bit=save_method == "merged_4bit")
-            save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+            tensors = merged_state_dict(model, dtype)
             config = model.config.to_hf_dict(dtype_name(dtype))
             if save_method == "merged_4bit":
-                config["minilora_merged"] = ("LoRA merged, then linear weights rounded through NF4 (blocksize 64); "
-                                             "stored in 16-bit for portability")
+                tensors = bnb4bit.quantize_state_dict(tensors, quantizable_weights(model, tensors))
+                config["quantization_config"] = bnb4bit.quantization_config(dtype)
+            save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump(config, f, indent=2)
             with open(os.path.join(tmp, "generation_config.json"), "w") as f:

@@ -33,5 +33,5 @@ def model_parameter_count(config: ModelConfig) -> int:
 
 
 def training_bytes(frozen: int, trainable: int, weight_bytes: int = 2, grad_bytes: int = 2,
-                   optimizer_bytes: int = 8) -> int:
+                   optimizer_bytes: int = 4) -> int:
     return (frozen + trainable) * weight_bytes + trainable * (grad_bytes + optimizer_bytes)

@@ -39,11 +39,12 @@ def model_parameter_count(config: ModelConfig) -> int:
 
 
 def training_bytes(frozen: int, trainable: int, weight_bytes: int = 2, grad_bytes: int = 2,
-                   optimizer_bytes: int = 8) -> int:
+                   optimizer_bytes: int = 4) -> int:
     """Bytes of weights + gradients + optimizer state while training (activations not included).
 
     Every parameter, frozen or trainable, stores its weight (`weight_bytes`, 2 for bf16). Only trainable ones
     also get a gradient (`grad_bytes`) and AdamW's two moments, exp_avg and exp_avg_sq (`optimizer_bytes`,
-    8 = two fp32 numbers). Full fine-tuning: frozen = 0. LoRA: frozen = the base model, trainable = the adapters.
+    4 = two bf16 numbers: torch.optim.AdamW keeps them in the parameter's dtype; pass 8 for fp32 moments).
+    Full fine-tuning: frozen = 0. LoRA: frozen = the base model, trainable = the adapters.
     """
     raise NotImplementedError("Exercise 1.2: training_bytes — see lessons/week1_lora.py")

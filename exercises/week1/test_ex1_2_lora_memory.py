@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exercises.conftest import exercise
 from minilora.lora import get_peft_model
@@ -71,6 +72,6 @@ def test_training_bytes(frozen, trainable, w, g, o):
     assert ex.training_bytes(frozen, trainable, w, g, o) == frozen * w + trainable * (w + g + o)
 
 
-def test_training_bytes_defaults_are_bf16_with_fp32_adamw():
-    assert ex.training_bytes(0, 1) == 2 + 2 + 8  # weight + gradient + two fp32 moments
+def test_training_bytes_defaults_are_bf16_with_adamw_in_the_parameter_dtype():
+    assert ex.training_bytes(0, 1) == 2 + 2 + 4  # weight + gradient + two bf16 moments (as torch.optim.AdamW)
     assert ex.training_bytes(1, 0) == 2  # a frozen weight costs only itself

@@ -210,8 +210,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="save the result to --save_path after training (default off)")
     g.add_argument("--save_method", default="merged_16bit", choices=["lora", "merged_16bit", "merged_4bit"],
                    help="lora: the adapter alone in PEFT's format (MBs); merged_16bit: W + (alpha/r)BA as "
-                        "16-bit safetensors that transformers opens; merged_4bit: the merge rounded through NF4 "
-                        "(loses accuracy: see lessons/week5_saving.py) (default %(default)s)")
+                        "16-bit safetensors that transformers opens; merged_4bit: the merge stored as NF4 in the "
+                        "transformers + bitsandbytes 4-bit format (loses accuracy: see lessons/week5_saving.py) "
+                        "(default %(default)s)")
     g.add_argument("--save_gguf", type=_bool, default=False, nargs="?", const=True,
                    help="also write a GGUF file for llama.cpp tools into --save_path (default off)")
     g.add_argument("--save_path", default=None,

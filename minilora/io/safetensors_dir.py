@@ -153,7 +153,8 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def load_safetensors_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config dict, state dict) of a Hugging Face model directory. Tensors keep the dtype they were saved in."""
+    """(config dict, state dict) of a Hugging Face model directory. Tensors keep the dtype they were saved in;
+    bitsandbytes 4-bit weights (NF4, as transformers saves them) come back dequantized to their recorded dtype."""
     config = read_config(directory)
     state_dict: dict[str, torch.Tensor] = {}
     for path in weight_files(directory):
@@ -165,4 +166,7 @@ def load_safetensors_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, 
         if absent:
             raise ValueError(f"{INDEX_FILE} lists {len(absent)} tensors that no shard holds (first: {absent[0]!r}); "
                              "the checkpoint is incomplete")
+    from .bnb4bit import dequantize_state_dict, is_bnb4bit
+    if is_bnb4bit(config):  # a bitsandbytes 4-bit save (transformers' or minilora's merged_4bit): dense weights back
+        state_dict = dequantize_state_dict(state_dict)
     return config, state_dict

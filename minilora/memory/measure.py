@@ -16,6 +16,10 @@ Two places hold them, and a measurement must look at both:
    linear + cross-entropy keeps its already computed gradients). Hooks never see those. `function_held_bytes`
    walks the autograd graph from the loss and adds them up, by Function.
 
+What a piece of code *allocates* (rather than saves) is the other question: `AllocationLog` records every new
+tensor PyTorch ops return inside it, with its shape and bytes — an in-place op's result shares its input's memory
+and is not new. It shows, for example, whether a backward builds dx in one buffer or in many.
+
 Parameters and buffers of the model are excluded (they are weights, alive anyway); so is anything counted once
 already. The meter works on any device, so the lesson can measure activation memory on a laptop CPU::
 
@@ -31,11 +35,13 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..linear4bit import QuantizedLinear
 
-__all__ = ["ActivationReport", "SavedTensorMeter", "function_held_bytes", "measure_activations", "measure_model_bytes",
-           "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
+__all__ = ["ActivationReport", "AllocationLog", "SavedTensorMeter", "function_held_bytes", "measure_activations",
+           "measure_model_bytes", "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> tuple:
@@ -217,3 +223,24 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class AllocationLog(TorchDispatchMode):
+    """Inside ``with AllocationLog() as log:``, every new tensor a PyTorch op returns: ``log.shapes`` (in order)
+    and ``log.bytes`` (their storages' total). Results that share memory with an input (in-place ops, views) are
+    not new and are left out. Triton kernels do not pass through PyTorch's dispatcher (they allocate nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple] = []
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.shapes.append(tuple(t.shape))
+                self.bytes += t.untyped_storage().nbytes()
+        return out
