@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from minilora.kernels.rope import rope_reference
-from minilora.models import LlamaForCausalLM, MistralForCausalLM, ModelConfig, build_model, catalogue_config
 from minilora.memory import SavedTensorMeter, storage_key
+from minilora.models import LlamaForCausalLM, MistralForCausalLM, ModelConfig, build_model, catalogue_config
 
 LESSON_START = time.perf_counter()
 torch.manual_seed(0)

@@ -49,8 +49,16 @@ import matplotlib.pyplot as plt
 import torch
 
 import minilora
-from minilora.models import (CATALOGUE, MODEL_TYPES, LlamaForCausalLM, ModelConfig, build_model, catalogue_config,
-                             from_catalogue, model_class, search_catalogue)
+from minilora.models import (
+    CATALOGUE,
+    MODEL_TYPES,
+    LlamaForCausalLM,
+    ModelConfig,
+    build_model,
+    from_catalogue,
+    model_class,
+    search_catalogue,
+)
 
 torch.manual_seed(0)
 

@@ -55,8 +55,7 @@ from minilora.lora import get_peft_model
 from minilora.memory import int8_weight_bytes, optimizer_state_bytes, trainable_tensor_sizes
 from minilora.models import ModelConfig, build_model, catalogue_config
 from minilora.models.registry import init_weights
-from minilora.quant import dequantize_nf4_reference, quantize_nf4
-from minilora.quant import dynamic8, int8
+from minilora.quant import dequantize_nf4_reference, dynamic8, int8, quantize_nf4
 from minilora.quant.dynamic8 import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
 from minilora.train import adamw8bit
 from minilora.train.adamw8bit import AdamW8bit, dequantize_states

@@ -53,7 +53,7 @@ import torch
 
 import minilora
 from minilora.linear4bit import Linear4bit
-from minilora.memory import GiB, STAGES, estimate_memory_per_rank
+from minilora.memory import STAGES, GiB, estimate_memory_per_rank
 from minilora.models import catalogue_config
 from minilora.train import distributed, parity
 

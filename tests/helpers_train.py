@@ -14,6 +14,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 @functools.lru_cache(maxsize=None)
 def _backend_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     from minilora.train import dates_task
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -30,6 +31,7 @@ def _backend_json() -> str:
 
 def tiny_tokenizer():
     from tokenizers import Tokenizer as Backend
+
     from minilora.io.tokenizer import Tokenizer
     return Tokenizer(Backend.from_str(_backend_json()), bos_token="<|im_start|>", eos_token="<|im_end|>",
                      pad_token="<|im_end|>", chat_template=CHATML)

@@ -6,6 +6,7 @@ The executed notebook is written to ``docs/lessons/<name>.ipynb`` (gitignored), 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import sys
@@ -39,7 +40,7 @@ class LessonResult:
 
 
 _results: dict[str, LessonResult] = {}
-_futures: dict[pathlib.Path, "concurrent.futures.Future"] = {}
+_futures: dict[pathlib.Path, concurrent.futures.Future] = {}
 _pool = None
 # 1 = one lesson at a time, in this process (the default: two torch processes on two cores can slow a training
 # cell down many times over); 2 = two lessons at once, each in its own process.
@@ -155,8 +156,8 @@ def _kernel_for_this_python() -> str:
     """A kernelspec that runs THIS interpreter (the venv's), so a `python3` kernel the user registered elsewhere
     (another Python, without minilora) can never be picked up instead."""
     if os.environ.get("MINILORA_KERNEL_DIR") is None:
-        import json
         import atexit
+        import json
         import shutil
         data = pathlib.Path(tempfile.mkdtemp(prefix="minilora-jupyter-"))
         atexit.register(shutil.rmtree, data, True)

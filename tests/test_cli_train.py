@@ -1,12 +1,10 @@
 """`minilora train` end to end on a tiny setup, its argument checks, `minilora chat`, and Unsloth's QLoRA check
 rebuilt on the real SmolLM2: a model trained on one fact answers it after training and after merging, not before."""
 import json
-import os
 
 import pytest
-import torch
-
 from helpers_train import tiny_model, tiny_tokenizer
+
 from minilora.cli import build_parser, main
 from minilora.save import save_pretrained_merged
 

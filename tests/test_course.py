@@ -7,7 +7,13 @@ import sys
 import pytest
 
 from minilora.course import (
-    course_key, discover_exercises, exercise_marker, lesson_files, marker_of_test_file, markers_selected_only)
+    course_key,
+    discover_exercises,
+    exercise_marker,
+    lesson_files,
+    marker_of_test_file,
+    markers_selected_only,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -3,12 +3,24 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from helpers_train import tiny_model, tiny_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers_train import tiny_config, tiny_model, tiny_tokenizer
-from minilora.train import (IGNORE_INDEX, DataError, Example, build_examples, chunk_text, collate, collate_packed,
-                            mask_prompt, pack_examples, read_records, to_messages)
-from minilora.train import dates_task
+from minilora.train import (
+    IGNORE_INDEX,
+    DataError,
+    Example,
+    build_examples,
+    chunk_text,
+    collate,
+    collate_packed,
+    dates_task,
+    mask_prompt,
+    pack_examples,
+    read_records,
+    to_messages,
+)
 
 
 @pytest.fixture(scope="module")

@@ -105,8 +105,8 @@ def test_fsdp_qlora_with_offloaded_checkpointing_trains_like_one_process(runs):
 
 def test_each_rank_holds_half_of_the_4bit_base(runs):
     from minilora.memory import nf4_bytes
-    from minilora.train.parity import tiny_config
     from minilora.memory.estimate import block_linear_shapes
+    from minilora.train.parity import tiny_config
     cfg = tiny_config()
     base = cfg.num_hidden_layers * sum(nf4_bytes(o * i)["total"] for o, i in block_linear_shapes(cfg).values())
     dense = (cfg.vocab_size * cfg.hidden_size + (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size) * 4

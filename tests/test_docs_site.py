@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from lesson_runner import EXECUTED, ROOT, execute_lesson, lesson_files, prefetch
 
 SCREENSHOTS = ROOT / "build" / "screenshots"

@@ -2,7 +2,8 @@
 and absmax with rounding="grid", the exact-nearest rounding and its stated distance from bitsandbytes, bad input."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minilora.quant import dequantize_blockwise_8bit, dynamic_map_8bit, quantize_blockwise_8bit
 from minilora.quant.dynamic8 import GRID_POINTS, dynamic_map

@@ -6,10 +6,14 @@ accumulated chunk by chunk in the weight's dtype, so a few ulps: 1e-2 / 2e-2 rel
 """
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from minilora.kernels.fused_linear_ce import (default_chunk_size, fused_linear_cross_entropy_fast,
-                                              fused_linear_cross_entropy_reference)
+from minilora.kernels.fused_linear_ce import (
+    default_chunk_size,
+    fused_linear_cross_entropy_fast,
+    fused_linear_cross_entropy_reference,
+)
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=1e-3),
        torch.bfloat16: dict(rtol=2e-2, atol=1e-3)}

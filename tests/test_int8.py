@@ -2,7 +2,8 @@
 (codes, row scales and outlier columns equal), the round-trip error bound and bad input."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minilora.quant.int8 import dequantize_rowwise_int8, outlier_columns, quantize_rowwise_int8
 

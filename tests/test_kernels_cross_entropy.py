@@ -8,7 +8,8 @@ tests run the same checks compiled. Tolerances (loss; gradient):
 """
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minilora.kernels.cross_entropy import MAX_CHUNK, cross_entropy_fast, cross_entropy_reference
 

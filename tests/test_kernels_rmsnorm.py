@@ -19,7 +19,8 @@ dtype d, r = 1/rms, x̂ = x r and g = dy w:
 """
 import pytest
 import torch
-from hypothesis import Phase, given, settings, strategies as st
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from minilora import ops
 from minilora.kernels.rmsnorm import rms_norm_fast, rms_norm_reference

@@ -11,11 +11,12 @@ by truncation (torch rounds to nearest), which is still within one ulp.
 """
 import pytest
 import torch
-from hypothesis import Phase, given, settings, strategies as st
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from minilora import ops
-from tests.ulp import DEVICES, DTYPES, assert_within_ulp
 from minilora.kernels.swiglu import geglu_fast, geglu_reference, swiglu_fast, swiglu_reference
+from tests.ulp import DEVICES, DTYPES, assert_within_ulp
 
 # The interpreter evaluates sigmoid as 1 / (1 + exp(-x)) in numpy: exp overflows to inf for very negative x and the
 # result is still the correct 0. numpy warns about it; that warning says nothing about the kernel.
@@ -147,6 +148,7 @@ def test_offsets_are_int64_for_tensors_past_2_31_elements():
     """A (2**31)-element tensor does not fit a CPU test, so this checks the code instead: every kernel turns its
     program id into int64 before multiplying it by a block size or stride, so offsets past 2**31 cannot wrap."""
     import inspect
+
     from minilora.kernels import rmsnorm, rope, swiglu
     kernels = [swiglu._glu_forward_kernel, swiglu._glu_backward_kernel, rope._rope_kernel,
                rmsnorm._rms_norm_forward_kernel, rmsnorm._rms_norm_backward_kernel]

@@ -5,12 +5,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from minilora.linear4bit import Linear4bit, dense_weight, quantize_model
 from minilora.lora import LoraLinear, get_peft_model, lora_layers
 from minilora.models.registry import build_model, catalogue_config
-from minilora.linear4bit import Linear4bit, dense_weight, quantize_model
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

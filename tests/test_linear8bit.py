@@ -2,7 +2,8 @@
 bitsandbytes' codes, LoRA on top (adapters float32, merge), quantize_model_8bit on a tiny model, dtype casts."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from minilora.linear8bit import Linear8bit, quantize_model_8bit
@@ -79,7 +80,8 @@ def test_lora_on_an_8bit_base_trains_only_fp32_adapters_and_merges():
 
 
 def test_quantize_model_8bit_on_a_tiny_model_and_dtype_casts():
-    from minilora.models import ModelConfig, build_model as create_model
+    from minilora.models import ModelConfig
+    from minilora.models import build_model as create_model
     from minilora.models.registry import init_weights
     cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)

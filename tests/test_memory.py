@@ -4,11 +4,20 @@ import copy
 import pytest
 import torch
 
-from minilora.lora import get_peft_model
-from minilora.memory import (METHODS, estimate_memory, lora_param_count, measure_model_bytes,
-                             measure_training_bytes, nf4_bytes, param_counts, quant_state_bits_per_param, table)
-from minilora.models.registry import build_model, catalogue_config
 from minilora.linear4bit import quantize_model
+from minilora.lora import get_peft_model
+from minilora.memory import (
+    METHODS,
+    estimate_memory,
+    lora_param_count,
+    measure_model_bytes,
+    measure_training_bytes,
+    nf4_bytes,
+    param_counts,
+    quant_state_bits_per_param,
+    table,
+)
+from minilora.models.registry import build_model, catalogue_config
 from minilora.quant import quantize_nf4
 
 

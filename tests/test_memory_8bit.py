@@ -6,9 +6,15 @@ from torch import nn
 
 from minilora.linear8bit import Linear8bit, quantize_model_8bit
 from minilora.lora import get_peft_model
-from minilora.memory import measure_training_bytes, param_counts
-from minilora.memory import (adamw8bit_state_bytes, int8_model_weight_bytes, int8_weight_bytes,
-                                  optimizer_state_bytes, trainable_tensor_sizes)
+from minilora.memory import (
+    adamw8bit_state_bytes,
+    int8_model_weight_bytes,
+    int8_weight_bytes,
+    measure_training_bytes,
+    optimizer_state_bytes,
+    param_counts,
+    trainable_tensor_sizes,
+)
 from minilora.models import ModelConfig, build_model, catalogue_config
 from minilora.train.adamw8bit import AdamW8bit
 

@@ -5,10 +5,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minilora.lora import get_peft_model
+from minilora.memory.measure import (
+    SavedTensorMeter,
+    function_held_bytes,
+    measure_activations,
+    module_storage_keys,
+    storage_key,
+)
 from minilora.models.config import ModelConfig
 from minilora.models.registry import build_model
-from minilora.memory.measure import (SavedTensorMeter, function_held_bytes, measure_activations, module_storage_keys,
-                              storage_key)
 
 
 def test_meter_counts_each_storage_once():

@@ -4,11 +4,21 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minilora.kernels.nf4_dequant import LOOKUP_GATHER, LOOKUP_PAIR, LOOKUP_SELECT, dequantize_nf4_triton
-from minilora.quant import (NF4_CODEBOOK, NF4State, check_state, derive_nf4_codebook, dequantize_nf4_reference,
-                            dynamic_map_8bit, pack_nibbles, quantize_nf4, unpack_nibbles)
+from minilora.quant import (
+    NF4_CODEBOOK,
+    NF4State,
+    check_state,
+    dequantize_nf4_reference,
+    derive_nf4_codebook,
+    dynamic_map_8bit,
+    pack_nibbles,
+    quantize_nf4,
+    unpack_nibbles,
+)
 
 bnbF = pytest.importorskip("bitsandbytes.functional")  # a dev dependency: always installed in CI
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from helpers_train import tiny_model, tiny_tokenizer
+
 from minilora import FastLanguageModel
 from minilora.cli import main
 from minilora.linear8bit import Linear8bit

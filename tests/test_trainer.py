@@ -5,12 +5,19 @@ import os
 
 import pytest
 import torch
-
 from helpers_train import tiny_model
+
 from minilora.lora import get_peft_model
 from minilora.models.checkpointing import run_layer
-from minilora.train import (Example, Trainer, TrainingArguments, TrainingError, collate, count_trained_tokens,
-                            lr_multiplier)
+from minilora.train import (
+    Example,
+    Trainer,
+    TrainingArguments,
+    TrainingError,
+    collate,
+    count_trained_tokens,
+    lr_multiplier,
+)
 
 
 def lora_model(seed=0, dropout=0.0):

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exercises.conftest import exercise
 from minilora.quant.dynamic8 import dynamic_map, quantize_blockwise_8bit

@@ -18,11 +18,10 @@ the header with every count bounded by the file's size; nothing here runs pickle
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-
-import json
 
 import numpy as np
 import torch

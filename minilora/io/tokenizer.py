@@ -13,9 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors
 
 from .atomic import write_text
 

@@ -22,8 +22,15 @@ import torch
 
 from ._triton import check_tensor
 from .checks import check_float, check_positive, check_same_device
-from .cross_entropy import (_count, check_labels, cross_entropy_backward_, cross_entropy_forward,
-                            cross_entropy_forward_backward_, cross_entropy_reference, token_losses_sum)
+from .cross_entropy import (
+    _count,
+    check_labels,
+    cross_entropy_backward_,
+    cross_entropy_forward,
+    cross_entropy_forward_backward_,
+    cross_entropy_reference,
+    token_losses_sum,
+)
 
 CHUNK_BYTES = 64 * 2**20  # default: a chunk of logits of about 64 MiB
 ONE_LAUNCH_CE = True  # per chunk: one kernel for loss + gradient (True) or the two kernels of cross_entropy_fast

@@ -3,8 +3,16 @@ from .config import ModelConfig
 from .llama import CausalLMOutput, LlamaForCausalLM
 from .mistral import MistralForCausalLM
 from .qwen2 import Qwen2ForCausalLM
-from .registry import (CATALOGUE, MODEL_TYPES, build_model, catalogue_config, from_catalogue, model_class,
-                       register_model, search_catalogue)
+from .registry import (
+                       CATALOGUE,
+                       MODEL_TYPES,
+                       build_model,
+                       catalogue_config,
+                       from_catalogue,
+                       model_class,
+                       register_model,
+                       search_catalogue,
+)
 
 __all__ = ["ModelConfig", "CausalLMOutput", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
            "CATALOGUE", "MODEL_TYPES", "build_model", "catalogue_config", "from_catalogue", "model_class",

@@ -11,12 +11,29 @@ The frozen 4-bit layer built on it, `Linear4bit` (with `quantize_model` and `den
 """
 from __future__ import annotations
 
-from .blockwise import (DOUBLE_QUANT_BLOCKSIZE, DoubleQuantState, NF4State, check_blocksize, check_state,
-                        dequantize_nf4_reference, double_quantize_absmax, pack_nibbles, quantization_error,
-                        quantize_nf4, unpack_nibbles)
+from .blockwise import (
+                        DOUBLE_QUANT_BLOCKSIZE,
+                        DoubleQuantState,
+                        NF4State,
+                        check_blocksize,
+                        check_state,
+                        dequantize_nf4_reference,
+                        double_quantize_absmax,
+                        pack_nibbles,
+                        quantization_error,
+                        quantize_nf4,
+                        unpack_nibbles,
+)
 from .dynamic8 import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
-from .nf4 import (NF4_CODEBOOK, derive_nf4_codebook, dynamic_map_8bit, nf4_codebook, nf4_midpoints, nf4_offset,
-                  uniform_int4_codebook)
+from .nf4 import (
+                        NF4_CODEBOOK,
+                        derive_nf4_codebook,
+                        dynamic_map_8bit,
+                        nf4_codebook,
+                        nf4_midpoints,
+                        nf4_offset,
+                        uniform_int4_codebook,
+)
 
 __all__ = ["NF4_CODEBOOK", "DOUBLE_QUANT_BLOCKSIZE", "DoubleQuantState", "NF4State", "check_blocksize",
            "check_state", "dequantize_blockwise_8bit", "dequantize_nf4_reference", "derive_nf4_codebook",

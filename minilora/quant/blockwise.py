@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .dynamic8 import (blocks_absmax_and_scaled as _blocks_absmax_and_scaled, check_blocksize,
-                       dequantize_blockwise_8bit, dynamic_map_8bit, quantize_blockwise_8bit, shared_dynamic_map)
+from .dynamic8 import blocks_absmax_and_scaled as _blocks_absmax_and_scaled
+from .dynamic8 import (
+    check_blocksize,
+    dequantize_blockwise_8bit,
+    dynamic_map_8bit,
+    quantize_blockwise_8bit,
+    shared_dynamic_map,
+)
 from .nf4 import NF4_CODEBOOK, NF4_ZERO_CODE, nf4_midpoints
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

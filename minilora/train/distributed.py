@@ -133,6 +133,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
         no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
     from torch.distributed.fsdp import fully_shard
+
     from ..linear4bit import Linear4bit
     for module in model.modules():
         if isinstance(module, Linear4bit):
