@@ -61,14 +61,14 @@ def _dtype(text: str):
 
 def _loss_or_none(text: str):
     low = str(text).lower()
-    if low in ("auto", "none"):
+    if low == "none":
         return low
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"stop_at_loss {text!r}: give a positive number, 'auto' or 'none'")
+        raise argparse.ArgumentTypeError(f"stop_at_loss {text!r}: give a positive number or 'none'")
     return value
 
 
@@ -146,10 +146,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="steps over which the learning rate ramps up from ~0 (default %(default)s)")
     g.add_argument("--max_steps", type=positive_int, default=d["max_steps"],
                    help="optimizer steps to run (default %(default)s)")
-    g.add_argument("--stop_at_loss", type=_loss_or_none, default="auto",
-                   help="stop before max_steps once the training loss stayed below this for 3 steps in a row: the "
-                        "task is learned and further steps cost time for nothing. 'auto': 0.005 for the bundled "
-                        "dates task, off for your own data; 'none': always run max_steps (default %(default)s)")
+    g.add_argument("--stop_at_loss", type=_loss_or_none, default="none",
+                   help="stop before max_steps once the training loss stayed below this for 3 steps in a row. A "
+                        "batch's loss is noisy: on the bundled task it first dips below 0.05 at step 9, when only "
+                        "80%% of held-out dates are right, and below 0.005 not three steps in a row in 40 steps — "
+                        "so it is off by default; 'none': always run max_steps (default %(default)s)")
     g.add_argument("--learning_rate", type=finite_float(0, low_inclusive=False), default=d["learning_rate"],
                    help="peak learning rate of AdamW. LoRA tolerates larger rates than full fine-tuning; "
                         "unsloth-cli's default is 2e-4 for long runs (default %(default)s)")
@@ -281,9 +282,6 @@ def check_model_name(name: str) -> None:
 
 
 def stop_at_loss(args) -> float | None:
-    """--stop_at_loss resolved: 'auto' stops the bundled dates task once it is learned, and nothing else."""
-    if args.stop_at_loss == "auto":
-        return 0.005 if args.dataset == "dates" and not args.raw_text_file else None
     return None if args.stop_at_loss == "none" else args.stop_at_loss
 
 
