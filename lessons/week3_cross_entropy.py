@@ -105,27 +105,9 @@ print(inspect.getsource(ce.cross_entropy_reference))
 # are not new memory). Triton kernels do not go through PyTorch's dispatcher, but they allocate nothing.
 
 # %%
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
+from minilora.memory import AllocationLog  # noqa: E402
 
-
-class AllocationCounter(TorchDispatchMode):
-    """Adds up the bytes of new tensors PyTorch ops return (outputs sharing memory with an input don't count)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes, self.big = 0, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.bytes += t.untyped_storage().nbytes()
-                self.big.append((str(func.overloadpacket.__name__), tuple(t.shape), t.dtype))
-        return out
-
+print(inspect.getsource(AllocationLog))
 
 n_small, v_small = 64, 4096
 logits = torch.randn(n_small, v_small, dtype=torch.bfloat16)
@@ -133,16 +115,16 @@ labels = torch.randint(0, v_small, (n_small,))
 one_copy = logits.numel() * logits.element_size()
 
 x = logits.clone().requires_grad_()
-with AllocationCounter() as ref_count:
+with AllocationLog() as ref_count:
     ce.cross_entropy_reference(x, labels).backward()
 x = logits.clone().requires_grad_()
-with AllocationCounter() as fast_count:
+with AllocationLog() as fast_count:
     ce.cross_entropy_fast(x, labels).backward()
 print(f"logits {n_small} x {v_small} bf16 = {one_copy / 2**20:.2f} MiB")
 print(f"reference fwd+bwd allocated {ref_count.bytes / one_copy:5.1f} x the logits' size")
 print(f"kernel    fwd+bwd allocated {fast_count.bytes / one_copy:5.2f} x the logits' size")
 print("the reference's (N, V)-sized allocations:",
-      [f"{name}{shape} {str(dt)[6:]}" for name, shape, dt in ref_count.big if shape == (n_small, v_small)])
+      [f"{name}{shape} {str(dt)[6:]}" for name, shape, dt in ref_count.allocations if shape == (n_small, v_small)])
 
 # %% [markdown]
 # The cell above shows the reference allocating several logits-sized buffers (the fp32 copy, the softmax,

@@ -233,6 +233,7 @@ class AllocationLog(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.shapes: list[tuple] = []
+        self.allocations: list[tuple] = []  # (op name, shape, dtype) of each new tensor, in order
         self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -242,5 +243,6 @@ class AllocationLog(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.shapes.append(tuple(t.shape))
+                self.allocations.append((str(func.overloadpacket.__name__), tuple(t.shape), t.dtype))
                 self.bytes += t.untyped_storage().nbytes()
         return out
