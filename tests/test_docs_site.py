@@ -26,8 +26,9 @@ UNSLOTH_MAP = {
     "models/mistral.py": (["minilora/models/mistral.py"], "week2_model_family"),
     "LlamaAttention_fast_forward": (["minilora/models/llama.py", "minilora/models/mistral.py"], "week2_attention"),
     "models/qwen2.py": (["minilora/models/qwen2.py"], "week2_model_family"),
-    "models/_utils.py": (["minilora/memory/estimate.py"], "week4_memory"),
-    "kernels/utils.py": (["minilora/lora.py"], "week1_lora"),
+    "models/_utils.py": (["minilora/models/checkpointing.py", "minilora/ops.py"], "week5_checkpointing"),
+    "kernels/utils.py": (["minilora/lora.py"], "week1_lora"),  # get_lora_parameters
+    "kernels/utils.py matmul_lora": (["minilora/kernels/fast_lora.py"], "week5_triton_fast_lora"),
     "kernels/fast_lora.py": (["minilora/kernels/fast_lora.py"], "week5_triton_fast_lora"),
     "kernels/cross_entropy_loss.py": (["minilora/kernels/cross_entropy.py"], "week3_cross_entropy"),
     "kernels/rope_embedding.py": (["minilora/kernels/rope.py"], "week3_kernels_rope_swiglu"),
@@ -48,7 +49,8 @@ def _map_rows():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("|") or len(cells) != 4 or cells[0] in ("Unsloth", "---"):
             continue
-        key = re.search(r"`([^`]+)`", cells[0])[1]
+        names = re.findall(r"`([^`]+)`", cells[0])
+        key = names[0] if names[0] not in rows else " ".join(names[:2])  # a file with two rows: add the function
         rows[key] = {"files": re.findall(r"`(minilora/[\w/]+\.py)`", cells[2]),
                      "lessons": re.findall(r"\(lessons/(\w+)\.ipynb\)", cells[3])}
     return rows
