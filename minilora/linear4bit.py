@@ -60,7 +60,8 @@ class QuantizedLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense (out, in) weight this layer computes with."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define dequantize(dtype): QuantizedLinear is the "
+                                  "shared base of Linear4bit and Linear8bit, not a layer of its own")
 
     @torch.no_grad()
     def add_to_weight(self, delta: torch.Tensor) -> None:
@@ -72,7 +73,7 @@ class QuantizedLinear(nn.Module):
 
     def _requantize(self, w: torch.Tensor) -> None:
         """Store the float32 dense weight w in this layer's format."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _requantize(w) to store a merged weight")
 
     def num_weights(self) -> int:
         """How many weights the stored codes stand for: what a parameter count counts."""
