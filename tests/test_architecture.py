@@ -22,6 +22,7 @@ LAYERS = [
     ("models", ["minilora.models"]),
     ("files and memory", ["minilora.io", "minilora.memory"]),
     ("facade and training", ["minilora.save", "minilora.loader", "minilora.train"]),
+    ("run", ["minilora.finetune", "minilora.parity"]),
     ("commands", ["minilora.commands", "minilora.cli", "minilora.__main__", "minilora.course", "minilora"]),
 ]
 
