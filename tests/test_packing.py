@@ -17,7 +17,6 @@ from helpers_train import randomize_lora, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilora import ops
 from minilora.kernels.segment_attention import (
     PackedSegments,
     positions_from_segments,
@@ -201,28 +200,22 @@ def test_no_dense_mask_is_built(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_flex_matches_reference_on_gpu(dtype):
-    """The GPU path: compiled FlexAttention, forward and backward, against every example alone through SDPA."""
+def test_compiled_flex_matches_reference_on_gpu():
+    """The GPU path: compiled FlexAttention (bf16, GQA, a sliding-window rule), forward and backward, against
+    every example alone through SDPA. bf16 operands: 3e-2 tolerance on outputs and gradients."""
     g = torch.Generator().manual_seed(0)
-    lengths = [1, 300, 77, 1000, 2, 500, 168]  # a fixed shape: (2, 4, 2048, 64) — one compile
+    lengths = [1, 300, 77, 1000, 2, 500, 168]  # a fixed shape: (2, 8, 2048, 64) — one compile
     T = 2048
     ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
     ids = torch.cat([ids, torch.full((T - len(ids),), PADDING_SEGMENT)])
     seg = torch.stack([ids, ids.flip(0)]).cuda()
-    q = torch.randn(2, 8, T, 64, generator=g).to("cuda", dtype).requires_grad_()
-    k = torch.randn(2, 2, T, 64, generator=g).to("cuda", dtype).requires_grad_()
-    v = torch.randn(2, 2, T, 64, generator=g).to("cuda", dtype).requires_grad_()
-    dy = torch.randn(2, 8, T, 64, generator=g).to("cuda", dtype)
+    q = torch.randn(2, 8, T, 64, generator=g).to("cuda", torch.bfloat16).requires_grad_()
+    k = torch.randn(2, 2, T, 64, generator=g).to("cuda", torch.bfloat16).requires_grad_()
+    v = torch.randn(2, 2, T, 64, generator=g).to("cuda", torch.bfloat16).requires_grad_()
+    dy = torch.randn(2, 8, T, 64, generator=g).to("cuda", torch.bfloat16)
     outs = []
     for fn in (segment_attention_reference, segment_attention_flex):
-        y = fn(q, k, v, PackedSegments(seg, windowed if dtype == torch.float32 else causal))
-        grads = torch.autograd.grad(y, (q, k, v), dy)
-        outs.append((y.float(), [x.float() for x in grads]))
-    tol = dict(atol=2e-3, rtol=2e-3) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(outs[1][0], outs[0][0], **tol)
-    for a, b in zip(outs[1][1], outs[0][1]):
-        torch.testing.assert_close(a, b, **tol)
-    with ops.use_kernels("triton"):  # the op picks the compiled path on CUDA
-        y = ops.segment_attention(q, k, v, PackedSegments(seg, causal))
-    assert y.shape == q.shape
+        y = fn(q, k, v, PackedSegments(seg, windowed))
+        outs.append([x.float() for x in (y, *torch.autograd.grad(y, (q, k, v), dy))])
+    for fast, ref in zip(outs[1], outs[0]):
+        torch.testing.assert_close(fast, ref, atol=3e-2, rtol=3e-2)
