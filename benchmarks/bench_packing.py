@@ -195,6 +195,7 @@ def attention_only(res: harness.Results, args, device: str) -> None:
         PackedSegments,
         segment_attention_flex,
         segment_attention_reference,
+        segment_runs,
     )
     B, nh, nkv, hd, T = (2, 4, 2, 16, 64) if args.smoke else (2, 32, 8, 128, 2048)
     dtype = torch.float32 if args.smoke else torch.bfloat16
@@ -225,6 +226,23 @@ def attention_only(res: harness.Results, args, device: str) -> None:
                                                                                        PackedSegments(seg, causal))),
              "causal SDPA, whole row (not exact)": run(lambda: F.scaled_dot_product_attention(
                  q, k, v, is_causal=True, enable_gqa=True))}
+    try:  # FlashAttention's variable-length kernel, where this torch has it (its arguments moved between versions)
+        from torch.nn.attention.varlen import varlen_attn
+        runs = [(b * T + s, b * T + e) for b, ids in enumerate(seg.tolist()) for s, e in segment_runs(ids)]
+        cu = torch.tensor([0] + [e for _, e in runs], dtype=torch.int32, device=device)
+        longest = max(e - s for s, e in runs)
+
+        def varlen():
+            flat = [x.transpose(1, 2).reshape(B * T, x.shape[1], hd) for x in (q, k, v)]
+            fk, fv = (x.repeat_interleave(nh // nkv, dim=1) for x in flat[1:])
+            try:
+                y = varlen_attn(flat[0], fk, fv, cu, cu, longest, longest, window_size=(-1, 0))
+            except TypeError:
+                y = varlen_attn(flat[0], fk, fv, cu, cu, longest, longest, is_causal=True)
+            return y.reshape(B, T, nh, hd).transpose(1, 2)
+        impls["varlen flash (torch.nn.attention.varlen)"] = run(varlen)
+    except ImportError:
+        res.log("no torch.nn.attention.varlen in this torch: its row is left out")
     n_segments = sum(len(r) for r in rows)
     res.compare(f"attention B{B} T{T} ({n_segments} examples)", impls, rounds=args.rounds, reps=5, warmup=2,
                 extras={name: {"examples": n_segments} for name in impls})
