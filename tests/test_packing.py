@@ -219,3 +219,22 @@ def test_compiled_flex_matches_reference_on_gpu():
         outs.append([x.float() for x in (y, *torch.autograd.grad(y, (q, k, v), dy))])
     for fast, ref in zip(outs[1], outs[0]):
         torch.testing.assert_close(fast, ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.gpu
+def test_packed_training_step_never_waits_for_the_gpu():
+    """A packed step on CUDA (block mask, compiled FlexAttention, positions from the ids) makes no host sync."""
+    model = lora_tiny().cuda()
+    batch = {k: v.cuda() for k, v in collate_packed(pack_examples(examples_of([5, 30, 2, 60, 17]), 64), 0,
+                                                    pad_to=64).items()}
+
+    def step():
+        loss = model(batch["input_ids"], batch["labels"], segment_ids=batch["segment_ids"], return_logits=False).loss
+        loss.backward()
+    step()  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
