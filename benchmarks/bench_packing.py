@@ -5,8 +5,8 @@ Where the lengths come from. Wang et al. 2023, "How Far Can Camels Go? Exploring
 Open Resources" (arXiv:2306.04751), Table 1, reports per dataset the mean prompt and completion length in Llama
 tokens. For GPT4-Alpaca (52,002 single-turn examples): prompt 28.0, completion 161.8 tokens. An example here is the
 Alpaca prompt template (~40 tokens) + prompt + completion: mean 230 tokens. The paper gives means only, so the shape
-is an assumption, stated here: log-normal with sigma = 0.7 in log space (a right-skewed spread; a median of about
-180 tokens and a 99th percentile of about 1,000), clipped to [8, 2048]. How much padding costs depends on that
+is an assumption, stated here: log-normal with sigma = 0.7 in log space (right-skewed: 20,000 draws give a median of
+179 tokens, a 90th percentile of 444 and a 99th of 926), clipped to [8, 2048]. How much padding costs depends on that
 spread: the recorded JSON keeps every length drawn, so another spread can be put beside it.
 
 What each stack does per optimizer step (the same examples per step for the padded stacks):
