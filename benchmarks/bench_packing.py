@@ -132,6 +132,7 @@ def run_shape(res: harness.Results, shape: str, args, device: str, dtype) -> lis
     packed = [collate_packed([rows[j] for j in row_order[k * rows_per_step:(k + 1) * rows_per_step]], 0,
                              pad_to=max_len) for k in range(n_calls)]
     fill = sum(len(e) for r in rows for e in r) / (len(rows) * max_len)
+    res.extra.setdefault("lengths", {})[name] = {"drawn": [len(e) for e in pool], "packed_row_fill": fill}
     res.log(f"{name}: {len(pool)} examples, mean {statistics.mean(len(e) for e in pool):.0f} tokens; padded steps of "
             f"{per_step} examples; {len(rows)} packed rows of {max_len} ({fill:.1%} full), {rows_per_step} per step")
 
