@@ -22,6 +22,12 @@ from .kernels.fast_lora import LoraWeights, apply_lora_mlp, apply_lora_projectio
 from .kernels.fused_linear_ce import fused_linear_cross_entropy_reference
 from .kernels.rmsnorm import rms_norm_reference
 from .kernels.rope import rope_reference
+from .kernels.segment_attention import (  # noqa: F401 - PackedSegments, positions_from_segments: for the models
+    PackedSegments,
+    check_segment_ids,
+    positions_from_segments,
+    segment_attention_reference,
+)
 from .kernels.swiglu import geglu_reference, swiglu_reference
 from .quant.blockwise import NF4State, dequantize_nf4_reference
 
@@ -132,6 +138,25 @@ def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.T
         from .kernels.nf4_dequant import dequantize_nf4_triton
         return dequantize_nf4_triton(state, dtype)
     return dequantize_nf4_reference(state, dtype)
+
+
+# --- attention over packed rows ----------------------------------------------------------------------------------
+def segment_mask(segment_ids: torch.Tensor, allowed) -> PackedSegments:
+    """Describe packed rows for `segment_attention`: ids (B, T), one per example, and the model's rule
+    ``allowed(q_pos, k_pos)``. Built once per forward; the GPU path adds its block mask on first use."""
+    return PackedSegments(segment_ids, allowed)
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: PackedSegments) -> torch.Tensor:
+    """q (B, nh, T, hd), k/v (B, nkv, T, hd) → (B, nh, T, hd); each example attends only within itself.
+
+    Compiled FlexAttention on CUDA, every example alone through SDPA otherwise. (FlexAttention has no CPU
+    backward, so the Triton interpreter mode also takes the reference here.)"""
+    check_segment_ids(segments.segment_ids, q.shape[0], q.shape[2])
+    if use_triton(q) and q.is_cuda:
+        from .kernels.segment_attention import segment_attention_flex
+        return segment_attention_flex(q, k, v, segments)
+    return segment_attention_reference(q, k, v, segments)
 
 
 # --- the causal-LM loss: token t predicts token t + 1 -------------------------------------------------------------

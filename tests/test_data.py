@@ -1,8 +1,7 @@
-"""Data formats, response-only masking, raw-text chunking, packing and the bundled dates task."""
+"""Data formats, response-only masking, raw-text chunking and the bundled dates task (packing: test_packing.py)."""
 import json
 
 import pytest
-import torch
 from helpers_train import tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +13,8 @@ from minilora.train import (
     build_examples,
     chunk_text,
     collate,
-    collate_packed,
     dates_task,
     mask_prompt,
-    pack_examples,
     read_records,
     to_messages,
 )
@@ -119,32 +116,6 @@ def test_collate_pads_with_ignored_labels():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-
-
-def test_packing_equals_running_each_example_alone():
-    torch.manual_seed(0)
-    model = tiny_model(vocab_size=50).eval()
-    exs = [Example(ids, ids) for ids in ([3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13, 14], [15, 16])]
-    rows = pack_examples(exs, max_seq_length=9)
-    assert [len(r) for r in rows] == [2, 2]
-    batch = collate_packed(rows, pad_id=0)
-    assert batch["attention_mask"].shape == (2, 1, 7, 7)
-    assert batch["position_ids"][0].tolist()[:7] == [0, 1, 2, 3, 0, 1, 2]
-    out = model(batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
-    start = 0
-    for e in rows[0]:
-        alone = model(torch.tensor([e.input_ids])).logits[0]
-        torch.testing.assert_close(out.logits[0, start:start + len(e)], alone, atol=1e-5, rtol=1e-5)
-        start += len(e)
-    # the first token of a packed example is never predicted from the previous example
-    assert batch["labels"][0, 4].item() == IGNORE_INDEX
-    # packed loss == loss over the examples run separately (same tokens, same denominator)
-    labels = batch["labels"]
-    packed = model(batch["input_ids"], labels, attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], num_items_in_batch=1).loss
-    separate = sum(model(torch.tensor([e.input_ids]), torch.tensor([e.labels]), num_items_in_batch=1).loss
-                   for row in rows for e in row)
-    torch.testing.assert_close(packed, separate, atol=1e-4, rtol=1e-5)
 
 
 def test_dates_task_splits_are_disjoint_seeded_and_iso():

@@ -69,7 +69,9 @@ class LlamaAttention(nn.Module):
         # both take it). With a mask the heads are repeated explicitly as before: not every SDPA kernel that
         # takes a mask takes GQA too, and the fallback would be the math path with its (B, nh, T, S) scores.
         n_rep = self.config.n_rep
-        if n_rep > 1 and mask is None and _SDPA_HAS_GQA:
+        if isinstance(mask, ops.PackedSegments):  # packed rows: every example attends only within itself
+            y = ops.segment_attention(q, k, v, mask)  # (B, nh, T, hd)
+        elif n_rep > 1 and mask is None and _SDPA_HAS_GQA:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)  # (B, nh, T, hd)
         else:
             if n_rep > 1:
@@ -144,11 +146,16 @@ class LlamaForCausalLM(nn.Module):
         """True when SDPA's built-in causal mask is exactly `allowed_positions` (no extra rule applies)."""
         return True
 
+    def packed_mask(self, segment_ids: torch.Tensor):
+        """Packed rows (segment_ids (B, T): one id per example): a token may attend to a token of its own example
+        that `allowed_positions` allows — the same rule as for the example alone, never a (B, 1, T, T) mask."""
+        return ops.segment_mask(segment_ids, self.allowed_positions)
+
     def attention_mask(self, T: int, past: int, attention_mask: torch.Tensor | None, device):
         """Return (mask, is_causal) for SDPA. mask is bool (B or 1, 1, T, S), True = may attend.
 
-        attention_mask may be (B, S) with 1 for real tokens and 0 for padding, or a ready (B, 1, T, S) bool mask
-        (packed sequences use one that is block-diagonal, so examples never see each other).
+        attention_mask may be (B, S) with 1 for real tokens and 0 for padding, or a ready (B, 1, T, S) bool mask.
+        (Packed rows pass segment_ids to forward instead: see `packed_mask`.)
         """
         if attention_mask is not None and attention_mask.dim() == 4:
             return attention_mask.to(torch.bool), False
@@ -172,6 +179,7 @@ class LlamaForCausalLM(nn.Module):
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = False,
                 num_items_in_batch: int | torch.Tensor | None = None,
                 return_logits: bool = True) -> CausalLMOutput:
@@ -181,6 +189,8 @@ class LlamaForCausalLM(nn.Module):
         divides the summed loss (gradient accumulation passes the token count of the whole accumulated batch).
         ``return_logits=False`` (with labels) skips the (B, T, V) logits: the loss comes from the fused linear +
         cross-entropy, chunked over tokens on the Triton path, and ``.logits`` is None.
+        ``segment_ids`` (B, T) marks packed rows (several examples in one row, one id per example): each example
+        attends only within itself, and positions restart at 0 for each unless ``position_ids`` are given.
         """
         if not return_logits and labels is None:
             raise ValueError("return_logits=False needs labels: without a loss there is nothing to return")
@@ -191,11 +201,20 @@ class LlamaForCausalLM(nn.Module):
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_hidden_layers)
         past = len(past_key_values) if past_key_values is not None else 0
+        if segment_ids is not None:
+            ops.check_segment_ids(segment_ids, B, T)
+            if past or use_cache or attention_mask is not None:
+                raise ValueError("segment_ids (packed rows) is for training and scoring whole rows: pass it "
+                                 "without attention_mask, past_key_values or use_cache")
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            position_ids = ops.positions_from_segments(segment_ids) if segment_ids is not None else \
+                torch.arange(past, past + T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, T, hd)
-        mask, is_causal = self.attention_mask(T, past, attention_mask, input_ids.device)
+        if segment_ids is not None:
+            mask, is_causal = self.packed_mask(segment_ids), False
+        else:
+            mask, is_causal = self.attention_mask(T, past, attention_mask, input_ids.device)
         checkpointing = self.gradient_checkpointing if (self.training and torch.is_grad_enabled()) else False
         x = run_layers(self.model.layers, checkpointing, x, cos, sin, mask, is_causal, past_key_values)
         x = self.model.norm(x)

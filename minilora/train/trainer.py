@@ -37,7 +37,7 @@ from . import checkpoints, distributed, runs
 from .adamw8bit import AdamW8bit
 from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError  # noqa: F401  (public names)
 from .data import Example, collate, count_trained_tokens
-from .packing import collate_packed, pack_examples
+from .packing import collate_packed, pack_examples, real_tokens
 from .schedules import lr_multiplier
 
 
@@ -102,7 +102,7 @@ class Trainer:
             epoch, k = divmod(pos, n)
             picked.append(self.rows[self._epoch_order(epoch)[k]])
         if self.args.packing:
-            batch = collate_packed(picked, self.pad_token_id)
+            batch = collate_packed(picked, self.pad_token_id, pad_to=self.args.max_seq_length)
         else:
             batch = collate([row[0] for row in picked], self.pad_token_id)
         return self._to_device(batch, self.device if device is None else device)
@@ -142,8 +142,7 @@ class Trainer:
         if n_items == 0:
             raise TrainingError(f"step {self.step + 1}: every label of the batch is masked (-100); check the "
                                 "response marker and max_seq_length")
-        n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b and b["attention_mask"].dim() == 2
-                       else b["input_ids"].numel() for b in host)
+        n_tokens = sum(real_tokens(b) for b in host)  # tokens of examples, padding left out
         n_tokens = distributed.all_reduce_sum(n_tokens, self.dist, self.device)
         batches = [self._to_device(b, self.device) for b in host]
         # The loss stays on the device while the micro-batches run: reading it (.item(), or `if not finite`) would
@@ -158,7 +157,8 @@ class Trainer:
                     # return_logits=False: only the loss is needed, so the head's logits are never held at once (a
                     # fused, chunked loss on a GPU; on a CPU only the positions that carry a label get logits)
                     out = self.engine(b["input_ids"], b["labels"], attention_mask=b.get("attention_mask"),
-                                      position_ids=b.get("position_ids"), num_items_in_batch=n_items,
+                                      position_ids=b.get("position_ids"), segment_ids=b.get("segment_ids"),
+                                      num_items_in_batch=n_items,
                                       return_logits=False)
                 self.scaler.scale(out.loss * W if W > 1 else out.loss).backward()  # × W: see the module docstring
             loss = out.loss.detach().float()
