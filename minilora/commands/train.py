@@ -165,8 +165,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=seed, default=3407,
                    help="seed for data order and dropout: the same seed gives the same run (default %(default)s)")
     g.add_argument("--packing", type=_bool, default=False, nargs="?", const=True,
-                   help="put several short examples in one row (no padding wasted; position ids restart and a "
-                        "block-diagonal mask keeps examples apart) (default off)")
+                   help="put several examples in each row of max_seq_length (best fit); each example attends only "
+                        "within itself, positions restart and no label crosses a boundary: the same loss and "
+                        "gradients as unpacked, without padding. A micro-batch is then per_device_train_batch_size "
+                        "full rows, not that many examples (default off)")
     g.add_argument("--global_train_batch_size", type=positive_int, default=None,
                    help="examples per micro-batch summed over all processes (default: the per-device size x the "
                         "number of processes); each process takes its contiguous slice")
