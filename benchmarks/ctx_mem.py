@@ -43,7 +43,7 @@ def slope(rows: list[dict]) -> float | None:
 def run(args) -> harness.Results:
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
-        from benchmarks.bench_e2e import smoke_config
+        from benchmarks.shapes import smoke_config
         config, dtype, label = smoke_config(), torch.float32, "tiny (smoke)"
     else:
         from minilora.models.registry import catalogue_config
