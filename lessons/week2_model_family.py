@@ -329,7 +329,7 @@ import io
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's note about notebook widgets
-import transformers  # noqa: E402
+import transformers
 
 transformers.logging.set_verbosity_error()
 start = time.perf_counter()
