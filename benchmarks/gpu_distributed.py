@@ -27,14 +27,21 @@ WARMUP_STEPS = 2
 
 
 def worker(opts) -> None:
-    """One rank of one configuration (started by torchrun): trains, and rank 0 writes its measurements."""
+    """One rank of one configuration (started by torchrun): trains through `minilora.finetune.finetune`, and rank 0
+    writes its measurements."""
+    from minilora.train import distributed
+    with distributed.session(opts.parallel) as ctx:
+        _worker(opts, ctx)
+
+
+def _worker(opts, ctx) -> None:
+    from minilora import parity
+    from minilora.finetune import FineTuneConfig, finetune
     from minilora.linear4bit import quantize_model
-    from minilora.lora import get_peft_model
     from minilora.memory import estimate_memory_per_rank
     from minilora.models import build_model
     from minilora.models.registry import catalogue_config, init_weights
-    from minilora.train import Example, Trainer, TrainingArguments, distributed, parity
-    ctx = distributed.init_from_env(opts.parallel)
+    from minilora.train import Example, distributed
     device = distributed.device_for(ctx)
     config = parity.tiny_config() if opts.smoke else catalogue_config(opts.shape)
     dtype = torch.float32 if opts.smoke else torch.bfloat16
@@ -42,19 +49,16 @@ def worker(opts) -> None:
     init_weights(model, std=0.02, seed=0)
     if opts.method == "qlora":
         quantize_model(model, compute_dtype=dtype)
-    get_peft_model(model, r=16, lora_alpha=16, verbose=False)
-    model.gradient_checkpointing = "recompute"
     g = torch.Generator().manual_seed(0)
     n = opts.batch * ctx.world_size * (opts.steps + WARMUP_STEPS)
     data = [Example(ids, list(ids)) for ids in torch.randint(3, config.vocab_size, (n, opts.seq), generator=g).tolist()]
-    args = TrainingArguments(output_dir=opts.scratch, per_device_train_batch_size=opts.batch,
-                             gradient_accumulation_steps=1, max_steps=opts.steps + WARMUP_STEPS, warmup_steps=0,
-                             max_seq_length=opts.seq, progress_bar=False, parallel=opts.parallel,
-                             mixed_precision=None if opts.smoke else "bf16")
-    trainer = Trainer(model, args, data, pad_token_id=0)
+    run = FineTuneConfig(model_name=opts.shape, dataset=data, eval_examples=0, r=16, lora_alpha=16,
+                         use_gradient_checkpointing="recompute", per_device_train_batch_size=opts.batch,
+                         max_steps=opts.steps + WARMUP_STEPS, warmup_steps=0, max_seq_length=opts.seq,
+                         progress=False, parallel=opts.parallel, output_dir=opts.scratch, overwrite_output_dir=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    trainer = finetune(run, model=model, say=lambda *a, **k: None).trainer
     step_ms = [r["seconds"] * 1e3 for r in trainer.log_history[WARMUP_STEPS:]]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     mine = {"peak_gib": peak, "frozen_gib": distributed.local_shard_bytes(model)["frozen"] / 2**30}
@@ -73,8 +77,6 @@ def worker(opts) -> None:
                        "predicted_gib_per_gpu": round(predicted.total / 2**30, 4),
                        "predicted_gib_per_gpu_without_activations":
                            round((predicted.total - predicted.activations) / 2**30, 4)}, f)
-    if ctx.enabled:
-        torch.distributed.destroy_process_group()
 
 
 def launch(opts, parallel: str, gpus: int, row_out: str) -> subprocess.CompletedProcess:

@@ -52,10 +52,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import minilora
+from minilora import parity
 from minilora.linear4bit import Linear4bit
 from minilora.memory import STAGES, GiB, estimate_memory_per_rank
 from minilora.models import catalogue_config
-from minilora.train import distributed, parity
+from minilora.train import distributed
 
 torch.manual_seed(0)
 ROOT = pathlib.Path(minilora.__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ print(f"weights dequantized with bf16-rounded scales: largest error {err:.2e} of
 # %% [markdown]
 # ## 4. Two real processes on this CPU
 #
-# `minilora.train.parity` runs the same tiny fine-tune (13 examples with prompts of random length, a global batch
+# `minilora.parity` runs the same tiny fine-tune (13 examples with prompts of random length, a global batch
 # of 5 examples split 3 + 2 over two ranks, 2 micro-batches a step) in one process, then in two processes started
 # by `torchrun` with the gloo backend, once with DDP and once with FSDP.
 
@@ -209,7 +210,7 @@ one = parity.run(parity.parser().parse_args(["--output_dir", str(work / "one")])
 t_one = time.perf_counter() - t0
 env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-       "-m", "minilora.train.parity"]
+       "-m", "minilora.parity"]
 for mode in ("ddp", "fsdp"):
     cmd += ["--parallel", mode, "--output_dir", str(work / mode), "--out", str(work / f"{mode}.json"), "::"]
 t0 = time.perf_counter()

@@ -89,6 +89,15 @@ def quantizable_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> l
             and f"{name}.weight" in tensors]
 
 
+def refuse_sharded_merge(model: nn.Module, what: str) -> None:
+    """A merged or GGUF save needs every base weight whole; an FSDP-sharded model holds 1/N of each on a rank."""
+    from torch.distributed.tensor import DTensor
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError(f"{what} of an FSDP-sharded model: the merge needs the whole base, which no single rank "
+                         "holds. Save the adapter (save_method='lora'), then merge in one process: "
+                         "FastLanguageModel.from_pretrained(<adapter dir>) and save_pretrained_merged")
+
+
 def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, save_method: str = "merged_16bit",
                            dtype: str | torch.dtype = "float16", base_model_name_or_path: str | None = None,
                            adapter_tensors: dict | None = None, overwrite: bool = False) -> str:
@@ -104,6 +113,8 @@ def save_pretrained_merged(model: nn.Module, tokenizer, save_directory: str, sav
     if save_method not in SAVE_METHODS:
         raise ValueError(f"save_method={save_method!r}: choose one of {', '.join(SAVE_METHODS)}")
     dtype = parse_dtype(dtype)
+    if save_method != "lora":
+        refuse_sharded_merge(model, f"save_method={save_method!r}")
     check_save_target(save_directory, loaded_from(model), overwrite)
 
     def fill(tmp: str) -> None:
@@ -135,5 +146,6 @@ def save_gguf(model: nn.Module, tokenizer, path: str, quantization: str = "f16",
     An existing file is refused unless ``overwrite=True``."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"GGUF path {str(path)!r} is a directory; pass a file name like model.gguf")
+    refuse_sharded_merge(model, "a GGUF save")
     check_save_target(path, loaded_from(model), overwrite, is_dir=False)
     return write_gguf(path, merged_state_dict(model, torch.float32), model.config, tokenizer, quantization, name)

@@ -35,11 +35,12 @@ LAYERS = [
     ("facade and training", ["minilora.loader", "minilora.save", "minilora.train", "minilora.train.adamw8bit",
                              "minilora.train.arguments", "minilora.train.checkpoints", "minilora.train.data",
                              "minilora.train.dates_task", "minilora.train.distributed", "minilora.train.inference",
-                             "minilora.train.packing", "minilora.train.parity", "minilora.train.runs",
-                             "minilora.train.schedules", "minilora.train.trainer"]),
+                             "minilora.train.packing", "minilora.train.runs", "minilora.train.schedules",
+                             "minilora.train.trainer"]),
+    ("run", ["minilora.finetune", "minilora.parity"]),
     ("commands", ["minilora", "minilora.__main__", "minilora.cli", "minilora.commands", "minilora.commands.arguments",
                   "minilora.commands.chat", "minilora.commands.exercises", "minilora.commands.journal",
-                  "minilora.commands.run_paths", "minilora.commands.train", "minilora.course", "minilora.prose"]),
+                  "minilora.commands.train", "minilora.course", "minilora.prose"]),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 

@@ -1,6 +1,6 @@
 """Two real processes (torchrun, gloo, CPU) train exactly like one process with the whole batch.
 
-The same tiny fine-tune (`minilora.train.parity`: 13 examples with masked prompts of random length, a global
+The same tiny fine-tune (`minilora.parity`: 13 examples with masked prompts of random length, a global
 micro-batch of 5 examples split 3 + 2 between the ranks, 2 micro-batches a step, epochs wrapping mid-batch) runs
 in this process and in two torchrun ranks, with DDP, FSDP2, and FSDP2 on a 4-bit base with offloaded activation
 checkpointing. Tolerances (fp32): losses 1e-6 relative, first-step gradients and final adapters 1e-5 relative
@@ -30,12 +30,12 @@ LOSS_RTOL, TENSOR_RTOL = 1e-6, 1e-5
 def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "minilora.train.parity", *args]
+           "-m", "minilora.parity", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def one_process(args: list[str]) -> dict:
-    from minilora.train import parity
+    from minilora import parity
     return parity.run(parity.parser().parse_args(args))
 
 
@@ -106,7 +106,7 @@ def test_fsdp_qlora_with_offloaded_checkpointing_trains_like_one_process(runs):
 def test_each_rank_holds_half_of_the_4bit_base(runs):
     from minilora.memory import nf4_bytes
     from minilora.memory.estimate import block_linear_shapes
-    from minilora.train.parity import tiny_config
+    from minilora.parity import tiny_config
     cfg = tiny_config()
     base = cfg.num_hidden_layers * sum(nf4_bytes(o * i)["total"] for o, i in block_linear_shapes(cfg).values())
     dense = (cfg.vocab_size * cfg.hidden_size + (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size) * 4
@@ -119,7 +119,7 @@ def test_each_rank_holds_half_of_the_4bit_base(runs):
                                                ("fsdp_q", "qlora", "zero3")])
 def test_memory_estimate_per_rank_matches_what_ranks_hold(runs, name, method, stage):
     from minilora.memory import estimate_memory_per_rank
-    from minilora.train.parity import tiny_config
+    from minilora.parity import tiny_config
     states = 0 if name == "fsdp_q" else 2  # that run uses SGD (no state), the others AdamW (m and v)
     e = estimate_memory_per_rank(tiny_config(), method, 2, stage, r=8, dtype=torch.float32,
                                  adapter_dtype=torch.float32, optimizer_states=states)
@@ -168,11 +168,13 @@ def test_smollm2_qlora_fsdp_on_two_ranks_trains_like_one_process(tmp_path):
                           "one-adapter"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "minilora", "train", *common, "--parallel", "fsdp", "--output_dir", "two",
+                          "-m", "minilora", "train", *common, "--parallel", "fsdp",
                           "--save_path", "two-adapter"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=900)
     assert two.returncode == 0, two.stderr[-3000:]
-    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("one", "two")]
+    made = os.listdir(tmp_path / "outputs")  # no --output_dir: rank 0 names the run directory, rank 1 uses it
+    assert len(made) == 1, made
+    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("one", f"outputs/{made[0]}")]
     assert [r["trained_tokens"] for r in logs[0]] == [r["trained_tokens"] for r in logs[1]]
     assert rel([r["loss"] for r in logs[1]], [r["loss"] for r in logs[0]]) < LOSS_RTOL * 10
     a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one-adapter", "two-adapter"))

@@ -12,7 +12,7 @@ from minilora.cli import main
 from minilora.io.adapters import load_adapter, save_adapter
 from minilora.lora import get_peft_model
 from minilora.save import save_pretrained_merged
-from minilora.train import Example, Trainer, TrainingArguments, TrainingError
+from minilora.train import Example, Trainer, TrainingArguments, TrainingError, runs
 from minilora.train.checkpoints import CorruptCheckpointError
 
 
@@ -160,3 +160,51 @@ def test_cli_refuses_to_mix_runs_or_destroy_the_model(tiny_dir, tmp_path, capsys
             str(tmp_path / "q"), "--save_model", "--save_path", str(tmp_path / "full"))
     refused(capsys, "would replace the run directory", tiny_dir, "--output_dir", str(tmp_path / "r"), "--save_model",
             "--save_path", str(tmp_path / "r"))
+
+
+def test_resuming_into_another_runs_directory_is_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    trainer(a).train(stop_after=2)
+    trainer(b).train()
+    before = {n: (b / n).stat().st_mtime_ns for n in os.listdir(b)}
+    with pytest.raises(FileExistsError, match="holds another run .* than the checkpoint"):
+        trainer(b).train(resume_from_checkpoint=str(a / "checkpoint-2"))
+    assert {n: (b / n).stat().st_mtime_ns for n in os.listdir(b)} == before  # B is untouched
+    # an empty directory may receive the resumed run
+    assert trainer(tmp_path / "c").train(resume_from_checkpoint=str(a / "checkpoint-2"))["steps_trained"] == 2
+
+
+def test_the_fingerprint_covers_the_base_weights_format_dtype_and_global_batch(tmp_path):
+    trainer(tmp_path).train(stop_after=2)
+    other = trainer(tmp_path)
+    with torch.no_grad():  # other weights at the same base (same shapes, same names)
+        other.model.model.layers[0].mlp.down_proj.base_layer.weight.mul_(1.5)
+    other.base_fingerprint = runs.base_fingerprint(other.model)
+    with pytest.raises(TrainingError, match="base: "):
+        other.train(resume_from_checkpoint="latest")
+    with pytest.raises(TrainingError, match="global_batch: 2 in the checkpoint, 4 now"):
+        trainer(tmp_path, global_train_batch_size=4).train(resume_from_checkpoint="latest")
+    from minilora.linear4bit import quantize_model
+    from minilora.train.runs import base_fingerprint
+    m = lora_model()
+    dense = base_fingerprint(m)
+    assert dense["format"] == "dense" and dense["dtype"] == "float32"
+    assert base_fingerprint(m.to(torch.bfloat16))["dtype"] == "bfloat16"
+    q = tiny_model(seed=0, vocab_size=64)
+    quantize_model(q)
+    assert base_fingerprint(q)["format"] == "nf4"
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("step", -5, "step must be an integer >= 0"), ("step", 2.5, "step must"), ("step", True, "step must"),
+    ("param_names", "x", "param_names"), ("optimizer_steps", {"nope": 1}, "optimizer_steps"),
+    ("log_history", [{"step": "2"}], "log_history"), ("param_groups", [1], "param_groups"),
+])
+def test_trainer_state_values_are_checked(tmp_path, key, value, match):
+    trainer(tmp_path).train(stop_after=2)
+    path = tmp_path / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state[key] = value
+    path.write_text(json.dumps(state))
+    with pytest.raises(CorruptCheckpointError, match=match):
+        trainer(tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))

@@ -216,3 +216,25 @@ def test_recover_only_restores_an_unambiguous_previous_version(tmp_path):
     write_dir(str(target), lambda d: open(os.path.join(d, "f"), "w").write("new"))
     assert (target / "f").read_text() == "new" and clean_leftovers(str(target)) == []
     assert json.loads(json.dumps(sorted(os.listdir(tmp_path)))) == ["t"]
+
+
+def test_two_processes_saving_to_one_path_never_break_each_other(tmp_path):
+    """Each save stages under its own process id and cleans only the leftovers of writers that are gone."""
+    import subprocess
+    import sys
+    script = ("import sys\nfrom minilora.io.atomic import write_dir\n"
+              "def fill(tag):\n"
+              "    def f(tmp):\n"
+              "        for i in range(20):\n"
+              "            open(f'{tmp}/part{i}', 'w').write(tag)\n"
+              "    return f\n"
+              "for n in range(12):\n"
+              "    write_dir(sys.argv[1], fill(sys.argv[2]))\n")
+    target = str(tmp_path / "model")
+    procs = [subprocess.Popen([sys.executable, "-c", script, target, tag], stderr=subprocess.PIPE, text=True)
+             for tag in ("a", "b")]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    contents = {(tmp_path / "model" / f"part{i}").read_text() for i in range(20)}
+    assert len(contents) == 1  # one whole save, never a mix of the two
+    assert leftovers(target) == []

@@ -14,12 +14,11 @@ On N GPUs (or N CPU processes), start it with torchrun; every process runs this 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
+import re
 import sys
-import time
 
-from . import run_paths
 from .arguments import (
     UsageError,
     finite_float,
@@ -73,15 +72,16 @@ def _loss_or_none(text: str):
 
 
 def _checkpointing(text: str):
+    """Words people type → the mode `minilora.models.checkpointing.check_mode` knows (it resolves "unsloth")."""
     low = str(text).lower()
-    if low in ("unsloth", "offload"):
-        return "offload"
-    if low in ("true", "recompute", "1", "yes"):
-        return "recompute"
-    if low in ("false", "none", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"use_gradient_checkpointing={text!r}: choose unsloth (= offload), true "
-                                     "(= recompute) or false")
+    words = {"true": True, "1": True, "yes": True, "false": False, "none": False, "0": False, "no": False,
+             "off": False}
+    from ..models.checkpointing import check_mode  # imported here: `minilora --help` doesn't wait for torch
+    try:
+        return check_mode(words.get(low, low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use_gradient_checkpointing={text!r}: choose unsloth (= offload), true "
+                                         "(= recompute) or false") from None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -250,14 +250,6 @@ def check_args(args) -> None:
             raise UsageError("--raw_text_file and --dataset both name the training data — pass one of them")
         if not os.path.isfile(args.raw_text_file):
             raise UsageError(f"--raw_text_file {args.raw_text_file!r} does not exist — pass a plain text file")
-        args.chunk_size = args.max_seq_length if args.chunk_size is None else args.chunk_size
-        if args.chunk_size > args.max_seq_length:
-            raise UsageError(f"--chunk_size {args.chunk_size} is longer than --max_seq_length "
-                             f"{args.max_seq_length} — lower --chunk_size or raise --max_seq_length")
-        args.stride = max(1, args.chunk_size * 3 // 4) if args.stride is None else args.stride
-        if args.stride > args.chunk_size:
-            raise UsageError(f"--stride {args.stride} is larger than --chunk_size {args.chunk_size}: the tokens "
-                             "between windows would never be trained on — use a stride <= chunk_size")
     else:
         refuse_unused(args, ["chunk_size", "stride"], "without --raw_text_file", "drop {it} or add --raw_text_file")
     if args.raw_text_file or args.dataset != "dates":
@@ -281,137 +273,41 @@ def check_model_name(name: str) -> None:
             raise UsageError(f"--model_name: {e}") from None
 
 
-def stop_at_loss(args) -> float | None:
-    return None if args.stop_at_loss == "none" else args.stop_at_loss
+def config_from(args):
+    """The `FineTuneConfig` these flags describe (its checks, worded with --flags)."""
+    from ..finetune import FineTuneConfig
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FineTuneConfig) if hasattr(args, f.name)}
+    values["stop_at_loss"] = None if args.stop_at_loss == "none" else args.stop_at_loss
+    values["progress"] = not args.no_progress
+    try:
+        return FineTuneConfig(**values)
+    except ValueError as e:
+        raise UsageError(as_flags(str(e), values)) from None
 
 
-def build_data(args, tokenizer):
-    """(train examples, held-out records for exact-match or None)."""
-    from ..train import build_examples, chunk_text, dates_task, read_records
-    if args.raw_text_file:
-        with open(args.raw_text_file, encoding="utf-8") as f:
-            text = f.read()
-        return chunk_text(tokenizer, text, args.chunk_size, args.stride), None
-    if args.dataset == "dates":
-        train, held = dates_task.make_splits(n_train=480, n_eval=max(args.eval_examples, 1), seed=0)
-        return build_examples(train, tokenizer, args.max_seq_length), held[:args.eval_examples]
-    return build_examples(read_records(args.dataset), tokenizer, args.max_seq_length), None
-
-
-def show_scores(label: str, correct: int, records, answers, n_show: int = 3) -> None:
-    print(f"{label}: {correct}/{len(records)} held-out dates exactly right ({100 * correct / len(records):.0f}%)")
-    for r, a in list(zip(records, answers))[:n_show]:
-        mark = "ok " if a == r["output"] else "   "
-        print(f"   {mark} {r['input']!r:>22} -> {a!r}  (want {r['output']!r})")
+def as_flags(message: str, names) -> str:
+    """A message that names settings (``chunk_size``) worded for the command line (``--chunk_size``)."""
+    pattern = r"(?<![\w-])(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")(?=[\s=:])"
+    return re.sub(pattern, r"--\1", message)
 
 
 def run(args) -> int:
-    run_paths.resolve(args)
     check_args(args)
-    run_paths.check(args)
-    t_start = time.perf_counter()
-    from .. import FastLanguageModel
-    from ..train import DataError, Trainer, TrainingArguments, TrainingError, dates_task
-    from ..train.distributed import init_from_env, unsharded
-    ctx = init_from_env(args.parallel)  # torchrun's environment; one plain process: nothing happens
-    if ctx.enabled and ctx.parallel == "fsdp" and (args.save_gguf or (args.save_model and args.save_method != "lora")):
-        raise SystemExit("--parallel fsdp saves the adapter only (--save_method lora): the merge needs the whole "
-                         "base, which no single rank holds. Merge afterwards in one process: "
-                         "FastLanguageModel.from_pretrained(<adapter dir>), then save_pretrained_merged")
-    say = print if ctx.is_main else _quiet  # rank 0 speaks for all
-
-    say(f"loading {args.model_name} (load_in_4bit={args.load_in_4bit}) ...", flush=True)
-    model, tokenizer = FastLanguageModel.from_pretrained(args.model_name, max_seq_length=args.max_seq_length,
-                                                         dtype=args.dtype, load_in_4bit=args.load_in_4bit)
-    if tokenizer is None:
-        raise SystemExit(f"{args.model_name} has no tokenizer files; minilora train needs tokenizer.json")
+    config = config_from(args)
+    from ..finetune import finetune
+    from ..train import DataError, TrainingError
+    from ..train.runs import RunSetupError
     try:
-        examples, held_out = build_data(args, tokenizer)
+        finetune(config)
+    except RunSetupError as e:
+        raise UsageError(f"--{e.option}: {as_flags(e.message, [f.name for f in dataclasses.fields(config)])}") \
+            from None
     except DataError as e:
         raise SystemExit(f"dataset problem: {e}") from None
-    n_tokens = sum(len(e) for e in examples)
-    say(f"data: {len(examples)} training examples, {n_tokens} tokens (longest {max(len(e) for e in examples)})")
-
-    before = None
-    if held_out and ctx.is_main:
-        correct, answers = dates_task.exact_match(model, tokenizer, held_out)
-        show_scores("before fine-tuning", correct, held_out, answers)
-        before = correct
-
-    model = FastLanguageModel.get_peft_model(
-        model, r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, bias=args.bias,
-        use_gradient_checkpointing=args.use_gradient_checkpointing, random_state=args.random_state,
-        use_rslora=args.use_rslora, verbose=ctx.is_main)
-    precision = {None: None, "float32": None, "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
-    targs = TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, max_steps=args.max_steps,
-        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.lr_scheduler_type,
-        weight_decay=args.weight_decay, optim=args.optim, seed=args.seed, logging_steps=args.logging_steps,
-        save_steps=args.save_steps, packing=args.packing, max_seq_length=args.max_seq_length,
-        parallel=args.parallel, global_train_batch_size=args.global_train_batch_size,
-        overwrite_output_dir=args.overwrite_output_dir,
-        mixed_precision=precision if precision == "fp16" else None, progress_bar=not args.no_progress,
-        stop_at_loss=stop_at_loss(args))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = Trainer(model, targs, examples, pad_token_id=pad)
-    try:
-        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     except TrainingError as e:
-        raise SystemExit(f"training stopped: {e}") from None
-    if result["steps_trained"] == 0:
-        raise SystemExit(f"nothing was trained: {trainer.resumed_from} is already at step {result['global_step']} "
-                         f"= --max_steps (that run is finished). Pass a larger --max_steps to train on, or leave "
-                         "out --resume_from_checkpoint to start a new run")
-    log = result["log_history"]
-    speed = sum(r["tokens"] for r in log) / max(sum(r["seconds"] for r in log), 1e-9)
-    say(f"trained {result['global_step']} steps in {result['train_runtime']:.1f} s ({speed:.0f} tokens/s); "
-        f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; log in {args.output_dir}/train_log.csv")
-
-    summary = {"steps": result["global_step"], "train_seconds": round(result["train_runtime"], 2),
-               "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"], "tokens_per_s": round(speed, 1)}
-    sharded = ctx.parallel == "fsdp"
-    if held_out and (ctx.is_main or sharded):
-        with unsharded(model):  # FSDP: every rank gathers the whole model, rank 0 generates with it
-            if ctx.is_main:
-                correct, answers = dates_task.exact_match(model, tokenizer, held_out)
-                show_scores("after fine-tuning", correct, held_out, answers)
-                summary.update(exact_match_before=before, exact_match_after=correct, held_out=len(held_out))
-
-    if args.save_model or args.save_gguf:
-        adapter = None
-        if sharded:  # gathered by every rank together, written by rank 0
-            from ..io.adapters import adapter_state_dict
-            adapter = adapter_state_dict(model)
-        if ctx.is_main:
-            save(args, model, tokenizer, adapter)
-    if ctx.is_main:
-        summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
-        with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        say(f"done in {summary['total_seconds']:.0f} s")
-    if ctx.enabled:
-        import torch.distributed
-        torch.distributed.destroy_process_group()
+        raise SystemExit(f"training stopped: {as_flags(str(e), [f.name for f in dataclasses.fields(config)])}") \
+            from None
     return 0
-
-
-def _quiet(*_args, **_kwargs) -> None:
-    """What ranks other than 0 print: nothing."""
-
-
-def save(args, model, tokenizer, adapter=None) -> None:
-    from ..save import save_gguf, save_pretrained_merged
-    if args.save_model:
-        base = args.model_name if not os.path.exists(args.model_name) else os.path.abspath(args.model_name)
-        save_pretrained_merged(model, tokenizer, args.save_path, args.save_method, base_model_name_or_path=base,
-                               adapter_tensors=adapter, overwrite=args.overwrite_output_dir)
-        print(f"saved ({args.save_method}) to {args.save_path}/")
-    if args.save_gguf:
-        for q in args.quantization:
-            path = os.path.join(args.save_path, f"model-{q}.gguf")
-            save_gguf(model, tokenizer, path, q, overwrite=args.overwrite_output_dir)
-            print(f"saved GGUF ({q}) to {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

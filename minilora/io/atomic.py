@@ -13,6 +13,10 @@ A reader (or a crash, or Ctrl-C) never sees half a file or a directory mixing tw
 - `check_save_target(path, protected, overwrite)`: what a save must refuse before it writes anything: a target that
   is, or contains, a file the model was loaded from, and a non-empty target the caller did not ask to overwrite.
 
+Staging names carry their writer's process id (``.<name>.partial-<pid>-<random>``), and a save cleans up only the
+leftovers of writers that are gone: two processes saving to one path never delete each other's staging directory;
+each swaps in its own whole version, the later one wins.
+
 Leftover names start with a dot and never end in a model file's extension, so a directory scan for ``*.gguf`` or
 ``*.safetensors`` cannot mistake them for a model.
 """
@@ -32,13 +36,34 @@ def _leftover_prefixes(path: str) -> tuple[str, ...]:
     return tuple(f".{name}{marker}" for marker in LEFTOVER_MARKERS)
 
 
+def _staging_prefix(name: str, marker: str) -> str:
+    return f".{name}{marker}{os.getpid()}-"
+
+
+def _writer_alive(leftover: str) -> bool:
+    """Whether the process that made this staged or set-aside copy still runs (it may still be using it)."""
+    tail = os.path.basename(leftover).split(".partial-" if ".partial-" in leftover else ".previous-", 1)[-1]
+    pid = tail.split("-", 1)[0]
+    if not pid.isdigit():
+        return False  # a name without a writer's id: an older save's leftover
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def leftovers(path: str) -> list[str]:
-    """What killed saves of ``path`` left beside it (staged ``.partial-`` and set-aside ``.previous-`` copies)."""
+    """What killed saves of ``path`` left beside it (staged ``.partial-`` and set-aside ``.previous-`` copies of
+    writers that are gone; a running save's staging is its own)."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         return []
     prefixes = _leftover_prefixes(path)
-    return sorted(os.path.join(parent, e) for e in os.listdir(parent) if e.startswith(prefixes))
+    found = (os.path.join(parent, e) for e in os.listdir(parent) if e.startswith(prefixes))
+    return sorted(p for p in found if not _writer_alive(p))
 
 
 def recover(path: str) -> str | None:
@@ -141,7 +166,7 @@ def write_file(path: str | os.PathLike, fill: Callable[[str], None], *, exclusiv
     os.makedirs(parent, exist_ok=True)
     if not exclusive:  # an exclusive writer may race a concurrent one: never delete another writer's staging file
         clean_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.partial-", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(name, ".partial-"), dir=parent)
     os.close(fd)
     try:
         fill(tmp)
@@ -176,7 +201,7 @@ def write_dir(path: str | os.PathLike, fill: Callable[[str], None]) -> str:
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
     clean_leftovers(path)
-    staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(name, ".partial-"), dir=parent)
     previous = None
     try:
         fill(staging)
@@ -185,7 +210,7 @@ def write_dir(path: str | os.PathLike, fill: Callable[[str], None]) -> str:
             shutil.rmtree(staging, ignore_errors=True)  # the staging name now holds the old version
             return path
         if os.path.exists(path):
-            previous = tempfile.mkdtemp(prefix=f".{name}.previous-", dir=parent)
+            previous = tempfile.mkdtemp(prefix=_staging_prefix(name, ".previous-"), dir=parent)
             os.rmdir(previous)  # only the name is wanted: rename needs it free
             os.replace(path, previous)
         os.replace(staging, path)

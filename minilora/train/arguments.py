@@ -4,10 +4,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw_torch", "adamw", "adamw_8bit", "sgd")  # adamw_8bit: minilora.train.adamw8bit
 PRECISIONS = (None, "fp32", "bf16", "fp16")
+PARALLEL = ("ddp", "fsdp")  # several processes (torchrun): a full model per rank, or every weight sharded
+
+
+def check_parallel(parallel: str | None) -> str | None:
+    """The one check of a ``parallel`` value (None: one process, or ddp by default under torchrun)."""
+    if parallel not in (None, *PARALLEL):
+        raise ValueError(f"parallel={parallel!r}: choose 'ddp' (a full model per rank) or 'fsdp' (sharded)")
+    return parallel
+
+
+def mixed_precision_for(compute_dtype: torch.dtype) -> str | None:
+    """The autocast a run of weights in ``compute_dtype`` needs, decided where that dtype is first known: float16
+    gets "fp16" (autocast with loss scaling: its range is small); bfloat16 and float32 weights already compute in
+    their own dtype, so None."""
+    return "fp16" if compute_dtype == torch.float16 else None
 
 
 @dataclass
@@ -71,8 +88,7 @@ class TrainingArguments:
                              f"got {self.stop_at_loss}")
         if not isinstance(self.stop_patience, int) or self.stop_patience < 1:
             raise ValueError(f"stop_patience must be a positive integer, got {self.stop_patience!r}")
-        if self.parallel not in (None, "ddp", "fsdp"):
-            raise ValueError(f"parallel={self.parallel!r}: choose 'ddp' (a full model per rank) or 'fsdp' (sharded)")
+        check_parallel(self.parallel)
         if self.global_train_batch_size is not None and (not isinstance(self.global_train_batch_size, int)
                                                          or self.global_train_batch_size < 1):
             raise ValueError(f"global_train_batch_size must be a positive integer or None, got "

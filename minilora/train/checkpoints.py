@@ -89,6 +89,9 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[str,
         raise CorruptCheckpointError(f"{state_file} is damaged: not valid JSON ({e})") from None
     if not isinstance(state, dict) or not all(k in state for k in STATE_KEYS):
         raise CorruptCheckpointError(f"{state_file} is damaged: it lacks some of {', '.join(STATE_KEYS)}")
+    problem = _state_problem(state)
+    if problem:
+        raise CorruptCheckpointError(f"{state_file} is damaged: {problem}")
     out = [state]
     for name in ("trainable.safetensors", "optimizer.safetensors"):
         try:
@@ -98,6 +101,29 @@ def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[str,
     if "rng.cpu" not in out[2]:
         raise CorruptCheckpointError(f"checkpoint {path}: optimizer.safetensors lacks the random generator state")
     return tuple(out)
+
+
+def _state_problem(state: dict) -> str | None:
+    """What is wrong with a trainer_state.json's values (None: nothing) — a hand-edited or damaged file must not
+    make the run train a wrong number of steps or index past its parameters."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**40
+    if not count(state["step"]):
+        return f"step must be an integer >= 0, got {state['step']!r}"
+    names = state["param_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        return "param_names must be a list of distinct parameter names"
+    steps = state["optimizer_steps"]
+    if not isinstance(steps, dict) or not all(k in names and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and 0 <= v <= state["step"] for k, v in steps.items()):
+        return "optimizer_steps must map parameter names to step counts between 0 and step"
+    groups = state["param_groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return "param_groups must be a list of objects"
+    log = state["log_history"]
+    if not isinstance(log, list) or not all(isinstance(r, dict) and count(r.get("step")) for r in log):
+        return "log_history must be a list of records, each with an integer step >= 0"
+    return None
 
 
 def read_latest(output_dir: str) -> tuple[str, tuple]:

@@ -2,8 +2,10 @@
 
     torchrun --nproc_per_node N -m minilora train ... --parallel ddp|fsdp
 
-torchrun gives every process RANK, WORLD_SIZE and LOCAL_RANK in its environment; `init_from_env` joins them into
-one process group (NCCL between GPUs, gloo between CPU processes). The `Trainer` then asks this module for:
+torchrun gives every process RANK, WORLD_SIZE and LOCAL_RANK in its environment; `session()` joins them into one
+process group (NCCL between GPUs, gloo between CPU processes) for the duration of a ``with`` block and leaves it on
+exit — the one place a group is joined and left. The `Trainer` is handed that session's `DistContext` (or reads the
+group already joined) and asks this module for:
 
 - the wrapped model: DDP keeps a full copy of the model per rank and all-reduces the LoRA gradients after each
   backward; FSDP2 (``fully_shard`` per decoder layer + the root) keeps 1/N of every parameter per rank, all-gathers a
@@ -28,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-PARALLEL = ("ddp", "fsdp")
+from .arguments import check_parallel
 
 
 @dataclass(frozen=True)
@@ -47,30 +49,39 @@ class DistContext:
         return self.world_size > 1
 
 
-def check_parallel(parallel: str | None) -> str | None:
-    if parallel not in (None, *PARALLEL):
-        raise ValueError(f"parallel={parallel!r}: choose 'ddp' (a full model per rank) or 'fsdp' (sharded)")
-    return parallel
-
-
-def init_from_env(parallel: str | None = None) -> DistContext:
-    """Join the process group torchrun describes in the environment (a no-op for a plain single process)."""
-    check_parallel(parallel)
+def _join_from_env() -> bool:
+    """Join the process group torchrun describes in the environment; False when there is nothing to join (one plain
+    process, or a group someone else already joined and so must leave)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            if name not in os.environ:
-                raise RuntimeError(f"WORLD_SIZE={world} but {name} is not set: start the processes with "
-                                   "`torchrun --nproc_per_node N ...`, which sets RANK, LOCAL_RANK, MASTER_ADDR "
-                                   "and MASTER_PORT")
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if torch.cuda.is_available():
-            if local_rank >= torch.cuda.device_count():
-                raise RuntimeError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
-                                   "GPU(s): pass --nproc_per_node at most the number of GPUs")
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return context(parallel)
+    if world <= 1 or dist.is_initialized():
+        return False
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise RuntimeError(f"WORLD_SIZE={world} but {name} is not set: start the processes with "
+                               "`torchrun --nproc_per_node N ...`, which sets RANK, LOCAL_RANK, MASTER_ADDR "
+                               "and MASTER_PORT")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
+                               "GPU(s): pass --nproc_per_node at most the number of GPUs")
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+@contextlib.contextmanager
+def session(parallel: str | None = None):
+    """``with session("fsdp") as ctx:`` — join torchrun's process group (a no-op in one plain process), yield where
+    this process stands, and leave the group on the way out, error or not. A group joined before the ``with`` (by
+    the caller) is used and left to the caller: whoever joins a group leaves it."""
+    check_parallel(parallel)
+    joined = _join_from_env()
+    try:
+        yield context(parallel)
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def context(parallel: str | None = None) -> DistContext:
@@ -103,6 +114,22 @@ def all_reduce_sum(value, ctx: DistContext, device: torch.device | None = None):
                      device=device or torch.device("cpu"))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return type(value)(t.item())
+
+
+def text_from_main(text: str | None, ctx: DistContext) -> str:
+    """Rank 0's ``text`` on every rank (a collective; with one process, the text itself). Sent as UTF-8 bytes in
+    a tensor: nothing is pickled between processes."""
+    if not ctx.enabled:
+        return text
+    device = device_for(ctx)
+    data = (text or "").encode() if ctx.is_main else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    if ctx.is_main and data:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(buf, src=0)
+    return bytes(buf.cpu().tolist()).decode()
 
 
 def barrier(ctx: DistContext) -> None:

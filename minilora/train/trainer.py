@@ -45,7 +45,8 @@ class Trainer:
     """Train the parameters of ``model`` that require grad on tokenized ``train_dataset`` (list of Example)."""
 
     def __init__(self, model, args: TrainingArguments, train_dataset: list[Example],
-                 eval_dataset: list[Example] | None = None, pad_token_id: int = 0):
+                 eval_dataset: list[Example] | None = None, pad_token_id: int = 0,
+                 dist: distributed.DistContext | None = None):
         if not train_dataset:
             raise ValueError("train_dataset is empty: an empty dataset cannot train anything")
         if not all(isinstance(e, Example) for e in train_dataset):
@@ -56,7 +57,10 @@ class Trainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters: add LoRA adapters with get_peft_model first")
         self.device = next(iter(self.params.values())).device
-        self.dist = distributed.init_from_env(args.parallel)  # under torchrun: joins its process group
+        # where this process stands: the context of the `distributed.session` the run is inside, or (None) the
+        # group someone already joined — the trainer never joins or leaves a process group itself
+        self.dist = dist if dist is not None else distributed.context(args.parallel)
+        self.base_fingerprint = runs.base_fingerprint(model)  # before sharding: the same on every rank
         self.engine = model  # what the training step calls: the model, or its DDP wrapper
         if self.dist.enabled:
             self.device = distributed.device_for(self.dist)
@@ -224,7 +228,7 @@ class Trainer:
         A used ``output_dir`` is refused unless resuming or ``args.overwrite_output_dir`` (see `runs`)."""
         from tqdm.auto import tqdm
         a = self.args
-        runs.check_output_dir(a.output_dir, resuming=bool(resume_from_checkpoint), overwrite=a.overwrite_output_dir)
+        runs.check_output_dir(a.output_dir, resuming=resume_from_checkpoint or False, overwrite=a.overwrite_output_dir)
         if a.overwrite_output_dir and not resume_from_checkpoint and self.dist.is_main:
             runs.clear_run(a.output_dir)
         distributed.barrier(self.dist)  # every rank has checked the directory before rank 0 writes into it

@@ -1,8 +1,8 @@
 """The same small fine-tune in one process or in N: run it both ways and compare losses, gradients and adapters.
 
-    python -m minilora.train.parity --out one.json                                   # one process
-    torchrun --nproc_per_node 2 -m minilora.train.parity --parallel fsdp --out two.json   # two (gloo on a CPU)
-    torchrun ... -m minilora.train.parity --parallel ddp --out a.json :: --parallel fsdp --out b.json   # both
+    python -m minilora.parity --out one.json                                   # one process
+    torchrun --nproc_per_node 2 -m minilora.parity --parallel fsdp --out two.json   # two (gloo on a CPU)
+    torchrun ... -m minilora.parity --parallel ddp --out a.json :: --parallel fsdp --out b.json   # both
 
 A tiny random Llama (built from `ModelConfig`, seeded), LoRA on every block linear (optionally a 4-bit base), and
 random examples whose prompt part is masked (so ranks see different numbers of label tokens). Rank 0 writes a JSON
@@ -19,11 +19,12 @@ import sys
 
 import torch
 
-from . import distributed
+from .train import distributed
+from .train.arguments import PARALLEL
 
 
 def tiny_config(layers: int = 2):
-    from ..models import ModelConfig
+    from .models import ModelConfig
     return ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
                        rope_theta=10000.0, tie_word_embeddings=True)
@@ -31,7 +32,7 @@ def tiny_config(layers: int = 2):
 
 def tiny_examples(n: int, seed: int = 0, vocab: int = 96):
     """n random examples of 6..24 tokens whose first 2..length-2 tokens are a masked prompt."""
-    from .data import IGNORE_INDEX, Example
+    from .train.data import IGNORE_INDEX, Example
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
@@ -43,10 +44,10 @@ def tiny_examples(n: int, seed: int = 0, vocab: int = 96):
 
 
 def build(quantize: bool = False, checkpointing=False, layers: int = 2, r: int = 8):
-    from ..linear4bit import quantize_model
-    from ..lora import get_peft_model
-    from ..models import build_model
-    from ..models.registry import init_weights
+    from .linear4bit import quantize_model
+    from .lora import get_peft_model
+    from .models import build_model
+    from .models.registry import init_weights
     model = build_model(tiny_config(layers))
     init_weights(model, std=0.05, seed=0)
     if quantize:
@@ -62,38 +63,47 @@ def build(quantize: bool = False, checkpointing=False, layers: int = 2, r: int =
 
 
 def run(opts) -> dict | None:
-    from .arguments import TrainingArguments
-    from .trainer import Trainer
-    ctx = distributed.init_from_env(opts.parallel)
+    """One fine-tune through `minilora.finetune.finetune`, inside the caller's `distributed.session` (or its own)."""
+    with distributed.session(opts.parallel) as ctx:
+        return _run(opts, ctx)
+
+
+def _run(opts, ctx) -> dict | None:
+    from .finetune import FineTuneConfig, finetune
+    config = FineTuneConfig(
+        model_name="tiny-random-llama", dataset=tiny_examples(opts.examples), eval_examples=0,
+        per_device_train_batch_size=1, global_train_batch_size=opts.global_batch,
+        gradient_accumulation_steps=opts.accum, max_steps=opts.steps, learning_rate=opts.lr, optim=opts.optim,
+        warmup_steps=0, lr_scheduler_type="constant", seed=7, save_steps=opts.save_steps, progress=False,
+        parallel=opts.parallel, output_dir=opts.output_dir, resume_from_checkpoint=opts.resume)
     model = build(opts.quantize, opts.checkpointing, opts.layers)
-    args = TrainingArguments(output_dir=opts.output_dir, per_device_train_batch_size=1,
-                             global_train_batch_size=opts.global_batch, gradient_accumulation_steps=opts.accum,
-                             max_steps=opts.steps, learning_rate=opts.lr, optim=opts.optim, warmup_steps=0, lr_scheduler_type="constant",
-                             seed=7, save_steps=opts.save_steps, progress_bar=False, parallel=opts.parallel)
-    trainer = Trainer(model, args, tiny_examples(opts.examples), pad_token_id=0)
-    first_grads = {}
+    first_grads, held = {}, {}
 
-    def keep_first_grads(optimizer, *_):  # runs on every rank: gathering sharded gradients is a collective
-        if not first_grads:
-            held.update(distributed.local_shard_bytes(model))  # the gradients exist right now
-            for n, p in trainer.params.items():
-                first_grads[n] = distributed.full_tensor(p.grad).detach().cpu().clone()
-    trainer.optimizer.register_step_pre_hook(keep_first_grads)
-    if opts.kill_after:
-        save = trainer.save_checkpoint
+    def hooks(trainer):
+        def keep_first_grads(optimizer, *_):  # runs on every rank: gathering sharded gradients is a collective
+            if not first_grads:
+                held.update(distributed.local_shard_bytes(model))  # the gradients exist right now
+                for n, p in trainer.params.items():
+                    first_grads[n] = distributed.full_tensor(p.grad).detach().cpu().clone()
+        trainer.optimizer.register_step_pre_hook(keep_first_grads)
+        if opts.stop_after:
+            train = trainer.train
+            trainer.train = lambda **kw: train(**kw, stop_after=opts.stop_after)
+        if opts.kill_after:
+            save = trainer.save_checkpoint
 
-        def save_then_die(path=None):  # a crash right after a checkpoint: the whole job goes down
-            out = save(path)
-            if trainer.step >= opts.kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return out
-        trainer.save_checkpoint = save_then_die
-    held = {}
-    trainer.train(resume_from_checkpoint=opts.resume, stop_after=opts.stop_after)
+            def save_then_die(path=None):  # a crash right after a checkpoint: the whole job goes down
+                out = save(path)
+                if trainer.step >= opts.kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return out
+            trainer.save_checkpoint = save_then_die
+
+    trainer = finetune(config, model=model, on_trainer=hooks, say=_quiet).trainer
     held["optimizer"] = distributed.local_shard_bytes(model, trainer.optimizer)["optimizer"]
-    from ..io.adapters import adapter_state_dict
+    from .io.adapters import adapter_state_dict
     adapter = adapter_state_dict(model)
-    from .data import count_trained_tokens
+    from .train.data import count_trained_tokens
     mine = {"held": held, "tokens": [count_trained_tokens(trainer.micro_batch(i)["labels"])
                                      for i in range(opts.steps * opts.accum)]}  # this rank's label tokens
     every = [mine]
@@ -114,8 +124,13 @@ def run(opts) -> dict | None:
     return result
 
 
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
 def main(argv: list[str]) -> None:
-    """Several runs in the same processes (one start-up paid once): their arguments separated by ``::``."""
+    """Several runs in the same processes (one start-up and one process group paid once): their arguments
+    separated by ``::``."""
     runs, current = [], []
     for word in argv + ["::"]:
         if word == "::":
@@ -123,16 +138,16 @@ def main(argv: list[str]) -> None:
             current = []
         else:
             current.append(word)
-    for words in runs:
-        run(parser().parse_args(words))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    parsed = [parser().parse_args(words) for words in runs]
+    with distributed.session(parsed[0].parallel):
+        for opts in parsed:
+            run(opts)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minilora.train.parity", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m minilora.parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parallel", choices=distributed.PARALLEL, default=None)
+    p.add_argument("--parallel", choices=PARALLEL, default=None)
     p.add_argument("--quantize", action="store_true", help="a 4-bit (NF4) base: QLoRA")
     p.add_argument("--checkpointing", default=False, choices=[False, "recompute", "offload"],
                    type=lambda s: False if s in ("false", "none") else s)
