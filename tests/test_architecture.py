@@ -211,3 +211,17 @@ def test_nothing_loaded_by_path():
     offenders = [p.relative_to(ROOT).as_posix() for folder in ("minilora", "lessons", "docs", "benchmarks", "exercises")
                  for p in (ROOT / folder).rglob("*.py") if "spec_from_file_location" in p.read_text(encoding="utf-8")]
     assert not offenders, f"load modules by import, not by file path: {offenders}"
+
+
+def test_the_ignore_index_is_written_once():
+    """-100 (the label without loss) is named once, where the losses act on it; everything else imports the name."""
+    homes = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
+                    and node.operand.value == 100):
+                homes.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno}")
+    # io/atomic.py's -100 is Linux's AT_FDCWD ("relative to the working directory"), another fact
+    homes = [h for h in homes if not h.startswith("minilora/io/atomic.py:")]
+    assert [h.split(":")[0] for h in homes] == ["minilora/kernels/__init__.py"], \
+        f"-100 written as a literal: {homes}; import IGNORE_INDEX from minilora.kernels"
