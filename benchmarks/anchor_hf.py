@@ -24,9 +24,11 @@ import time
 import torch
 
 from benchmarks import harness
+from benchmarks.shapes import SHAPES, smoke_config
 from benchmarks.train_step import Step, built
 from minilora.io.atomic import write_dir
 from minilora.models.config import ModelConfig
+from minilora.models.registry import catalogue_config
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -123,7 +125,6 @@ def default_cache_dir(shape: str) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.bench_e2e import SHAPES, smoke_config
     from benchmarks.train_step import add_throughput, model_flops_per_token
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("the anchor needs a CUDA GPU for its real shapes; --smoke runs a tiny one on the CPU")
     name, batch = SHAPES[args.shape]
-    config = smoke_config() if args.smoke else _catalogue(name)
+    config = smoke_config() if args.smoke else catalogue_config(name)
     name = "tiny (smoke)" if args.smoke else name
     batch = args.batch or (2 if args.smoke else batch)
     seq = 32 if args.smoke else args.seq
@@ -152,11 +153,6 @@ def main(argv=None) -> int:
     row["loss"] = step.loss_value()
     harness.finish(res, args.out, harness.result_stem(f"anchor-hf-{args.shape}", device, args.smoke))
     return 0
-
-
-def _catalogue(name):
-    from minilora.models.registry import catalogue_config
-    return catalogue_config(name)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def bench_linear_ce(res, args, N, H, V, device, liger_flce, frozen: bool):
             f(hidden, weight, labels).backward()
             hidden.grad = weight.grad = None
         return call
-    eager = lambda h, w, y: F.cross_entropy((h @ w.T).float(), y)  # noqa: E731
+    eager = lambda h, w, y: F.cross_entropy((h @ w.T).float(), y)
     impls = {"torch eager": run(eager)}
     if args.compile and not frozen:
         impls["torch.compile"] = run(torch.compile(eager))

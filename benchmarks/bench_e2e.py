@@ -21,20 +21,9 @@ import pathlib
 import torch
 
 from benchmarks import harness
+from benchmarks.shapes import SHAPES, smoke_config
 from benchmarks.train_step import STAGES, add_throughput, minilora_stage, model_flops_per_token
 from minilora.io.atomic import write_text
-
-SHAPES = {"1b": ("llama-3.2-1b", 4), "8b": ("llama-3-8b", 2)}  # catalogue name, batch (S2048)
-
-
-def smoke_config():
-    """SmolLM2-135M's widths, 2 blocks, a small vocabulary: a step takes a fraction of a second on a CPU."""
-    from minilora.models.config import ModelConfig
-    from minilora.models.registry import catalogue_config
-    fields = catalogue_config("smollm2-135m").to_dict()
-    fields.update(num_hidden_layers=2, vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16)
-    return ModelConfig.from_dict(fields)
 
 
 def profile_table(step, device: str) -> str:

@@ -43,7 +43,7 @@ def slope(rows: list[dict]) -> float | None:
 def run(args) -> harness.Results:
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
-        from benchmarks.bench_e2e import smoke_config
+        from benchmarks.shapes import smoke_config
         config, dtype, label = smoke_config(), torch.float32, "tiny (smoke)"
     else:
         from minilora.models.registry import catalogue_config
@@ -120,7 +120,7 @@ def run(args) -> harness.Results:
                           host_peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                           note="one step, timed once; peak = resident + the step's own peak")
             add_throughput(row, args.long, flops, None)
-        except Exception as err:  # noqa: BLE001 - out of memory is a result here
+        except Exception as err:  # out of memory is a result here
             res.add(f"B1 S{args.long} single step", name, [], seq=args.long, error=harness._error_text(err))
     if device == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory

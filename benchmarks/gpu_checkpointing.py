@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from benchmarks import harness
-from benchmarks.bench_e2e import smoke_config
+from benchmarks.shapes import smoke_config
 from benchmarks.train_step import add_throughput, checkpointing_mode, model_flops_per_token
 
 MODES = ("offload", "recompute", False)

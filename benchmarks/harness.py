@@ -162,7 +162,7 @@ def time_rotated(impls: dict[str, Callable[[], object]], *, rounds: int = 3, rep
             for _ in range(warmup):
                 fn()
             _sync(clock)
-        except Exception as err:  # noqa: BLE001 - one broken baseline must not lose the others
+        except Exception as err:  # one broken baseline must not lose the others
             fail(name, err)
     for order in rotation([n for n in impls if n not in errors], rounds):
         order = [n for n in order if n not in errors]
@@ -177,7 +177,7 @@ def time_rotated(impls: dict[str, Callable[[], object]], *, rounds: int = 3, rep
                     marks.append((start, clock.mark()))
                 _sync(clock)
                 samples[name] += [clock.elapsed_ms(a, b) for a, b in marks]
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 fail(name, err)
     for name in errors:
         samples[name] = []
@@ -193,7 +193,7 @@ def _sync(clock):
 def _free_cuda_if_possible():
     try:
         _free_cuda()
-    except Exception:  # noqa: BLE001 - a broken device leaves nothing to free
+    except Exception:  # a broken device leaves nothing to free
         pass
 
 
@@ -362,7 +362,7 @@ class Results:
                 continue
             try:
                 peaks[impl] = peak_gib(fn, self.device)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 timing["errors"][impl] = _error_text(err)
                 timing["samples"][impl] = []
                 _free_cuda_if_possible()

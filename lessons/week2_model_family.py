@@ -91,7 +91,7 @@ def draw(cls, depth=0):
 draw(LlamaForCausalLM)
 print(f"\nLlamaForCausalLM itself defines {len(own_methods(LlamaForCausalLM))} methods: "
       f"{', '.join(own_methods(LlamaForCausalLM))}")
-print("Method resolution order of Qwen2:", " -> ".join(c.__name__ for c in MODEL_TYPES["qwen2"].__mro__))
+print("Method resolution order of Qwen2:", " -> ".join(c.__name__ for c in model_class("qwen2").__mro__))
 
 # %% [markdown]
 # The tree above is the whole family. Mistral overrides only the two methods that decide which positions a token
@@ -150,7 +150,7 @@ print(inspect.getsource(rope_reference))
 # says how to add one:
 
 # %%
-print({name: cls.__name__ for name, cls in MODEL_TYPES.items()})
+print({name: record.model_class.__name__ for name, record in MODEL_TYPES.items()})
 try:
     model_class("gemma")
 except ValueError as err:
@@ -329,7 +329,7 @@ import io
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's note about notebook widgets
-import transformers  # noqa: E402
+import transformers
 
 transformers.logging.set_verbosity_error()
 start = time.perf_counter()

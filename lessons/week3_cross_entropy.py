@@ -48,7 +48,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton is first imported
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 for path in ["minilora/kernels/cross_entropy.py", "minilora/kernels/fused_linear_ce.py", "minilora/ops.py"]:
     doc = ast.get_docstring(ast.parse(pathlib.Path(path).read_text())) or ""
@@ -65,8 +65,8 @@ GiB = 2**30
 # big.
 
 # %%
-from minilora.memory import lora_param_count  # noqa: E402
-from minilora.models import catalogue_config  # noqa: E402
+from minilora.memory import lora_param_count
+from minilora.models import catalogue_config
 
 llama8b = catalogue_config("llama-3-8b")
 N, H, V = 4 * 2048, llama8b.hidden_size, llama8b.vocab_size
@@ -93,9 +93,9 @@ print(f"the logits alone are V / H = {V / H:.1f}x the hidden states")
 # implementation (which minilora keeps for CPU runs) upcasts them to fp32 first:
 
 # %%
-from benchmarks.harness import COPY_IMPL, latest, load_results  # noqa: E402
-from minilora.kernels import cross_entropy as ce  # noqa: E402
-from minilora.kernels import fused_linear_ce as flce  # noqa: E402
+from benchmarks.harness import COPY_IMPL, latest, load_results
+from minilora.kernels import cross_entropy as ce
+from minilora.kernels import fused_linear_ce as flce
 
 print(inspect.getsource(ce.cross_entropy_reference))
 
@@ -105,7 +105,7 @@ print(inspect.getsource(ce.cross_entropy_reference))
 # are not new memory). Triton kernels do not go through PyTorch's dispatcher, but they allocate nothing.
 
 # %%
-from minilora.memory import AllocationLog  # noqa: E402
+from minilora.memory import AllocationLog
 
 print(inspect.getsource(AllocationLog))
 

@@ -67,9 +67,9 @@ for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora
 # Here is the plain PyTorch RoPE that minilora keeps as its reference (and runs on CPU by default):
 
 # %%
-import benchmarks.bench_elementwise as bench_elementwise  # noqa: E402
-from benchmarks.harness import Results, latest, load_results, print_table  # noqa: E402
-from minilora.kernels import rmsnorm, rope, swiglu  # noqa: E402
+import benchmarks.bench_elementwise as bench_elementwise
+from benchmarks.harness import Results, latest, load_results, print_table
+from minilora.kernels import rmsnorm, rope, swiglu
 
 
 def show(obj):
@@ -89,8 +89,8 @@ show(rope.rope_reference)
 # gate/up (16384, 14336); RMSNorm x (16384, 4096); all bf16.
 
 # %%
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 NO_TRAFFIC = {"unsqueeze", "slice", "detach", "view", "_unsafe_view", "transpose", "t", "expand", "alias",
               "empty_like", "as_strided", "permute", "squeeze", "empty", "ones_like", "zeros_like"}

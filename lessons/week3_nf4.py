@@ -164,7 +164,7 @@ except ImportError:
 back = dequantize_nf4_reference(full_state, torch.float32)
 dq_state = quantize_nf4(W, 64, double_quant=True)
 back_dq = dequantize_nf4_reference(dq_state, torch.float32)
-rel = lambda a: ((a - W).norm() / W.norm()).item()  # noqa: E731
+rel = lambda a: ((a - W).norm() / W.norm()).item()
 print(f"plain:        {full_state.bits_per_param():.4f} bits/param, relative error {rel(back):.4f}")
 print(f"double-quant: {dq_state.bits_per_param():.4f} bits/param, relative error {rel(back_dq):.4f}")
 print(f"the extreme value of each block comes back exactly: "
@@ -267,7 +267,7 @@ print(f"loss NF4            {loss_nf4:.4f} (perplexity {torch.tensor(loss_nf4).e
 # (rebuilt from the double-quantized state when needed), and writes the values in their original order.
 
 # %%
-from minilora.kernels import nf4_dequant  # noqa: E402
+from minilora.kernels import nf4_dequant
 
 print(inspect.getsource(nf4_dequant._nf4_dequant_kernel.fn))
 

@@ -50,9 +50,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
-import matplotlib.pyplot as plt  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+import matplotlib.pyplot as plt
+import triton
+import triton.language as tl
 
 for path in ["minilora/kernels/fast_lora.py", "minilora/ops.py", "minilora/lora.py"]:
     doc = ast.get_docstring(ast.parse(pathlib.Path(path).read_text())) or ""
@@ -98,7 +98,7 @@ print(f"the last program's mask is {[(2 * BLOCK + i) < n for i in range(BLOCK)]}
 # store.
 
 # %%
-from minilora.kernels import fast_lora  # noqa: E402
+from minilora.kernels import fast_lora
 
 print(inspect.getsource(fast_lora._swiglu_backward_inplace_kernel.fn))
 print(inspect.getsource(fast_lora.swiglu_backward_inplace))
@@ -109,7 +109,7 @@ print(inspect.getsource(fast_lora.swiglu_backward_inplace))
 # length need not be a multiple of BLOCK thanks to the mask. The cell shows the grid it would use for a few shapes:
 
 # %%
-from minilora.kernels import cross_entropy as ce  # noqa: E402
+from minilora.kernels import cross_entropy as ce
 
 for rows, vocab in [(3, 423), (8192, 128_256)]:
     block = min(ce.BACKWARD_BLOCK, triton.next_power_of_2(vocab))
@@ -194,9 +194,9 @@ print(inspect.getsource(fast_lora.LoRA_MLP.backward))
 # interpreter, on odd sizes:
 
 # %%
-from benchmarks.harness import latest, load_results  # noqa: E402
-from minilora import ops  # noqa: E402
-from minilora.lora import LoraLinear, swiglu_mlp  # noqa: E402
+from benchmarks.harness import latest, load_results
+from minilora import ops
+from minilora.lora import LoraLinear, swiglu_mlp
 
 
 def make_lora(d_in, d_out, r=4, seed=0, dtype=torch.float32):
@@ -242,7 +242,7 @@ for name, a, b in zip(["gate A", "gate B", "up A", "up B", "down A", "down B"], 
 # `minilora.memory.AllocationLog`:
 
 # %%
-from minilora.memory import AllocationLog  # noqa: E402
+from minilora.memory import AllocationLog
 
 print(inspect.getsource(AllocationLog))
 
@@ -312,7 +312,7 @@ print(inspect.getsource(fast_lora._LoRA_Projections.backward))
 # attention (k and v narrower than q), through the entry point the model calls:
 
 # %%
-from minilora.kernels.fast_lora import LoraWeights, apply_lora_projections  # noqa: E402
+from minilora.kernels.fast_lora import LoraWeights, apply_lora_projections
 
 torch.manual_seed(0)
 N, C, r, outs = 9, 24, 4, {"q": 32, "k": 8, "v": 8}

@@ -96,7 +96,7 @@ print(f"mean of the ranks' means : {mean_of_means:.4f}  ({abs(mean_of_means - ri
 # divide the summed gradient by W, so each rank backpropagates W times its loss. This is minilora's training step:
 
 # %%
-from minilora.train.trainer import Trainer  # noqa: E402
+from minilora.train.trainer import Trainer
 
 src = inspect.getsource(Trainer.training_step)
 print(src[:src.index("        self.scaler.unscale_")])
@@ -251,7 +251,7 @@ print(f"frozen bytes held per rank with FSDP: {frozen}; with DDP: {[h['frozen'] 
 # at the Llama-3-8B shape. Its recorded results, if any, are plotted here.
 
 # %%
-from benchmarks.harness import latest, load_results  # noqa: E402  (the results schema's reader)
+from benchmarks.harness import latest, load_results  # the results schema's reader
 
 recorded = latest(ROOT / "benchmarks" / "results", "gpu-distributed")
 if recorded is None:

@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import dequantize_nf4
-from .quant.blockwise import DoubleQuantState, NF4State, check_blocksize, check_state, quantize_nf4
+from .quant.blockwise import (
+    NF4_BLOCKSIZE,
+    DoubleQuantState,
+    NF4State,
+    check_blocksize,
+    check_state,
+    quantize_nf4,
+)
 from .quant.nf4 import shared_dynamic_map
 
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -98,7 +105,7 @@ class QuantizedLinear(nn.Module):
 class Linear4bit(QuantizedLinear):
     """A frozen nn.Linear stored in NF4. Build one with `Linear4bit.from_linear(linear)`."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, blocksize: int = 64,
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, blocksize: int = NF4_BLOCKSIZE,
                  double_quant: bool = True, compute_dtype: torch.dtype | None = None, device=None,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -115,7 +122,7 @@ class Linear4bit(QuantizedLinear):
                                  double_quant))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = True,
+    def from_linear(cls, linear: nn.Linear, blocksize: int = NF4_BLOCKSIZE, double_quant: bool = True,
                     compute_dtype: torch.dtype | None = None) -> "Linear4bit":
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Linear4bit.from_linear needs an nn.Linear, got {type(linear).__name__}")
@@ -258,7 +265,7 @@ def is_quantized(layer: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = True,
+def quantize_model(model: nn.Module, blocksize: int = NF4_BLOCKSIZE, double_quant: bool = True,
                    compute_dtype: torch.dtype | None = None, skip=("lm_head",)) -> nn.Module:
     """Replace every nn.Linear inside ``model.model.layers`` by a frozen NF4 `Linear4bit`, in place; returns model.
 

@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from .kernels import IGNORE_INDEX
 from .kernels._triton import interpreter_on
 from .kernels.cross_entropy import cross_entropy_reference
 from .kernels.fast_lora import LoraWeights, apply_lora_mlp, apply_lora_projections
@@ -106,7 +107,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return rms_norm_reference(x, weight, eps)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, num_items=None,
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, num_items=None,
                   logit_scale: float | None = None, softcap: float | None = None, *,
                   inplace_grad: bool = True) -> torch.Tensor:
     """Sum of token losses over non-ignored labels divided by ``num_items`` (default: their count).
@@ -121,7 +122,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                               ignore_index: int = -100, num_items=None, logit_scale: float | None = None,
+                               ignore_index: int = IGNORE_INDEX, num_items=None, logit_scale: float | None = None,
                                softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """cross_entropy(hidden (N, H) @ weight (V, H).T + bias, labels); the Triton path never holds all logits."""
     if use_triton(hidden):
@@ -160,13 +161,25 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
 
 
 # --- the causal-LM loss: token t predicts token t + 1 -------------------------------------------------------------
+def next_token_targets(labels):
+    """The labels the positions are scored against: position t predicts token t + 1, so a row's first label is
+    never a target and its last position has nothing to predict. (…, T) -> (…, T - 1).
+
+    The one place the shift by one is written: the losses below and the training data's token counts use it."""
+    return labels[..., 1:]
+
+
+def next_token_pairs(states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """States (B, T, D) and labels (B, T) -> the states that predict something (B·(T-1), D) and their targets
+    (B·(T-1),)."""
+    if labels.shape != states.shape[:2]:
+        raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(states.shape[:2])}")
+    return states[:, :-1].reshape(-1, states.shape[-1]), next_token_targets(labels).reshape(-1)
+
+
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
-    """Cross-entropy of logits (B, T, V) against labels (B, T) shifted by one (-100 = no loss)."""
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
-    V = logits.shape[-1]
-    shift_logits = logits[:, :-1].reshape(-1, V)  # (B·(T-1), V)
-    shift_labels = labels[:, 1:].reshape(-1)
+    """Cross-entropy of logits (B, T, V) against labels (B, T) shifted by one (IGNORE_INDEX = no loss)."""
+    shift_logits, shift_labels = next_token_pairs(logits, labels)  # (B·(T-1), V), (B·(T-1),)
     # The Triton kernel saves memory by writing the gradient over its input, which is allowed only when the input
     # is a private copy: reshape copies when B > 1, but for B = 1 it is a view of the logits the caller holds.
     private = shift_logits.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr()
@@ -177,15 +190,12 @@ def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: to
                           bias: torch.Tensor | None = None) -> torch.Tensor:
     """The same loss from the final hidden states (B, T, C) and the head's weight (V, C), never holding all logits
     at once on the Triton path."""
-    if labels.shape != hidden.shape[:2]:
-        raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(hidden.shape[:2])}")
-    shift_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(T-1), C)
-    shift_labels = labels[:, 1:].reshape(-1)
+    shift_hidden, shift_labels = next_token_pairs(hidden, labels)  # (B·(T-1), C), (B·(T-1),)
     if not hidden.is_cuda:
         # Only positions that carry a label need logits: with response-only labels that is a small share of the
         # tokens (the head's matmul and its backward shrink with it). Picking them is a boolean index — free on a
         # CPU, a host-device sync on a GPU, where the fused kernel skips ignored rows inside instead.
-        keep = shift_labels != -100
+        keep = shift_labels != IGNORE_INDEX
         if num_items is None:
             num_items = keep.sum()
         shift_hidden, shift_labels = shift_hidden[keep], shift_labels[keep]

@@ -32,13 +32,14 @@ from .io.atomic import check_save_target, write_dir
 from .io.gguf import GGUF_TYPES, write_gguf
 from .linear4bit import dense_weight, is_quantized
 from .lora import LoraLinear
+from .quant.blockwise import NF4_BLOCKSIZE
 
 SAVE_METHODS = ("lora", "merged_16bit", "merged_4bit")
 __all__ = ["GGUF_TYPES", "SAVE_METHODS", "merged_state_dict", "nf4_round_trip", "quantizable_weights", "save_gguf",
            "save_pretrained_merged"]
 
 
-def nf4_round_trip(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
+def nf4_round_trip(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
     """w rounded to the nearest NF4 code of its block (what storing it in 4-bit keeps)."""
     from .quant.blockwise import dequantize_nf4_reference, quantize_nf4
     return dequantize_nf4_reference(quantize_nf4(w.float(), blocksize=blocksize), torch.float32).reshape(w.shape)

@@ -7,10 +7,10 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from lesson_prose import uncomputed_figures, wrong_directions  # noqa: E402
-from lesson_runner import execute_lesson, lesson_files  # noqa: E402
+from lesson_prose import uncomputed_figures, wrong_directions
+from lesson_runner import execute_lesson, lesson_files
 
-from minilora.prose import cite, compare, ratio  # noqa: E402
+from minilora.prose import cite, compare, ratio
 
 # Figures a lesson's prose may state without computing them: each a constant with its source.
 CITED = {

@@ -5,7 +5,7 @@ Read lessons/week4_8bit.py first (section 4). Replace the `raise NotImplementedE
 """
 import torch
 
-from minilora.quant.dynamic8 import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit  # noqa: F401
+from minilora.quant.dynamic8 import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
 
 BLOCKSIZE = 256
 

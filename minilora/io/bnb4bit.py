@@ -28,10 +28,9 @@ import json
 import torch
 
 from ..dtypes import dtype_name, parse_dtype
-from ..quant.blockwise import DoubleQuantState, NF4State, dequantize_nf4_reference, quantize_nf4
+from ..quant.blockwise import NF4_BLOCKSIZE, DoubleQuantState, NF4State, dequantize_nf4_reference, quantize_nf4
 from ..quant.nf4 import NF4_CODEBOOK
 
-BLOCKSIZE = 64  # QLoRA's and transformers' default bnb_4bit blocksize
 QUANT_STATE_KEY = "quant_state.bitsandbytes__nf4"
 PIECES = ("absmax", "nested_absmax", "nested_quant_map", "quant_map", QUANT_STATE_KEY)
 
@@ -63,9 +62,9 @@ def quantize_weight(name: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
     ``w`` is quantized as it is (its dtype is recorded as the dtype to dequantize to, as bitsandbytes does)."""
     if w.dim() != 2:
         raise ValueError(f"{name}: only 2-D linear weights are stored in 4-bit, got shape {tuple(w.shape)}")
-    state = quantize_nf4(w, BLOCKSIZE, double_quant=True)
+    state = quantize_nf4(w, NF4_BLOCKSIZE, double_quant=True)
     dq = state.double_quant
-    blob = {"quant_type": "nf4", "blocksize": BLOCKSIZE, "dtype": dtype_name(w.dtype), "shape": list(w.shape),
+    blob = {"quant_type": "nf4", "blocksize": NF4_BLOCKSIZE, "dtype": dtype_name(w.dtype), "shape": list(w.shape),
             "nested_blocksize": dq.blocksize, "nested_dtype": "float32", "nested_offset": dq.offset.item()}
     return {
         name: state.codes.reshape(-1, 1),  # bitsandbytes keeps the packed bytes as a column

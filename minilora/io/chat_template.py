@@ -86,7 +86,7 @@ def _environment():
                         raise _too_big(len(seq) * n)
             return _check_size(super().call_binop(context, operator, left, right))
 
-        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's own signature)
+        def call(__self, __context, __obj, *args, **kwargs):  # jinja's own signature
             deadline.check()
             _check_ints(args, kwargs)
             return _check_size(super().call(__context, __obj, *args, **kwargs))

@@ -26,14 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.family import MODEL_TYPES, ModelFamily, family
 from .atomic import write_file
 from .gguf_check import GGUF_MAGIC, GGUFError, check_gguf
-
-# GGUF architecture -> Hugging Face model_type. llama.cpp writes Mistral models as "llama" too.
-ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
-
-# Architectures whose converter interleaved the q/k rows (Qwen2 files use rotate-half already: NEOX-style RoPE).
-PERMUTED_QK = {"llama", "mistral"}
 
 TENSOR_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -68,6 +63,17 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Interleaved-pair row order (GGUF) -> rotate-half row order (Hugging Face): the inverse of `permute_qk`."""
     hd = w.shape[0] // n_heads
     return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+# --- which family a file is: each family's record names its GGUF architecture ----------------------------------
+def gguf_family(architecture) -> ModelFamily:
+    """The family whose record claims ``general.architecture`` (llama.cpp writes Mistral models as "llama" too;
+    `config_from_metadata` tells them apart by the sliding window)."""
+    readable = {r.gguf_architecture: r for r in MODEL_TYPES.values() if r.gguf_architecture is not None}
+    if not isinstance(architecture, str) or architecture not in readable:
+        raise GGUFError(f"GGUF architecture {architecture!r} is not supported; minilora reads "
+                        f"{', '.join(sorted(readable))}")
+    return readable[architecture]
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -117,9 +123,7 @@ def read_metadata(reader) -> dict:
 def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -> dict:
     """A Hugging Face ``config.json``-style dict from the ``{arch}.*`` metadata keys."""
     arch = metadata.get("general.architecture")
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise GGUFError(f"GGUF architecture {arch!r} is not supported; minilora reads "
-                        f"{', '.join(sorted(ARCHITECTURES))}")
+    record = gguf_family(arch)
 
     def get(key, default=None, required=True, kind=None):
         full = f"{arch}.{key}"
@@ -147,7 +151,7 @@ def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -
         raise GGUFError(f"GGUF metadata 'tokenizer.ggml.tokens' is a {type(tokens).__name__}, not a list")
     vocab_size = get("vocab_size", len(tokens) if tokens else None, required=not tokens, kind=int)
     config = {
-        "model_type": ARCHITECTURES[arch],
+        "model_type": record.model_type,
         "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": get("feed_forward_length", kind=int),
@@ -172,7 +176,7 @@ def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -
     if window:
         config["sliding_window"] = window
         config["model_type"] = "mistral"
-    if arch == "qwen2" and tensor_names is not None:
+    if tensor_names is not None:  # Qwen2's q/k/v biases, or any family's: the tensors say whether they are there
         config["qkv_bias"] = "blk.0.attn_q.bias" in tensor_names
     return config
 
@@ -222,7 +226,7 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
                         "damaged") from e
     names = {t.name for t in reader.tensors}
     config = config_from_metadata(metadata, names)
-    permuted = metadata.get("general.architecture") in PERMUTED_QK
+    permuted = gguf_family(metadata.get("general.architecture")).gguf_permuted_qk
     state_dict: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
@@ -293,7 +297,8 @@ def write_gguf(path: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg, t
     quantization = quantization.lower()
     if quantization not in GGUF_TYPES:
         raise ValueError(f"GGUF quantization {quantization!r}: choose one of {', '.join(GGUF_TYPES)}")
-    if cfg.model_type != "llama" or cfg.attention_bias or cfg.qkv_bias:
+    record = family(cfg.model_type)
+    if record.gguf_architecture != "llama" or cfg.attention_bias or cfg.qkv_bias:
         raise ValueError(f"GGUF export supports the plain llama architecture; this model is {cfg.model_type!r}"
                          f"{' with attention biases' if cfg.attention_bias or cfg.qkv_bias else ''}")
     if cfg.rope_scaling:
@@ -303,7 +308,7 @@ def write_gguf(path: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg, t
     tok = tokenizer_metadata(tokenizer)
 
     def fill(tmp: str) -> None:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, record.gguf_architecture)
         w.add_name(name)
         w.add_context_length(cfg.max_position_embeddings)
         w.add_embedding_length(cfg.hidden_size)
@@ -333,9 +338,9 @@ def write_gguf(path: str | os.PathLike, tensors: dict[str, torch.Tensor], cfg, t
         if getattr(tokenizer, "chat_template", None):
             w.add_chat_template(tokenizer.chat_template)
         for hf, t in tensors.items():
-            if hf.endswith("q_proj.weight"):
+            if record.gguf_permuted_qk and hf.endswith("q_proj.weight"):
                 t = permute_qk(t, cfg.num_attention_heads)  # rotate-half rows -> llama.cpp's interleaved pairs
-            elif hf.endswith("k_proj.weight"):
+            elif record.gguf_permuted_qk and hf.endswith("k_proj.weight"):
                 t = permute_qk(t, cfg.num_key_value_heads)
             data = t.numpy().astype(np.float32)
             if data.ndim == 1 or quantization == "f32":

@@ -12,7 +12,7 @@ import torch
 
 try:  # Kernel modules need `triton` and `tl` at module level: @triton.jit reads the source of the module it decorates.
     import triton
-    import triton.language as tl  # noqa: F401  (re-exported for the kernel files)
+    import triton.language as tl  # re-exported for the kernel files
     TRITON_IMPORT_ERROR: Exception | None = None
 except ImportError as err:  # pragma: no cover - only on machines without Triton
     triton = None

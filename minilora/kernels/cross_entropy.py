@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import IGNORE_INDEX
 from ._triton import check_tensor, host_checks, interpreter_on, tl, triton
 from .checks import check_float, check_positive
 
@@ -34,7 +35,7 @@ MAX_CHUNK = 65536  # one program handles at most this many columns of a row; lon
 FORWARD_BLOCK, BACKWARD_BLOCK, NUM_WARPS = 4096, 4096, 8
 
 
-def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                             num_items: int | float | torch.Tensor | None = None,
                             logit_scale: float | None = None, softcap: float | None = None) -> torch.Tensor:
     check_cross_entropy(logits, labels, ignore_index, num_items, logit_scale, softcap)
@@ -201,7 +202,7 @@ def _ce_row_forward_backward_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 # Python wrappers
 # ---------------------------------------------------------------------------------------------------------------
-def check_cross_entropy(logits, labels, ignore_index: int = -100, num_items=None, logit_scale=None,
+def check_cross_entropy(logits, labels, ignore_index: int = IGNORE_INDEX, num_items=None, logit_scale=None,
                         softcap=None) -> None:
     """The checks both paths make: logits (N, V) floating, labels (N,) in range, positive num_items/scale/softcap."""
     check_float("logits", logits)
@@ -282,7 +283,7 @@ def _warps(block: int) -> int:
     return NUM_WARPS if block >= 2048 else 4
 
 
-def cross_entropy_forward(logits, labels, ignore_index=-100, logit_scale=None, softcap=None):
+def cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX, logit_scale=None, softcap=None):
     """Return (lse (N,) fp32, label_logit (N,) fp32): one read of the logits, nothing (N, V) allocated."""
     N, V = logits.shape
     CHUNK, n_chunks, BLOCK = _chunking(V)
@@ -297,7 +298,7 @@ def cross_entropy_forward(logits, labels, ignore_index=-100, logit_scale=None, s
     return lse, label_logit
 
 
-def cross_entropy_backward_(logits, labels, lse, grad_scale, ignore_index=-100, logit_scale=None, softcap=None):
+def cross_entropy_backward_(logits, labels, lse, grad_scale, ignore_index=IGNORE_INDEX, logit_scale=None, softcap=None):
     """Overwrite `logits` (N, V) with dL/dlogits, where grad_scale (1,) fp32 = upstream grad / num_items."""
     N, V = logits.shape
     BLOCK = 1024 if interpreter_on() else BACKWARD_BLOCK
@@ -312,7 +313,7 @@ def cross_entropy_backward_(logits, labels, lse, grad_scale, ignore_index=-100, 
 ROW_BLOCK, ROW_NUM_WARPS = 8192, 16  # launch shape of the one-launch kernel on a GPU
 
 
-def cross_entropy_forward_backward_(logits, labels, grad_scale, ignore_index=-100, logit_scale=None, softcap=None):
+def cross_entropy_forward_backward_(logits, labels, grad_scale, ignore_index=IGNORE_INDEX, logit_scale=None, softcap=None):
     """One launch: return the per-row losses (N,) fp32 and overwrite `logits` with dL/dlogits (scaled by
     grad_scale (1,) fp32). For callers that know the upstream gradient is a plain scale (the fused linear + CE)."""
     N, V = logits.shape
@@ -360,7 +361,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return target, None, None, None, None, None, None
 
 
-def cross_entropy_fast(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+def cross_entropy_fast(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                        num_items: int | float | torch.Tensor | None = None, logit_scale: float | None = None,
                        softcap: float | None = None, *, inplace_grad: bool = True) -> torch.Tensor:
     """Triton cross-entropy; same contract as `cross_entropy_reference`.

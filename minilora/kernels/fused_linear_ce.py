@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from . import IGNORE_INDEX
 from ._triton import check_tensor
 from .checks import check_float, check_positive, check_same_device
 from .cross_entropy import (
@@ -36,7 +37,7 @@ CHUNK_BYTES = 64 * 2**20  # default: a chunk of logits of about 64 MiB
 ONE_LAUNCH_CE = True  # per chunk: one kernel for loss + gradient (True) or the two kernels of cross_entropy_fast
 
 
-def fused_linear_cross_entropy_reference(hidden, weight, labels, ignore_index=-100, num_items=None,
+def fused_linear_cross_entropy_reference(hidden, weight, labels, ignore_index=IGNORE_INDEX, num_items=None,
                                          logit_scale=None, softcap=None, bias=None):
     """The unfused definition: materialize all logits, then cross-entropy."""
     check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index, num_items, logit_scale, softcap, bias)
@@ -44,7 +45,7 @@ def fused_linear_cross_entropy_reference(hidden, weight, labels, ignore_index=-1
     return cross_entropy_reference(logits, labels, ignore_index, num_items, logit_scale, softcap)
 
 
-def check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index=-100, num_items=None, logit_scale=None,
+def check_fused_linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE_INDEX, num_items=None, logit_scale=None,
                                      softcap=None, bias=None) -> None:
     """The checks both paths make: hidden (N, H), weight (V, H) and bias (V,) of one dtype and device, plus the
     cross-entropy's own checks (labels, num_items, logit_scale, softcap)."""
@@ -153,7 +154,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
 
 
 def fused_linear_cross_entropy_fast(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                                    ignore_index: int = -100, num_items=None, logit_scale: float | None = None,
+                                    ignore_index: int = IGNORE_INDEX, num_items=None, logit_scale: float | None = None,
                                     softcap: float | None = None, bias: torch.Tensor | None = None,
                                     chunk_size: int | None = None) -> torch.Tensor:
     """Loss of (hidden @ weight.T + bias) against labels, chunked over tokens (see the module docstring)."""

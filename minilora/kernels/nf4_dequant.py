@@ -35,8 +35,9 @@ __all__ = ["LOOKUP_GATHER", "LOOKUP_PAIR", "LOOKUP_SELECT", "dequantize_nf4_trit
 LOOKUP_GATHER = 0  # two loads from the 16-entry table (it stays in L1)
 LOOKUP_PAIR = 1  # one load of (level_hi, level_lo) from a 256×2 table indexed by the whole byte
 LOOKUP_SELECT = 2  # no memory: a 4-level binary tree of selects over the 16 constants
-# Fastest measured on an H200 for a 14336×4096 weight (benchmarks/results/nf4-dequant-h200-2026-11-27.json):
-# 2.02 TB/s plain (bitsandbytes 2.27), 1.86 TB/s double-quantized (bitsandbytes 1.92); the bf16 copy ran at 3.92.
+# Fastest measured on an H200 for a 14336×4096 weight to bf16 (benchmarks/results/nf4-dequant-h200-2026-11-29.json,
+# medians): 2.68 TB/s plain (bitsandbytes 2.28), 2.45 TB/s double-quantized (bitsandbytes 1.97), against a device
+# copy of the same bytes at 3.86 and 3.61 TB/s; DEFAULT_TILE holds the tiles and warps of those runs.
 DEFAULT_LOOKUP = LOOKUP_GATHER
 DEFAULT_TILE = {False: (2048, 4), True: (4096, 8)}  # double_quant → (tile bytes, warps)
 

@@ -7,9 +7,9 @@
 
 The names of both are importable from here: ``from minilora.memory import estimate_memory, measure_activations``.
 """
-from .estimate import *  # noqa: F401,F403
+from .estimate import *  # noqa: F403
 from .estimate import __all__ as _estimate_names
-from .measure import *  # noqa: F401,F403
+from .measure import *  # noqa: F403
 from .measure import __all__ as _measure_names
 
 __all__ = [*_estimate_names, *_measure_names]

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..models.config import ModelConfig
+from ..quant.blockwise import DOUBLE_QUANT_BLOCKSIZE, NF4_BLOCKSIZE
+from ..quant.dynamic8 import MIN_8BIT_SIZE, OPTIMIZER_BLOCKSIZE
 
 __all__ = ["ALL_LINEAR", "GiB", "METHODS", "MemoryEstimate", "STAGES", "STATE_FORMATS", "activation_bytes",
            "adamw8bit_state_bytes", "block_linear_shapes", "estimate_memory", "estimate_memory_per_rank",
@@ -81,14 +83,15 @@ def lora_param_count(config: ModelConfig, r: int = 16, target_modules=ALL_LINEAR
 
 
 # --- NF4 ------------------------------------------------------------------------------------------------------------
-def quant_state_bits_per_param(blocksize: int = 64, double_quant: bool = True, dq_blocksize: int = 256) -> float:
+def quant_state_bits_per_param(blocksize: int = NF4_BLOCKSIZE, double_quant: bool = True,
+                               dq_blocksize: int = DOUBLE_QUANT_BLOCKSIZE) -> float:
     """Bits of quantization state per parameter (on top of the 4 bits of the code)."""
     if double_quant:  # an 8-bit code per block + one float32 scale per dq_blocksize blocks
         return 8 / blocksize + 32 / (blocksize * dq_blocksize)
     return 32 / blocksize  # one float32 absmax per block
 
 
-def nf4_bytes(numel: int, blocksize: int = 64, double_quant: bool = True, dq_blocksize: int = 256) -> dict:
+def nf4_bytes(numel: int, blocksize: int = NF4_BLOCKSIZE, double_quant: bool = True, dq_blocksize: int = DOUBLE_QUANT_BLOCKSIZE) -> dict:
     """Exact bytes of one NF4 tensor of `numel` values: codes and state (incl. the offset scalar)."""
     blocks = -(-numel // blocksize)
     codes = -(-numel // 2)
@@ -144,7 +147,7 @@ class MemoryEstimate:
 
 def estimate_memory(config: ModelConfig, method: str = "qlora", *, r: int = 16, target_modules=ALL_LINEAR,
                     dtype=torch.bfloat16, adapter_dtype=None, batch_size: int = 1, seq_len: int = 2048,
-                    gradient_checkpointing: bool = True, blocksize: int = 64, double_quant: bool = True,
+                    gradient_checkpointing: bool = True, blocksize: int = NF4_BLOCKSIZE, double_quant: bool = True,
                     optimizer_states: int = 2) -> MemoryEstimate:
     """Predict the training memory of `method` ("full", "lora", "qlora") for a model shaped by `config`.
 
@@ -215,7 +218,6 @@ def table(config: ModelConfig, title: str = "", unit: int = GiB, **kwargs) -> st
 
 # --- 8-bit weights and optimizer states ---------------------------------------------------------------------------
 STATE_FORMATS = ("adamw", "adamw_8bit")
-ADAM8_BLOCKSIZE, MIN_8BIT_SIZE = 256, 4096  # bitsandbytes' (and minilora's) blockwise 8-bit optimizer
 
 
 def int8_weight_bytes(out_features: int, in_features: int, outlier_columns: int = 0,
@@ -235,7 +237,7 @@ def int8_model_weight_bytes(config, dtype=torch.bfloat16) -> dict:
     return {"int8_linear": int8, "dense": rest, "total": int8 + rest}
 
 
-def adamw8bit_state_bytes(numel: int, blocksize: int = ADAM8_BLOCKSIZE, min_8bit_size: int = MIN_8BIT_SIZE) -> int:
+def adamw8bit_state_bytes(numel: int, blocksize: int = OPTIMIZER_BLOCKSIZE, min_8bit_size: int = MIN_8BIT_SIZE) -> int:
     """Bytes of m and v for one tensor of `numel` values under 8-bit AdamW."""
     if numel < min_8bit_size:
         return 8 * numel  # two float32 moments

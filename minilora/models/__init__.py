@@ -1,5 +1,6 @@
 """The Llama family: config, model, Mistral/Qwen2 subclasses, registry and catalogue."""
 from .config import ModelConfig
+from .family import ModelFamily
 from .llama import CausalLMOutput, LlamaForCausalLM
 from .mistral import MistralForCausalLM
 from .qwen2 import Qwen2ForCausalLM
@@ -14,6 +15,6 @@ from .registry import (
                        search_catalogue,
 )
 
-__all__ = ["ModelConfig", "CausalLMOutput", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+__all__ = ["ModelConfig", "ModelFamily", "CausalLMOutput", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
            "CATALOGUE", "MODEL_TYPES", "build_model", "catalogue_config", "from_catalogue", "model_class",
            "register_model", "search_catalogue"]

@@ -5,14 +5,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .family import MODEL_TYPES, family
+
 POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
 OPTIONAL = ("num_key_value_heads", "head_dim", "sliding_window")  # None has a meaning for these
 POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
 BOOLS = ("tie_word_embeddings", "attention_bias", "qkv_bias")
-
-# model_type -> the transformers class named in a saved config.json
-ARCHITECTURE_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 @dataclass
@@ -95,20 +94,19 @@ class ModelConfig:
 
     def to_hf_dict(self, torch_dtype: str | None = None) -> dict:
         """The ``config.json`` transformers reads: these numbers plus the keys it expects (the inverse of
-        `from_dict`; transformers 5 keeps rope_theta and rope_scaling under ``rope_parameters``)."""
+        `from_dict`; transformers 5 keeps rope_theta and rope_scaling under ``rope_parameters``). The family's
+        record names the transformers class and adds its own keys."""
+        record = family(self.model_type)
         d = {k: v for k, v in self.to_dict().items() if not k.startswith("_")}
-        d["architectures"] = [ARCHITECTURE_NAMES.get(self.model_type, "LlamaForCausalLM")]
+        d["architectures"] = [record.hf_architecture]
         if torch_dtype is not None:
             d["torch_dtype"] = torch_dtype
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling:
             rope.update(self.rope_scaling)
         d["rope_parameters"] = rope
-        if self.model_type == "qwen2":
-            d["use_sliding_window"] = False
-            d.pop("sliding_window", None)
         d.setdefault("mlp_bias", False)
-        return d
+        return record.config_to_hf(d) if record.config_to_hf else d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -119,10 +117,9 @@ class ModelConfig:
             d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
             if rope.get("rope_type", "default") != "default":
                 d.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
-        if d.get("model_type") == "qwen2":
-            d.setdefault("qkv_bias", True)
-        if d.get("model_type") == "qwen2" and not d.get("use_sliding_window", False):
-            d["sliding_window"] = None  # Qwen2 configs carry a window size but switch it off
+        record = MODEL_TYPES.get(d.get("model_type")) if isinstance(d.get("model_type"), str) else None
+        if record is not None and record.config_from_hf:  # an unknown model_type is refused where it is built
+            d = record.config_from_hf(d)
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in d.items() if k in names and k != "extra"}
         extra = {k: v for k, v in d.items() if k not in names}

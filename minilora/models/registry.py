@@ -3,33 +3,57 @@ configurations that can be built with random weights (for memory accounting, ben
 too large to download)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .config import ModelConfig
+from .family import MODEL_TYPES, ModelFamily, family
 from .llama import LlamaForCausalLM
 from .mistral import MistralForCausalLM
-from .qwen2 import Qwen2ForCausalLM
-
-MODEL_TYPES: dict[str, type[LlamaForCausalLM]] = {
-    "llama": LlamaForCausalLM,
-    "mistral": MistralForCausalLM,
-    "qwen2": Qwen2ForCausalLM,
-}
+from .qwen2 import Qwen2ForCausalLM, qwen2_config_from_hf, qwen2_config_to_hf
 
 
-def register_model(model_type: str, cls: type[LlamaForCausalLM]) -> None:
-    """Teach minilora a new architecture: configs with this ``model_type`` will build ``cls``."""
+def register_model(model_type: str, cls: type[LlamaForCausalLM], *, hf_architecture: str | None = None,
+                   gguf_architecture: str | None = None, gguf_permuted_qk: bool = False,
+                   config_from_hf: Callable[[dict], dict] | None = None,
+                   config_to_hf: Callable[[dict], dict] | None = None) -> ModelFamily:
+    """Teach minilora a new architecture: configs with this ``model_type`` build ``cls``, a saved config.json names
+    ``hf_architecture`` (default: the class's name), and GGUF files whose ``general.architecture`` is
+    ``gguf_architecture`` load as this family. The hooks read and write the family's own config.json keys."""
     if not (isinstance(cls, type) and issubclass(cls, LlamaForCausalLM)):
         raise TypeError(f"{cls!r} must be a subclass of LlamaForCausalLM")
-    MODEL_TYPES[model_type] = cls
+    if not (isinstance(model_type, str) and model_type):
+        raise ValueError(f"model_type must be a non-empty string, got {model_type!r}")
+    hf_architecture = cls.__name__ if hf_architecture is None else hf_architecture
+    if not (isinstance(hf_architecture, str) and hf_architecture):
+        raise ValueError(f"hf_architecture must be a non-empty string (a transformers class name), got "
+                         f"{hf_architecture!r}")
+    for hook in (config_from_hf, config_to_hf):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"config hooks take a dict and return it; {hook!r} is not callable")
+    if gguf_architecture is not None:
+        owner = next((r.model_type for r in MODEL_TYPES.values()
+                      if r.gguf_architecture == gguf_architecture and r.model_type != model_type), None)
+        if owner is not None:
+            raise ValueError(f"GGUF architecture {gguf_architecture!r} already belongs to model_type {owner!r}: a "
+                             "GGUF file must name one family; pass another gguf_architecture or none")
+    record = ModelFamily(model_type, cls, hf_architecture, gguf_architecture, bool(gguf_permuted_qk),
+                         config_from_hf, config_to_hf)
+    MODEL_TYPES[model_type] = record
+    return record
+
+
+# The built-in families. llama.cpp's converters interleave the rows of W_q and W_k for Llama and Mistral (their
+# RoPE rotates adjacent pairs); Qwen2 files keep rotate-half order (NEOX-style RoPE), so nothing is permuted back.
+register_model("llama", LlamaForCausalLM, gguf_architecture="llama", gguf_permuted_qk=True)
+register_model("mistral", MistralForCausalLM, gguf_architecture="mistral", gguf_permuted_qk=True)
+register_model("qwen2", Qwen2ForCausalLM, gguf_architecture="qwen2", config_from_hf=qwen2_config_from_hf,
+               config_to_hf=qwen2_config_to_hf)
 
 
 def model_class(model_type: str) -> type[LlamaForCausalLM]:
-    try:
-        return MODEL_TYPES[model_type]
-    except KeyError:
-        raise ValueError(f"unknown model_type {model_type!r}; supported: {', '.join(sorted(MODEL_TYPES))}. "
-                         "Add one with minilora.models.register_model(model_type, cls).") from None
+    return family(model_type).model_class
 
 
 def build_model(config: ModelConfig, dtype: torch.dtype | None = None, device="cpu") -> LlamaForCausalLM:

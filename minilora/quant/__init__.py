@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .blockwise import (
                         DOUBLE_QUANT_BLOCKSIZE,
+                        NF4_BLOCKSIZE,
                         DoubleQuantState,
                         NF4State,
                         check_blocksize,
@@ -35,7 +36,7 @@ from .nf4 import (
                         uniform_int4_codebook,
 )
 
-__all__ = ["NF4_CODEBOOK", "DOUBLE_QUANT_BLOCKSIZE", "DoubleQuantState", "NF4State", "check_blocksize",
+__all__ = ["NF4_CODEBOOK", "NF4_BLOCKSIZE", "DOUBLE_QUANT_BLOCKSIZE", "DoubleQuantState", "NF4State", "check_blocksize",
            "check_state", "dequantize_blockwise_8bit", "dequantize_nf4_reference", "derive_nf4_codebook",
            "double_quantize_absmax", "dynamic_map", "dynamic_map_8bit", "nf4_codebook", "nf4_midpoints", "nf4_offset",
            "pack_nibbles", "quantization_error", "quantize_blockwise_8bit", "quantize_nf4", "uniform_int4_codebook",

@@ -30,6 +30,7 @@ from .dynamic8 import (
 from .nf4 import NF4_CODEBOOK, NF4_ZERO_CODE, nf4_midpoints
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+NF4_BLOCKSIZE = 64  # weights per absmax: QLoRA's default, and transformers' bnb_4bit_blocksize
 DOUBLE_QUANT_BLOCKSIZE = 256  # absmax values per 8-bit group, as bitsandbytes' compress_statistics
 _TINY = 1e-38  # guards the relative error of an all-zero tensor
 
@@ -180,7 +181,7 @@ def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 # --- NF4 ------------------------------------------------------------------------------------------------------------
-def quantize_nf4(x: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> NF4State:
+def quantize_nf4(x: torch.Tensor, blocksize: int = NF4_BLOCKSIZE, double_quant: bool = False) -> NF4State:
     """Quantize a float tensor to NF4 in blocks of `blocksize` values (flat, row-major)."""
     _check_float_tensor(x, "the tensor to quantize")
     check_blocksize(blocksize)
@@ -228,7 +229,7 @@ def double_quantize_absmax(absmax: torch.Tensor, blocksize: int = DOUBLE_QUANT_B
     return DoubleQuantState(idx, scales, offset, blocksize, code)
 
 
-def quantization_error(x: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> dict:
+def quantization_error(x: torch.Tensor, blocksize: int = NF4_BLOCKSIZE, double_quant: bool = False) -> dict:
     """Round-trip error of NF4 on x: mean absolute, max absolute, and relative RMS (all float)."""
     back = dequantize_nf4_reference(quantize_nf4(x, blocksize, double_quant), torch.float32)
     err = back - x.float()

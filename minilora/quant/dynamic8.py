@@ -64,6 +64,12 @@ def shared_dynamic_map(device, signed: bool = True) -> torch.Tensor:
     return _MAP_CACHE[key]
 
 
+# bitsandbytes' blockwise 8-bit optimizers, and minilora's AdamW8bit: 256 values a block, and a tensor of fewer
+# than 4096 values keeps float32 states (8 bits would save little there: biases and norms). The optimizer and the
+# memory estimates both read these two.
+OPTIMIZER_BLOCKSIZE, MIN_8BIT_SIZE = 256, 4096
+
+
 # --- checks ---------------------------------------------------------------------------------------------------------
 def check_blocksize(blocksize) -> int:
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 2 or blocksize & (blocksize - 1):

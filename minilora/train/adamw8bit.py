@@ -30,15 +30,21 @@ import math
 
 import torch
 
-from ..quant.dynamic8 import ROUNDINGS, dequantize_blockwise_8bit, quantize_blockwise_8bit, shared_dynamic_map
+from ..quant.dynamic8 import (
+    MIN_8BIT_SIZE,
+    OPTIMIZER_BLOCKSIZE,
+    ROUNDINGS,
+    dequantize_blockwise_8bit,
+    quantize_blockwise_8bit,
+    shared_dynamic_map,
+)
 
-BLOCKSIZE = 256  # bitsandbytes' blockwise 8-bit optimizers use 256 values a block
 STATE_KEYS_8BIT = ("exp_avg_codes", "exp_avg_absmax", "exp_avg_sq_codes", "exp_avg_sq_absmax")
 
 
 class AdamW8bit(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 min_8bit_size: int = 4096, rounding: str = "grid", amsgrad: bool = False):
+                 min_8bit_size: int = MIN_8BIT_SIZE, rounding: str = "grid", amsgrad: bool = False):
         if not lr >= 0:
             raise ValueError(f"learning rate must be ≥ 0, got {lr}")
         if not eps >= 0:
@@ -63,7 +69,7 @@ class AdamW8bit(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
             return state
-        n_blocks = -(-p.numel() // BLOCKSIZE)
+        n_blocks = -(-p.numel() // OPTIMIZER_BLOCKSIZE)
         for name in ("exp_avg", "exp_avg_sq"):  # zeros with absmax 0: decode to 0 whatever the code
             state[f"{name}_codes"] = torch.zeros(p.shape, dtype=torch.uint8, device=p.device)
             state[f"{name}_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
@@ -131,16 +137,17 @@ class AdamW8bit(torch.optim.Optimizer):
 def dequantize_states(state: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The float32 (m, v) of one parameter from its 8-bit state."""
     m = dequantize_blockwise_8bit(state["exp_avg_codes"], state["exp_avg_absmax"], shared_dynamic_map(device, True),
-                                  BLOCKSIZE)
+                                  OPTIMIZER_BLOCKSIZE)
     v = dequantize_blockwise_8bit(state["exp_avg_sq_codes"], state["exp_avg_sq_absmax"],
-                                  shared_dynamic_map(device, False), BLOCKSIZE)
+                                  shared_dynamic_map(device, False), OPTIMIZER_BLOCKSIZE)
     return m, v
 
 
 def quantize_states(state: dict, m: torch.Tensor, v: torch.Tensor, rounding: str = "grid") -> None:
     """Store float32 (m, v) into the 8-bit state: m on the signed map, v (≥ 0) on the unsigned one."""
     for name, value, signed in (("exp_avg", m, True), ("exp_avg_sq", v, False)):
-        codes, absmax = quantize_blockwise_8bit(value, shared_dynamic_map(value.device, signed), BLOCKSIZE, rounding)
+        codes, absmax = quantize_blockwise_8bit(value, shared_dynamic_map(value.device, signed), OPTIMIZER_BLOCKSIZE,
+                                                rounding)
         state[f"{name}_codes"].copy_(codes)
         state[f"{name}_absmax"].copy_(absmax)
 
@@ -148,7 +155,7 @@ def quantize_states(state: dict, m: torch.Tensor, v: torch.Tensor, rounding: str
 def _check_loaded(p: torch.Tensor, state: dict) -> None:
     if "exp_avg_codes" not in state:
         return
-    n_blocks = -(-p.numel() // BLOCKSIZE)
+    n_blocks = -(-p.numel() // OPTIMIZER_BLOCKSIZE)
     for name in ("exp_avg", "exp_avg_sq"):
         codes, absmax = state.get(f"{name}_codes"), state.get(f"{name}_absmax")
         if codes is None or absmax is None or codes.shape != p.shape or codes.dtype != torch.uint8 \

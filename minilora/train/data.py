@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 
-IGNORE_INDEX = -100
+from ..kernels import IGNORE_INDEX
 
 #: markers for the templates minilora knows; others can be passed explicitly
 KNOWN_MARKERS = {
@@ -194,7 +194,7 @@ def tokenize_messages(tokenizer, messages: list[dict], max_seq_length: int, trai
         ids = encode(tokenizer, text)
         ex = Example(ids, list(ids))
     ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
-    if sum(l != IGNORE_INDEX for l in ex.labels[1:]) == 0:
+    if count_trained_tokens(ex.labels) == 0:
         raise DataError(f"example {index} has no answer tokens within max_seq_length={max_seq_length} (the prompt "
                         "alone fills it, or the answer is empty); raise max_seq_length or shorten the prompt")
     return ex
@@ -245,5 +245,9 @@ def collate(examples: list[Example], pad_id: int, pad_to: int | None = None):
 
 
 def count_trained_tokens(labels) -> int:
-    """How many labels carry loss after the one-token shift (the denominator of a correct mean)."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    """How many labels carry loss after the one-token shift (the denominator of a correct mean): labels (B, T), or
+    one example's list."""
+    import torch
+
+    from ..ops import next_token_targets
+    return int((next_token_targets(torch.as_tensor(labels)) != IGNORE_INDEX).sum())

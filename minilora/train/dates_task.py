@@ -73,7 +73,7 @@ def _token_id(tokenizer, token: str):
         if fn is not None:
             try:
                 tid = fn(token)
-            except Exception:  # noqa: BLE001 - a tokenizer without this token
+            except Exception:  # a tokenizer without this token
                 return None
             return tid if isinstance(tid, int) and tid >= 0 else None
     return None
