@@ -17,6 +17,7 @@ import torch
 
 from .dtypes import parse_dtype
 from .models.checkpointing import check_mode
+from .models.claimed_sizes import check_claimed_sizes
 from .models.config import ModelConfig
 from .models.registry import catalogue_config, model_class
 from .models.rotary import RotaryEmbedding
@@ -50,26 +51,12 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
     The model is first built on the "meta" device (shapes only, no memory, no random init), and each parameter
     is then replaced by the checkpoint tensor. Every parameter must be present, and nothing extra.
     """
-    with torch.device("meta"):
-        model = model_class(config.model_type)(config)
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}  # old HF files
-    expected = dict(model.state_dict())
+    check_claimed_sizes(config, {k: tuple(v.shape) for k, v in state_dict.items()}, f"the {source}")
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
         state_dict.pop("lm_head.weight", None)  # a tied checkpoint may store the shared matrix twice
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        msg = [f"the {source} does not fit a {config.model_type} model built from its config:"]
-        if missing:
-            msg.append(f"{len(missing)} missing tensors (first: {missing[:3]})")
-        if unexpected:
-            msg.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[:3]})")
-        raise ValueError(" ".join(msg))
-    for name, tensor in state_dict.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)} but the config implies "
-                             f"{tuple(expected[name].shape)}")
+    with torch.device("meta"):  # safe now: every size the config claims is what the tensors hold
+        model = model_class(config.model_type)(config)
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
     model.load_state_dict(converted, strict=False, assign=True)
     if config.tie_word_embeddings:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.claimed_sizes import check_claimed_sizes
+from ..models.config import ModelConfig
 from .atomic import write_file
 from .gguf_check import GGUF_MAGIC, GGUFError, check_gguf
 
@@ -177,6 +179,15 @@ def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -
     return config
 
 
+def size_keys(metadata: dict) -> dict[str, str]:
+    """Which metadata key states each size of the Hugging Face config (for errors that name the file's own key)."""
+    arch = metadata.get("general.architecture")
+    vocab = f"{arch}.vocab_size" if f"{arch}.vocab_size" in metadata else "len(tokenizer.ggml.tokens)"
+    return {"num_hidden_layers": f"{arch}.block_count", "vocab_size": vocab, "hidden_size": f"{arch}.embedding_length",
+            "intermediate_size": f"{arch}.feed_forward_length", "num_attention_heads": f"{arch}.attention.head_count",
+            "num_key_value_heads": f"{arch}.attention.head_count_kv"}
+
+
 def hf_name(gguf_name: str) -> str:
     """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``."""
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
@@ -222,6 +233,15 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
                         "damaged") from e
     names = {t.name for t in reader.tensors}
     config = config_from_metadata(metadata, names)
+    # every size the metadata claims, against the tensors the file holds, before any tensor is dequantized
+    shapes = {hf_name(t.name): tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    try:
+        check_claimed_sizes(ModelConfig.from_dict(config), shapes, f"GGUF file {str(path)!r}",
+                            size_keys(metadata))
+    except GGUFError:
+        raise
+    except ValueError as e:
+        raise GGUFError(str(e)) from None
     permuted = metadata.get("general.architecture") in PERMUTED_QK
     state_dict: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
