@@ -42,3 +42,23 @@ def test_real_templates_still_render_and_the_tracer_is_restored():
     assert len(render(CHATML, messages=long, add_generation_prompt=False)) > 3_000_000
     with pytest.raises(Exception, match="unsafe|access"):  # the sandbox still blocks Python internals
         render("{{ messages.__class__.__mro__ }}", messages=[])
+
+
+COMPILE_HOSTILE = {
+    "8.6 MB of 550k expressions": "{{ messages[0] }}" * 300_000 + "{{ messages }}" * 250_000,
+    "a macro that calls itself": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "brackets nested 5000 deep": "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+    "a template longer than the output limit": "x" * 10_000_001,
+}
+
+
+@pytest.mark.parametrize("name", COMPILE_HOSTILE)
+def test_templates_that_attack_the_compiler_are_stopped_quickly(name):
+    """Compiling is under the rendering limits too: the probe's 8.4 MB template kept `minilora chat` compiling for
+    minutes, and recursive templates ended in a bare RecursionError."""
+    tok = tiny_tokenizer()
+    tok.apply_chat_template(MESSAGES, tokenize=False)
+    started = time.perf_counter()
+    with pytest.raises(ChatTemplateLimitError, match="limit|ran for more than|recurses or nests"):
+        tok.apply_chat_template(MESSAGES, chat_template=COMPILE_HOSTILE[name], tokenize=False)
+    assert time.perf_counter() - started < 2.0

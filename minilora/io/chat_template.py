@@ -6,14 +6,16 @@ A chat template comes from a downloaded file (tokenizer_config.json, a GGUF's me
   ``__globals__``, no mutating methods);
 - a **deadline** (`TIME_LIMIT_S`) stops loops that never end or run for hours: it is checked on every Python line
   the compiled template executes (through `sys.settrace` while the template renders — when a debugger or coverage
-  tool already traces, on every attribute access, call and output chunk instead);
+  tool already traces, on every attribute access, call and output chunk instead), and on every line of Jinja's own
+  compiler while the template compiles (a template of 300k expressions would otherwise compile for minutes);
 - a **size limit** (`MAX_CHARS`) refuses output, and any single string or list the template builds (``'x' * 10**9``,
   ``'x'|center(10**9)``), that is larger than any real prompt, before it is allocated where it can be foreseen.
 
-A template that breaks a limit raises `ChatTemplateLimitError` (a ValueError) saying which.
+A template that breaks a limit, or recurses without end, raises `ChatTemplateLimitError` (a ValueError) saying which.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -121,28 +123,16 @@ _ENV = None
 _TEMPLATES: dict[str, object] = {}
 
 
-def compile_template(template: str):
-    """The compiled template (cached); a syntax error is a ValueError."""
-    global _ENV
-    if template not in _TEMPLATES:
-        import jinja2
-        if _ENV is None:
-            _ENV = _environment()
-        try:
-            _TEMPLATES[template] = _ENV.from_string(template)
-        except jinja2.TemplateSyntaxError as e:
-            raise ValueError(f"the chat template is not valid Jinja: {e}") from e
-    return _TEMPLATES[template]
-
-
-def render(template: str, **variables) -> str:
-    """Render ``template`` with ``variables`` under the time and size limits of this module."""
-    compiled = compile_template(template)
+@contextlib.contextmanager
+def _deadline(every_frame: bool):
+    """The time limit for one compile or render: `_Deadline.check` runs on every line of the template's own code
+    (``every_frame=False``: rendering) or of any code (compiling: Jinja's lexer, parser and code generator are
+    Python, and a template of 300k expressions keeps them busy for minutes)."""
     deadline = _ENV.deadline
     deadline.at = time.monotonic() + TIME_LIMIT_S
 
-    def trace(frame, event, arg):  # only the template's own frames get line-by-line checks
-        if frame.f_code.co_filename == "<template>":
+    def trace(frame, event, arg):  # with every_frame False, only the template's own frames get line-by-line checks
+        if every_frame or frame.f_code.co_filename == "<template>":
             deadline.check()
             return trace_lines
         return None
@@ -154,16 +144,48 @@ def render(template: str, **variables) -> str:
     traced = sys.gettrace() is None
     if traced:
         sys.settrace(trace)
-    parts, size = [], 0
     try:
+        yield deadline
+    except RecursionError:  # {% macro f() %}{{ f() }}{% endmacro %}, or thousands of nested brackets
+        raise ChatTemplateLimitError("the chat template recurses or nests too deeply (a macro that calls itself "
+                                     "without end, or brackets nested thousands deep): a broken or hostile "
+                                     "template") from None
+    finally:
+        if traced:
+            sys.settrace(None)
+        deadline.at = float("inf")
+
+
+def compile_template(template: str):
+    """The compiled template (cached); a syntax error is a ValueError. Compiling runs under the same time and size
+    limits as rendering."""
+    global _ENV
+    if template not in _TEMPLATES:
+        import jinja2
+        if _ENV is None:
+            _ENV = _environment()
+        if not isinstance(template, str):
+            raise TypeError(f"a chat template is a Jinja string, got {type(template).__name__}")
+        if len(template) > MAX_CHARS:
+            raise ChatTemplateLimitError(f"the chat template is {len(template):,} characters long; the limit is "
+                                         f"{MAX_CHARS:,} (real templates are a few thousand)")
+        try:
+            with _deadline(every_frame=True):
+                _TEMPLATES[template] = _ENV.from_string(template)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"the chat template is not valid Jinja: {e}") from e
+    return _TEMPLATES[template]
+
+
+def render(template: str, **variables) -> str:
+    """Render ``template`` with ``variables`` under the time and size limits of this module."""
+    compiled = compile_template(template)
+    parts, size = [], 0
+    with _deadline(every_frame=False) as deadline:
         for chunk in compiled.generate(**variables):
             size += len(chunk)
             if size > MAX_CHARS:
                 raise _too_big(size)
             parts.append(chunk)
             deadline.check()
-    finally:
-        if traced:
-            sys.settrace(None)
-        deadline.at = float("inf")
     return "".join(parts)
