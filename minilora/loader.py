@@ -10,12 +10,14 @@ dispatch and the classes are minilora's own, so there is nothing to patch.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 
 import torch
 
-from .dtypes import parse_dtype
+from .dtypes import dtype_name, parse_dtype
+from .finite import check_finite
 from .models.checkpointing import check_mode
 from .models.claimed_sizes import check_claimed_sizes
 from .models.config import ModelConfig
@@ -57,7 +59,10 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
         state_dict.pop("lm_head.weight", None)  # a tied checkpoint may store the shared matrix twice
     with torch.device("meta"):  # safe now: every size the config claims is what the tensors hold
         model = model_class(config.model_type)(config)
+    check_finite(state_dict.items(), f"the {source}", "the file is damaged: download or save it again")
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    check_finite(converted.items(), f"the {source} loaded as {dtype_name(dtype)}",
+                 "a value beyond that dtype's range became inf: load with dtype='float32' or 'bfloat16'")
     model.load_state_dict(converted, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -194,10 +199,17 @@ def _load_hf_dir(path: Path, dtype, device):
     return model, tokenizer
 
 
+# the adapter directories whose base is being loaded right now (outermost first): a cycle is refused, not recursed
+_ADAPTER_CHAIN: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("adapter_chain", default=())
+
+
 def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, load_in_8bit=False):
     from .io.safetensors_dir import read_json
     adapter_config = read_json(path / "adapter_config.json")
-    base = adapter_config.get("base_model_name_or_path")
+    base = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"{str(path / 'adapter_config.json')!r}: 'base_model_name_or_path' is {base!r}; it must be "
+                         "the base model's name or path (a string)")
     if not base:
         raise ValueError(f"{str(path / 'adapter_config.json')!r} does not name its base model "
                          "(base_model_name_or_path); load the base model yourself and call "
@@ -208,9 +220,18 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, l
         raise ValueError(f"{str(path / 'adapter_config.json')!r} names its own directory as its base model; the "
                          "base weights are not there (an adapter was saved over its base model). Set "
                          "base_model_name_or_path to the base model it was trained from")
-    model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
-                                                         load_in_4bit=load_in_4bit, device=device,
-                                                         load_in_8bit=load_in_8bit)
+    chain = _ADAPTER_CHAIN.get()
+    if Path(base).exists() and Path(base).resolve() in chain:  # A's base is B and B's base is A: no base at all
+        names = " -> ".join(repr(str(p)) for p in (*chain, path.resolve(), Path(base).resolve()))
+        raise ValueError(f"adapters name each other as their base model ({names}), so no base weights are ever "
+                         "reached: set base_model_name_or_path in their adapter_config.json to the base model")
+    token = _ADAPTER_CHAIN.set((*chain, path.resolve()))
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
+                                                             load_in_4bit=load_in_4bit, device=device,
+                                                             load_in_8bit=load_in_8bit)
+    finally:
+        _ADAPTER_CHAIN.reset(token)
     from .io.adapters import load_adapter  # imported here: written beside the adapter saver
     loaded = load_adapter(model, path)
     if isinstance(loaded, torch.nn.Module):

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "minilora"
 
 # Lowest first. A module belongs to the first prefix that matches its dotted name.
 LAYERS = [
-    ("formats", ["minilora.dtypes", "minilora.quant"]),
+    ("formats", ["minilora.dtypes", "minilora.finite", "minilora.quant"]),
     ("kernels", ["minilora.kernels"]),
     ("switch", ["minilora.ops"]),
     ("layers", ["minilora.linear4bit", "minilora.linear8bit", "minilora.lora"]),

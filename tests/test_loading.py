@@ -349,3 +349,102 @@ def test_gguf_tokenizer_bad_input():
         Tokenizer.from_gguf(meta)
     with pytest.raises(ValueError, match="no chat template"):
         Tokenizer.from_gguf(_toy_gguf_metadata("gpt2")).apply_chat_template([{"role": "user", "content": "x"}])
+
+
+# --- broken numbers and broken references, named where they come from ------------------------------------------
+@pytest.fixture(scope="module")
+def minilora_dirs(tmp_path_factory):
+    """A tiny base model saved by minilora (16-bit and merged_4bit) and a LoRA adapter for it."""
+    from helpers_train import tiny_model, tiny_tokenizer
+
+    from minilora.io.adapters import save_adapter
+    from minilora.save import save_pretrained_merged
+    root = tmp_path_factory.mktemp("numbers")
+    model, tok = tiny_model(), tiny_tokenizer()
+    save_pretrained_merged(model, tok, str(root / "base"), save_method="merged_16bit")
+    save_pretrained_merged(model, tok, str(root / "q4"), save_method="merged_4bit")
+    model, _ = FastLanguageModel.from_pretrained(root / "base", device="cpu")
+    save_adapter(FastLanguageModel.get_peft_model(model, r=4, verbose=False), str(root / "adapter"))
+    return root
+
+
+def edited_copy(source, target, edit, file="model.safetensors"):
+    """A copy of the model directory ``source`` with ``edit(tensors)`` applied to its safetensors file."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(source, target)
+    tensors = load_file(target / file)
+    edit(tensors)
+    save_file(tensors, target / file, metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_non_finite_base_weights_are_refused_with_the_tensor_name(minilora_dirs, tmp_path, bad):
+    """NaN/inf base weights loaded without a word, and `minilora chat` then printed an empty reply."""
+    key = "model.layers.1.self_attn.v_proj.weight"
+    directory = edited_copy(minilora_dirs / "base", tmp_path / "b", lambda t: t[key].view(-1).__setitem__(7, bad))
+    with pytest.raises(ValueError, match=rf"tensor '{key}' holds {bad} \(at flat index 7\)"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")
+
+
+def test_a_weight_beyond_the_load_dtype_is_refused_not_turned_into_inf(minilora_dirs, tmp_path):
+    key = "model.norm.weight"
+    directory = edited_copy(minilora_dirs / "base", tmp_path / "b",
+                            lambda t: t.__setitem__(key, t[key].float().index_fill(0, torch.tensor([0]), 1e6)))
+    FastLanguageModel.from_pretrained(directory, device="cpu", dtype="float32")  # fine where it fits
+    with pytest.raises(ValueError, match=rf"loaded as float16: tensor '{key}' holds inf.*dtype='float32'"):
+        FastLanguageModel.from_pretrained(directory, device="cpu", dtype="float16")
+
+
+def _set_blob(key, **fields):
+    def edit(tensors):
+        name = f"{key}.quant_state.bitsandbytes__nf4"
+        blob = json.loads(bytes(tensors[name].tolist()))
+        blob.update(fields)
+        tensors[name] = torch.tensor(list(json.dumps(blob).encode()), dtype=torch.uint8)
+    return edit
+
+
+Q4_KEY = "model.layers.0.mlp.up_proj.weight"
+Q4_BROKEN = {
+    "NaN nested absmax": (lambda t: t[f"{Q4_KEY}.nested_absmax"].__setitem__(0, float("nan")),
+                          rf"tensor '{Q4_KEY}.nested_absmax' holds nan"),
+    "NaN nested offset": (_set_blob(Q4_KEY, nested_offset=float("nan")), "'nested_offset' is nan"),
+    "a string blocksize": (_set_blob(Q4_KEY, blocksize="64"), "'blocksize' is '64'"),
+    "a shape the codes cannot hold": (_set_blob(Q4_KEY, shape=[10**6, 10**6]), "codes holds 4096 bytes"),
+    "an integer dtype": (_set_blob(Q4_KEY, dtype="int8"), "'dtype' is 'int8'"),
+    "a blob that is not JSON": (lambda t: t.__setitem__(f"{Q4_KEY}.quant_state.bitsandbytes__nf4",
+                                                        torch.tensor([255, 1], dtype=torch.uint8)), "not a JSON"),
+}
+
+
+@pytest.mark.parametrize("case", Q4_BROKEN)
+def test_a_broken_merged_4bit_quant_state_names_the_weight(minilora_dirs, tmp_path, case):
+    """A merged_4bit file whose quant state held NaN loaded (NaN logits); wrong types ended in bare errors."""
+    edit, message = Q4_BROKEN[case]
+    directory = edited_copy(minilora_dirs / "q4", tmp_path / "q", edit)
+    with pytest.raises(ValueError, match=rf"'{tmp_path / 'q'}'.*{message}"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")
+
+
+@pytest.mark.parametrize("base", [5, ["a"]])
+def test_an_adapter_base_of_the_wrong_type_names_the_key(minilora_dirs, tmp_path, base):
+    import shutil
+    shutil.copytree(minilora_dirs / "adapter", tmp_path / "a")
+    path = tmp_path / "a" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": base}))
+    with pytest.raises(ValueError, match="adapter_config.json'.*'base_model_name_or_path' is"):
+        FastLanguageModel.from_pretrained(tmp_path / "a", device="cpu")
+
+
+def test_adapters_naming_each_other_as_base_are_refused(minilora_dirs, tmp_path):
+    """A's base is B and B's base is A: this recursed until RecursionError."""
+    import shutil
+    for name, other in (("A", "B"), ("B", "A")):
+        shutil.copytree(minilora_dirs / "adapter", tmp_path / name)
+        path = tmp_path / name / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": str(tmp_path / other)}))
+    with pytest.raises(ValueError, match="adapters name each other as their base model"):
+        FastLanguageModel.from_pretrained(tmp_path / "A", device="cpu")

@@ -168,7 +168,7 @@ def load_safetensors_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, 
                              "the checkpoint is incomplete")
     from .bnb4bit import dequantize_state_dict, is_bnb4bit
     if is_bnb4bit(config):  # a bitsandbytes 4-bit save (transformers' or minilora's merged_4bit): dense weights back
-        state_dict = dequantize_state_dict(state_dict)
+        state_dict = dequantize_state_dict(state_dict, repr(str(directory)))
     # every size config.json claims, against the tensors read (whose sizes the files' lengths bound): checked before
     # a caller builds anything from the claim
     from ..models.claimed_sizes import check_claimed_sizes
