@@ -114,6 +114,8 @@ class FastLanguageModel:
             name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
         else:
             unknown_model_name(str(model_name))
+        if tokenizer is not None:
+            check_tokenizer_fits(tokenizer, model.config.vocab_size, source)
         model.name_or_path = name_or_path
         model.loaded_from = [source]  # what a save must never replace (minilora.io.atomic.check_save_target)
         model.max_seq_length = max_seq_length
@@ -164,6 +166,20 @@ class FastLanguageModel:
         """Training mode: dropout and gradient checkpointing (if set by get_peft_model) are active."""
         model.train()
         return model
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int, source: str) -> None:
+    """Refuse a tokenizer that can produce ids the model's embedding table has no row for (a tokenizer.json from
+    another model, or tokens added without resizing the embeddings): every such id would fail deep inside the
+    embedding ("index out of range in self"), or end the process with a device-side assert on a GPU."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None:
+        return
+    top = max(backend.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ValueError(f"the tokenizer of {source!r} has token ids up to {top}, but the model's embedding table has "
+                         f"{vocab_size} rows (vocab_size): ids from {vocab_size} on cannot be embedded. Use the "
+                         "tokenizer saved with these weights (its tokenizer.json or GGUF metadata)")
 
 
 def _load_gguf(path: Path, dtype, device):

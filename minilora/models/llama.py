@@ -187,6 +187,7 @@ class LlamaForCausalLM(nn.Module):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
+        ops.check_token_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_hidden_layers)
