@@ -189,7 +189,7 @@ def _load_gguf(path: Path, dtype, device):
     config = ModelConfig.from_dict(config_dict)
     model = model_from_state_dict(config, state_dict, dtype, device, source=f"GGUF file {str(path)!r}")
     if "tokenizer.ggml.model" in metadata:
-        tokenizer = Tokenizer.from_gguf(metadata)
+        tokenizer = Tokenizer.from_gguf(metadata, f"GGUF file {str(path)!r}")
     else:
         import warnings
         warnings.warn(f"{str(path)!r} carries no tokenizer metadata: the tokenizer returned is None", stacklevel=3)
@@ -198,14 +198,17 @@ def _load_gguf(path: Path, dtype, device):
 
 
 def _load_hf_dir(path: Path, dtype, device):
-    from .io.safetensors_dir import load_safetensors_dir, read_config
+    from .io.safetensors_dir import load_safetensors_dir, read_model_config
     from .io.tokenizer import Tokenizer
     # names starting with a dot are what interrupted saves leave (minilora.io.atomic): never a model
     ggufs = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("."))
     if not (path / "config.json").is_file() and len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device)
-    config = ModelConfig.from_dict(read_config(path))
-    model_class(config.model_type)  # an unknown model_type fails here, before any weights are read
+    _, config = read_model_config(path)
+    try:
+        model_class(config.model_type)  # an unknown model_type fails here, before any weights are read
+    except ValueError as e:
+        raise ValueError(f"{str(path / 'config.json')!r}: {e}") from None
     _, state_dict = load_safetensors_dir(path)
     model = model_from_state_dict(config, state_dict, dtype, device, source=f"checkpoint in {str(path)!r}")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None

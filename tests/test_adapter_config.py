@@ -116,3 +116,15 @@ def test_an_adapter_with_non_finite_weights_is_refused_with_the_tensor_name(tmp_
     with pytest.raises(ValueError, match=rf"adapter_model.safetensors: tensor '{key}' holds {bad}"):
         load_adapter(model, str(tmp_path / "a"))
     assert_unchanged(model, before)
+
+
+def test_integer_adapter_weights_are_refused_not_converted(tmp_path):
+    from safetensors.torch import load_file, save_file
+    save_adapter(adapted(16), str(tmp_path / "a"))
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    tensors[key] = (tensors[key] * 1000).to(torch.int16)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(AdapterMismatchError, match=rf"tensor '{key}' is stored as torch.int16"):
+        load_adapter(tiny_model(), str(tmp_path / "a"))

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from helpers_gguf import write_llama_gguf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -236,38 +237,13 @@ def test_mutated_safetensors_is_read_or_refused_cleanly(small_safetensors, tmp_p
 
 
 # --- sizes a file claims, checked against the tensors it holds ---------------------------------------------------
-def write_claiming_gguf(path, block_count: int, tensors: bool) -> None:
-    """A GGUF whose metadata claims ``block_count`` layers; with or without the one layer of tensors it holds."""
-    import gguf
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(block_count)
-    for add, value in ((w.add_context_length, 64), (w.add_embedding_length, 32), (w.add_feed_forward_length, 48),
-                       (w.add_head_count, 2), (w.add_head_count_kv, 1)):
-        add(value)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(6)])
-    w.add_token_types([1] * 6)
-    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}" + " " * 2500)
-    if tensors:
-        g = np.random.default_rng(0)
-        for name, shape in (("token_embd", (6, 32)), ("output_norm", (32,)), ("blk.0.attn_q", (32, 32)),
-                            ("blk.0.attn_k", (16, 32)), ("blk.0.attn_v", (16, 32)), ("blk.0.attn_output", (32, 32)),
-                            ("blk.0.ffn_gate", (48, 32)), ("blk.0.ffn_up", (48, 32)), ("blk.0.ffn_down", (32, 48)),
-                            ("blk.0.attn_norm", (32,)), ("blk.0.ffn_norm", (32,))):
-            w.add_tensor(f"{name}.weight", g.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
 @pytest.mark.parametrize("tensors", [False, True])
 def test_a_tiny_gguf_claiming_a_million_layers_is_refused_at_once(tmp_path, tensors):
     """The probe's case: a ~3 KB file whose metadata says 1,000,000 layers kept the loader building modules for
     over an hour. Its layer count is compared with the tensors before anything is built."""
     from minilora import FastLanguageModel
     path = tmp_path / "claims.gguf"
-    write_claiming_gguf(path, 1_000_000, tensors)
+    write_llama_gguf(path, 1_000_000, tensors, **{"tokenizer.chat_template": "x" * 2500})
     assert tensors or path.stat().st_size < 4_000
     with time_limit(1), pytest.raises(GGUFError, match=r"llama.block_count=1000000.*tensors hold [01] layers"):
         FastLanguageModel.from_pretrained(path, device="cpu")

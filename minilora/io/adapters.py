@@ -192,6 +192,10 @@ def _fill(model, config: dict, tensors: dict[str, torch.Tensor], directory: str)
     if merged:
         raise AdapterMismatchError(f"this model's LoRA layers are merged (e.g. {merged[0]}): call unmerge_lora(model) "
                                    "before loading another adapter into them")
+    not_float = next((k for k in expected if not found[k].is_floating_point()), None)
+    if not_float is not None:  # integers would be converted to floats without a word
+        raise AdapterMismatchError(f"{os.path.join(directory, WEIGHTS_NAME)}: tensor {not_float!r} is stored as "
+                                   f"{found[not_float].dtype}; LoRA weights are floating point numbers")
     check_finite(((k, found[k]) for k in expected), os.path.join(directory, WEIGHTS_NAME),
                  "the adapter is damaged or its training diverged: use an earlier checkpoint")
     alpha, rslora = config["lora_alpha"], bool(config.get("use_rslora", False))

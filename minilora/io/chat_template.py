@@ -125,17 +125,20 @@ _TEMPLATES: dict[str, object] = {}
 
 @contextlib.contextmanager
 def _deadline(every_frame: bool):
-    """The time limit for one compile or render: `_Deadline.check` runs on every line of the template's own code
-    (``every_frame=False``: rendering) or of any code (compiling: Jinja's lexer, parser and code generator are
-    Python, and a template of 300k expressions keeps them busy for minutes)."""
+    """The time limit for one compile or render: `_Deadline.check` runs on every line of the template's own code,
+    and while compiling (``every_frame=True``) also at every function call of any code: Jinja's lexer, parser and
+    code generator are Python, and a template of 300k expressions keeps them busy for minutes."""
     deadline = _ENV.deadline
     deadline.at = time.monotonic() + TIME_LIMIT_S
 
-    def trace(frame, event, arg):  # with every_frame False, only the template's own frames get line-by-line checks
-        if every_frame or frame.f_code.co_filename == "<template>":
-            deadline.check()
-            return trace_lines
-        return None
+    def trace(frame, event, arg):  # called at every Python function call while the tracer is set
+        deadline.check()
+        # the template's own code is checked on every line (a loop runs inside one frame); the compiler only at
+        # every call, which its recursive-descent parser makes all the time (line checks would slow it 10x)
+        return trace_lines if frame.f_code.co_filename == "<template>" else None
+
+    def trace_template(frame, event, arg):  # rendering: only the template's own frames are looked at
+        return trace(frame, event, arg) if frame.f_code.co_filename == "<template>" else None
 
     def trace_lines(frame, event, arg):
         deadline.check()
@@ -143,7 +146,7 @@ def _deadline(every_frame: bool):
 
     traced = sys.gettrace() is None
     if traced:
-        sys.settrace(trace)
+        sys.settrace(trace if every_frame else trace_template)
     try:
         yield deadline
     except RecursionError:  # {% macro f() %}{{ f() }}{% endmacro %}, or thousands of nested brackets

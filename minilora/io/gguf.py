@@ -232,14 +232,15 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
         raise GGUFError(f"{str(path)!r}: its metadata cannot be decoded ({type(e).__name__}: {e}); the file is "
                         "damaged") from e
     names = {t.name for t in reader.tensors}
-    config = config_from_metadata(metadata, names)
+    try:
+        config = config_from_metadata(metadata, names)
+        model_config = ModelConfig.from_dict(config)
+    except (ValueError, TypeError) as e:  # GGUFError included: each says which key, this says which file
+        raise GGUFError(f"GGUF file {str(path)!r}: {e}") from None
     # every size the metadata claims, against the tensors the file holds, before any tensor is dequantized
     shapes = {hf_name(t.name): tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
     try:
-        check_claimed_sizes(ModelConfig.from_dict(config), shapes, f"GGUF file {str(path)!r}",
-                            size_keys(metadata))
-    except GGUFError:
-        raise
+        check_claimed_sizes(model_config, shapes, f"GGUF file {str(path)!r}", size_keys(metadata))
     except ValueError as e:
         raise GGUFError(str(e)) from None
     permuted = metadata.get("general.architecture") in PERMUTED_QK
