@@ -115,9 +115,9 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused_on_load(tmp_path
         FastLanguageModel.from_pretrained(tmp_path / "m", device="cpu")
 
 
-def _train_one_step(tmp_path, examples, vocab_size=64):
+def _train_one_step(tmp_path, examples, vocab_size=64, device="cpu"):
     from minilora.train import Trainer, TrainingArguments
-    model = get_peft_model(tiny_model(vocab_size=vocab_size), r=4, verbose=False)
+    model = get_peft_model(tiny_model(vocab_size=vocab_size).to(device), r=4, verbose=False)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1,
                              progress_bar=False, seed=1)
@@ -163,3 +163,24 @@ def test_the_triton_loss_of_an_out_of_range_label_is_nan_not_a_read_past_the_row
         trained = hidden.clone().requires_grad_()  # with a gradient: the one-launch loss-and-gradient kernel
         assert torch.isnan(fused_linear_cross_entropy_fast(trained, weight, labels, chunk_size=2))
     assert torch.isfinite(ce.cross_entropy_fast(logits.clone(), torch.tensor([39, 3, -100, 5])))
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_a_bad_label_is_a_nan_loss_without_a_sync_and_the_trainer_refuses_it(tmp_path):
+    from minilora.train import Example, TrainingError
+    model = tiny_model(vocab_size=64).cuda()
+    ids = torch.randint(3, 64, (2, 16), device="cuda")
+    labels = ids.clone()
+    labels[1, 5] = 64
+    for fused in (False, True):  # the Triton cross-entropy and the fused linear + cross-entropy
+        model(ids, labels=labels, return_logits=not fused)  # warm-up: compiles the kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = model(ids, labels=labels, return_logits=not fused).loss
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isnan(loss), fused
+    bad = Example([5, 6, 7, 8, 9, 10], [-100, -100, 7, 64, 9, 10])
+    with pytest.raises(TrainingError, match="labels holds 64"):
+        _train_one_step(tmp_path, [bad, bad], device="cuda")

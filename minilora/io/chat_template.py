@@ -6,8 +6,9 @@ A chat template comes from a downloaded file (tokenizer_config.json, a GGUF's me
   ``__globals__``, no mutating methods);
 - a **deadline** (`TIME_LIMIT_S`) stops loops that never end or run for hours: it is checked on every Python line
   the compiled template executes (through `sys.settrace` while the template renders — when a debugger or coverage
-  tool already traces, on every attribute access, call and output chunk instead), and on every line of Jinja's own
-  compiler while the template compiles (a template of 300k expressions would otherwise compile for minutes);
+  tool already traces, on every attribute access, call and output chunk instead), and at every function call of
+  Jinja's own compiler while the template compiles (a template of 300k expressions would otherwise compile for
+  minutes; under a debugger's tracer only the size limit bounds compiling);
 - a **size limit** (`MAX_CHARS`) refuses output, and any single string or list the template builds (``'x' * 10**9``,
   ``'x'|center(10**9)``), that is larger than any real prompt, before it is allocated where it can be foreseen.
 
@@ -134,7 +135,7 @@ def _deadline(every_frame: bool):
     def trace(frame, event, arg):  # called at every Python function call while the tracer is set
         deadline.check()
         # the template's own code is checked on every line (a loop runs inside one frame); the compiler only at
-        # every call, which its recursive-descent parser makes all the time (line checks would slow it 10x)
+        # every call, which its recursive-descent parser makes all the time (line checks would slow it several-fold)
         return trace_lines if frame.f_code.co_filename == "<template>" else None
 
     def trace_template(frame, event, arg):  # rendering: only the template's own frames are looked at
