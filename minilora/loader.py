@@ -61,7 +61,8 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
         model = model_class(config.model_type)(config)
     check_finite(state_dict.items(), f"the {source}", "the file is damaged: download or save it again")
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
-    check_finite(converted.items(), f"the {source} loaded as {dtype_name(dtype)}",
+    changed = ((k, v) for k, v in converted.items() if state_dict[k].dtype != dtype)  # the others are the same
+    check_finite(changed, f"the {source} loaded as {dtype_name(dtype)}",
                  "a value beyond that dtype's range became inf: load with dtype='float32' or 'bfloat16'")
     model.load_state_dict(converted, strict=False, assign=True)
     if config.tie_word_embeddings:
