@@ -62,3 +62,10 @@ def test_templates_that_attack_the_compiler_are_stopped_quickly(name):
     with pytest.raises(ChatTemplateLimitError, match="limit|ran for more than|recurses or nests"):
         tok.apply_chat_template(MESSAGES, chat_template=COMPILE_HOSTILE[name], tokenize=False)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("tag", ["{% include 'other' %}", "{% extends 'other' %}", "{% import 'other' as o %}"])
+def test_a_template_naming_another_template_gets_a_clear_answer(tag):
+    """These ended in a bare TypeError ("no loader for this environment specified")."""
+    with pytest.raises(ValueError, match="includes, imports or extends the template 'other'.*self-contained"):
+        render(tag, messages=MESSAGES)

@@ -109,8 +109,14 @@ def _environment():
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
+    class NoOtherTemplates(jinja2.BaseLoader):  # without any loader Jinja fails with a bare "no loader" TypeError
+        def get_source(self, environment, template):
+            raise ValueError(f"the chat template includes, imports or extends the template {template!r}; a chat "
+                             "template must be self-contained (minilora reads no other template files)")
+
     # trim_blocks/lstrip_blocks: a {% tag %} line leaves no stray newline or indent (what templates assume)
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"],
+                         loader=NoOtherTemplates())
     env.filters["tojson"] = tojson
     env.filters = {name: _bounded(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
