@@ -10,13 +10,16 @@ dispatch and the classes are minilora's own, so there is nothing to patch.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 
 import torch
 
-from .dtypes import parse_dtype
+from .dtypes import dtype_name, parse_dtype
+from .finite import check_finite
 from .models.checkpointing import check_mode
+from .models.claimed_sizes import check_claimed_sizes
 from .models.config import ModelConfig
 from .models.registry import catalogue_config, model_class
 from .models.rotary import RotaryEmbedding
@@ -50,27 +53,17 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
     The model is first built on the "meta" device (shapes only, no memory, no random init), and each parameter
     is then replaced by the checkpoint tensor. Every parameter must be present, and nothing extra.
     """
-    with torch.device("meta"):
-        model = model_class(config.model_type)(config)
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}  # old HF files
-    expected = dict(model.state_dict())
+    check_claimed_sizes(config, {k: tuple(v.shape) for k, v in state_dict.items()}, f"the {source}")
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
         state_dict.pop("lm_head.weight", None)  # a tied checkpoint may store the shared matrix twice
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        msg = [f"the {source} does not fit a {config.model_type} model built from its config:"]
-        if missing:
-            msg.append(f"{len(missing)} missing tensors (first: {missing[:3]})")
-        if unexpected:
-            msg.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[:3]})")
-        raise ValueError(" ".join(msg))
-    for name, tensor in state_dict.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)} but the config implies "
-                             f"{tuple(expected[name].shape)}")
+    with torch.device("meta"):  # safe now: every size the config claims is what the tensors hold
+        model = model_class(config.model_type)(config)
+    check_finite(state_dict.items(), f"the {source}", "the file is damaged: download or save it again")
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    changed = ((k, v) for k, v in converted.items() if state_dict[k].dtype != dtype)  # the others are the same
+    check_finite(changed, f"the {source} loaded as {dtype_name(dtype)}",
+                 "a value beyond that dtype's range became inf: load with dtype='float32' or 'bfloat16'")
     model.load_state_dict(converted, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -122,6 +115,8 @@ class FastLanguageModel:
             name_or_path = SMOLLM2_REPO  # what a saved adapter records as its base: PEFT and minilora resolve it
         else:
             unknown_model_name(str(model_name))
+        if tokenizer is not None:
+            check_tokenizer_fits(tokenizer, model.config.vocab_size, source)
         model.name_or_path = name_or_path
         model.loaded_from = [source]  # what a save must never replace (minilora.io.atomic.check_save_target)
         model.max_seq_length = max_seq_length
@@ -174,6 +169,20 @@ class FastLanguageModel:
         return model
 
 
+def check_tokenizer_fits(tokenizer, vocab_size: int, source: str) -> None:
+    """Refuse a tokenizer that can produce ids the model's embedding table has no row for (a tokenizer.json from
+    another model, or tokens added without resizing the embeddings): every such id would fail deep inside the
+    embedding ("index out of range in self"), or end the process with a device-side assert on a GPU."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None:
+        return
+    top = max(backend.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ValueError(f"the tokenizer of {source!r} has token ids up to {top}, but the model's embedding table has "
+                         f"{vocab_size} rows (vocab_size): ids from {vocab_size} on cannot be embedded. Use the "
+                         "tokenizer saved with these weights (its tokenizer.json or GGUF metadata)")
+
+
 def _load_gguf(path: Path, dtype, device):
     from .io.gguf import load_gguf
     from .io.tokenizer import Tokenizer
@@ -181,7 +190,7 @@ def _load_gguf(path: Path, dtype, device):
     config = ModelConfig.from_dict(config_dict)
     model = model_from_state_dict(config, state_dict, dtype, device, source=f"GGUF file {str(path)!r}")
     if "tokenizer.ggml.model" in metadata:
-        tokenizer = Tokenizer.from_gguf(metadata)
+        tokenizer = Tokenizer.from_gguf(metadata, f"GGUF file {str(path)!r}")
     else:
         import warnings
         warnings.warn(f"{str(path)!r} carries no tokenizer metadata: the tokenizer returned is None", stacklevel=3)
@@ -190,14 +199,17 @@ def _load_gguf(path: Path, dtype, device):
 
 
 def _load_hf_dir(path: Path, dtype, device):
-    from .io.safetensors_dir import load_safetensors_dir, read_config
+    from .io.safetensors_dir import load_safetensors_dir, read_model_config
     from .io.tokenizer import Tokenizer
     # names starting with a dot are what interrupted saves leave (minilora.io.atomic): never a model
     ggufs = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("."))
     if not (path / "config.json").is_file() and len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device)
-    config = ModelConfig.from_dict(read_config(path))
-    model_class(config.model_type)  # an unknown model_type fails here, before any weights are read
+    _, config = read_model_config(path)
+    try:
+        model_class(config.model_type)  # an unknown model_type fails here, before any weights are read
+    except ValueError as e:
+        raise ValueError(f"{str(path / 'config.json')!r}: {e}") from None
     _, state_dict = load_safetensors_dir(path)
     model = model_from_state_dict(config, state_dict, dtype, device, source=f"checkpoint in {str(path)!r}")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
@@ -207,10 +219,17 @@ def _load_hf_dir(path: Path, dtype, device):
     return model, tokenizer
 
 
+# the adapter directories whose base is being loaded right now (outermost first): a cycle is refused, not recursed
+_ADAPTER_CHAIN: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("adapter_chain", default=())
+
+
 def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, load_in_8bit=False):
     from .io.safetensors_dir import read_json
     adapter_config = read_json(path / "adapter_config.json")
-    base = adapter_config.get("base_model_name_or_path")
+    base = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"{str(path / 'adapter_config.json')!r}: 'base_model_name_or_path' is {base!r}; it must be "
+                         "the base model's name or path (a string)")
     if not base:
         raise ValueError(f"{str(path / 'adapter_config.json')!r} does not name its base model "
                          "(base_model_name_or_path); load the base model yourself and call "
@@ -221,9 +240,18 @@ def _load_adapter_dir(path: Path, max_seq_length, dtype, load_in_4bit, device, l
         raise ValueError(f"{str(path / 'adapter_config.json')!r} names its own directory as its base model; the "
                          "base weights are not there (an adapter was saved over its base model). Set "
                          "base_model_name_or_path to the base model it was trained from")
-    model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
-                                                         load_in_4bit=load_in_4bit, device=device,
-                                                         load_in_8bit=load_in_8bit)
+    chain = _ADAPTER_CHAIN.get()
+    if Path(base).exists() and Path(base).resolve() in chain:  # A's base is B and B's base is A: no base at all
+        names = " -> ".join(repr(str(p)) for p in (*chain, path.resolve(), Path(base).resolve()))
+        raise ValueError(f"adapters name each other as their base model ({names}), so no base weights are ever "
+                         "reached: set base_model_name_or_path in their adapter_config.json to the base model")
+    token = _ADAPTER_CHAIN.set((*chain, path.resolve()))
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(base, max_seq_length=max_seq_length, dtype=dtype,
+                                                             load_in_4bit=load_in_4bit, device=device,
+                                                             load_in_8bit=load_in_8bit)
+    finally:
+        _ADAPTER_CHAIN.reset(token)
     from .io.adapters import load_adapter  # imported here: written beside the adapter saver
     loaded = load_adapter(model, path)
     if isinstance(loaded, torch.nn.Module):

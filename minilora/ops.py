@@ -17,8 +17,8 @@ import os
 import torch
 
 from .kernels import IGNORE_INDEX
-from .kernels._triton import interpreter_on
-from .kernels.cross_entropy import cross_entropy_reference
+from .kernels._triton import host_checks, interpreter_on
+from .kernels.cross_entropy import cross_entropy_reference, first_out_of_range
 from .kernels.fast_lora import LoraWeights, apply_lora_mlp, apply_lora_projections
 from .kernels.fused_linear_ce import fused_linear_cross_entropy_reference
 from .kernels.rmsnorm import rms_norm_reference
@@ -158,6 +158,22 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
         from .kernels.segment_attention import segment_attention_flex
         return segment_attention_flex(q, k, v, segments)
     return segment_attention_reference(q, k, v, segments)
+
+
+# --- token ids ------------------------------------------------------------------------------------------------
+def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids", ignore_index: int | None = None):
+    """Refuse ids outside [0, vocab_size) with the position and the value, where that costs no host-device sync
+    (host tensors; on a GPU only with MINILORA_DEBUG=1). The embedding would otherwise fail with "index out of
+    range in self" on a CPU, and with a device-side assert that ends the process on a GPU — the trainer checks
+    its batches on the host before they travel, so training refuses on every device."""
+    if not host_checks(ids):
+        return
+    bad = first_out_of_range(ids, vocab_size, ignore_index)
+    if bad is not None:
+        (position, value), allowed = bad, f"[0, {vocab_size})" + ("" if ignore_index is None else f" or {ignore_index}")
+        raise ValueError(f"{what} holds {value} at position {position}, outside {allowed}: the model's vocabulary "
+                         f"has {vocab_size} tokens. Tokenize with the model's own tokenizer (a tokenizer with more "
+                         "tokens than the embedding table, or ids written by hand?)")
 
 
 # --- the causal-LM loss: token t predicts token t + 1 -------------------------------------------------------------

@@ -74,3 +74,57 @@ def test_per_module_patterns_are_refused_not_ignored(tmp_path):
     with pytest.raises(AdapterMismatchError, match="alpha_pattern"):
         load_adapter(model, str(tmp_path / "a"))
     assert_unchanged(model, before)
+
+
+# --- values of the wrong type or range, and broken numbers: one line naming the file and the key ---------------
+@pytest.mark.parametrize("key, value, message", [
+    ("lora_alpha", 1e308, "lora_alpha=1e\\+308 with r=8 scales the update"),
+    ("lora_alpha", float("nan"), "'lora_alpha' is nan"),
+    ("r", 2.5, "'r' is 2.5"),
+    ("r", 0, "'r' is 0"),
+    ("target_modules", 5, "'target_modules' is 5"),
+    ("use_rslora", "yes", "'use_rslora' is 'yes'"),
+    ("use_dora", "no", "'use_dora' is 'no'"),
+    ("lora_dropout", "0.1", "'lora_dropout' is '0.1'"),
+])
+def test_adapter_config_values_are_checked_with_file_and_key(tmp_path, key, value, message):
+    """lora_alpha 1e308 loaded and gave NaN logits; a string use_rslora was taken as true; an integer
+    target_modules and a string lora_dropout ended in TypeErrors naming no file or key."""
+    save_adapter(adapted(16), str(tmp_path / "a"))
+    path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(AdapterMismatchError, match=f"adapter_config.json.*{message}"):
+        load_adapter(model, str(tmp_path / "a"))
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_an_adapter_with_non_finite_weights_is_refused_with_the_tensor_name(tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+    save_adapter(adapted(16), str(tmp_path / "a"))
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"
+    tensors[key][3, 2] = bad
+    save_file(tensors, weights, metadata={"format": "pt"})
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=rf"adapter_model.safetensors: tensor '{key}' holds {bad}"):
+        load_adapter(model, str(tmp_path / "a"))
+    assert_unchanged(model, before)
+
+
+def test_integer_adapter_weights_are_refused_not_converted(tmp_path):
+    from safetensors.torch import load_file, save_file
+    save_adapter(adapted(16), str(tmp_path / "a"))
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    tensors[key] = (tensors[key] * 1000).to(torch.int16)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(AdapterMismatchError, match=rf"tensor '{key}' is stored as torch.int16"):
+        load_adapter(tiny_model(), str(tmp_path / "a"))

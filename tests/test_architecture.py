@@ -16,15 +16,16 @@ PACKAGE = ROOT / "minilora"
 # Lowest first. Every module is named by hand: a new file must be placed in a layer (and in README's picture) before
 # this test passes, so nothing lands in a layer by accident. A package's __init__ is the package's own name.
 LAYERS = [
-    ("formats", ["minilora.dtypes", "minilora.quant", "minilora.quant.blockwise", "minilora.quant.dynamic8",
+    ("formats", ["minilora.dtypes", "minilora.finite", "minilora.quant", "minilora.quant.blockwise", "minilora.quant.dynamic8",
                  "minilora.quant.int8", "minilora.quant.nf4"]),
     ("kernels", ["minilora.kernels", "minilora.kernels._triton", "minilora.kernels.checks",
                  "minilora.kernels.cross_entropy", "minilora.kernels.fast_lora", "minilora.kernels.fused_linear_ce",
                  "minilora.kernels.nf4_dequant", "minilora.kernels.rmsnorm", "minilora.kernels.rope",
-                 "minilora.kernels.swiglu"]),
+                 "minilora.kernels.segment_attention", "minilora.kernels.swiglu"]),
     ("switch", ["minilora.ops"]),
     ("layers", ["minilora.linear4bit", "minilora.linear8bit", "minilora.lora"]),
-    ("models", ["minilora.models", "minilora.models.checkpointing", "minilora.models.config", "minilora.models.family",
+    ("models", ["minilora.models", "minilora.models.checkpointing", "minilora.models.claimed_sizes", "minilora.models.config",
+                "minilora.models.family",
                 "minilora.models.generate", "minilora.models.kv_cache", "minilora.models.llama",
                 "minilora.models.mistral", "minilora.models.qwen2", "minilora.models.registry",
                 "minilora.models.rotary"]),
@@ -35,7 +36,7 @@ LAYERS = [
     ("facade and training", ["minilora.loader", "minilora.save", "minilora.train", "minilora.train.adamw8bit",
                              "minilora.train.arguments", "minilora.train.checkpoints", "minilora.train.data",
                              "minilora.train.dates_task", "minilora.train.distributed", "minilora.train.inference",
-                             "minilora.train.packing", "minilora.train.runs", "minilora.train.schedules",
+                             "minilora.train.packing", "minilora.train.runs", "minilora.train.schedules", "minilora.train.step_checks",
                              "minilora.train.trainer"]),
     ("run", ["minilora.finetune", "minilora.parity"]),
     ("commands", ["minilora", "minilora.__main__", "minilora.cli", "minilora.commands", "minilora.commands.arguments",

@@ -42,3 +42,30 @@ def test_real_templates_still_render_and_the_tracer_is_restored():
     assert len(render(CHATML, messages=long, add_generation_prompt=False)) > 3_000_000
     with pytest.raises(Exception, match="unsafe|access"):  # the sandbox still blocks Python internals
         render("{{ messages.__class__.__mro__ }}", messages=[])
+
+
+COMPILE_HOSTILE = {
+    "8.6 MB of 550k expressions": "{{ messages[0] }}" * 300_000 + "{{ messages }}" * 250_000,
+    "a macro that calls itself": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "brackets nested 5000 deep": "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+    "a template longer than the output limit": "x" * 10_000_001,
+}
+
+
+@pytest.mark.parametrize("name", COMPILE_HOSTILE)
+def test_templates_that_attack_the_compiler_are_stopped_quickly(name):
+    """Compiling is under the rendering limits too: the probe's 8.4 MB template kept `minilora chat` compiling for
+    minutes, and recursive templates ended in a bare RecursionError."""
+    tok = tiny_tokenizer()
+    tok.apply_chat_template(MESSAGES, tokenize=False)
+    started = time.perf_counter()
+    with pytest.raises(ChatTemplateLimitError, match="limit|ran for more than|recurses or nests"):
+        tok.apply_chat_template(MESSAGES, chat_template=COMPILE_HOSTILE[name], tokenize=False)
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("tag", ["{% include 'other' %}", "{% extends 'other' %}", "{% import 'other' as o %}"])
+def test_a_template_naming_another_template_gets_a_clear_answer(tag):
+    """These ended in a bare TypeError ("no loader for this environment specified")."""
+    with pytest.raises(ValueError, match="includes, imports or extends the template 'other'.*self-contained"):
+        render(tag, messages=MESSAGES)

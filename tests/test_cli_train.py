@@ -3,6 +3,7 @@ rebuilt on the real SmolLM2: a model trained on one fact answers it after traini
 import json
 
 import pytest
+import torch
 from helpers_train import tiny_model, tiny_tokenizer
 
 from minilora.cli import build_parser, main
@@ -118,3 +119,18 @@ def test_qlora_learns_one_fact_and_keeps_it_after_merging(tmp_path):
     save_pretrained_merged(model, tok, str(tmp_path / "merged"), dtype="float32")
     merged, _ = FastLanguageModel.from_pretrained(str(tmp_path / "merged"), device="cpu")
     assert "1987-07-14" in ask(merged)
+
+
+def test_chat_never_prints_an_empty_reply_for_nan_logits(tiny_dir, tmp_path, capsys):
+    """Finite weights whose activations overflow (a final norm of 3e38) give inf/NaN logits: chat printed an empty
+    reply and exited 0. Now one line and exit 1."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(tiny_dir, tmp_path / "m")
+    tensors = load_file(tmp_path / "m" / "model.safetensors")
+    tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], 3e38)
+    save_file(tensors, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    assert main(["chat", "--model_name", str(tmp_path / "m"), "--prompt", "March 5, 2021"]) == 1
+    captured = capsys.readouterr()
+    assert "logits are NaN or inf" in captured.err and captured.err.count("\n") == 1

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from helpers_gguf import write_llama_gguf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,11 @@ def write_small_gguf(path) -> None:
     q = g.standard_normal((32, 32)).astype(np.float32)
     w.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(q, gguf.GGMLQuantizationType.Q8_0),
                  raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    # the rest of a complete one-layer model: the reader checks the metadata's sizes against every tensor
+    for name, shape in (("blk.0.attn_v", (16, 32)), ("blk.0.attn_output", (32, 32)), ("blk.0.ffn_gate", (48, 32)),
+                        ("blk.0.ffn_up", (48, 32)), ("blk.0.ffn_down", (32, 48)), ("blk.0.attn_norm", (32,)),
+                        ("blk.0.ffn_norm", (32,))):
+        w.add_tensor(f"{name}.weight", g.standard_normal(shape).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -228,3 +234,52 @@ def test_mutated_safetensors_is_read_or_refused_cleanly(small_safetensors, tmp_p
     path = tmp_path / "m.safetensors"
     path.write_bytes(bytes(out))
     read_cleanly(read_safetensors, path)
+
+
+# --- sizes a file claims, checked against the tensors it holds ---------------------------------------------------
+@pytest.mark.parametrize("tensors", [False, True])
+def test_a_tiny_gguf_claiming_a_million_layers_is_refused_at_once(tmp_path, tensors):
+    """The probe's case: a ~3 KB file whose metadata says 1,000,000 layers kept the loader building modules for
+    over an hour. Its layer count is compared with the tensors before anything is built."""
+    from minilora import FastLanguageModel
+    path = tmp_path / "claims.gguf"
+    write_llama_gguf(path, 1_000_000, tensors, **{"tokenizer.chat_template": "x" * 2500})
+    assert tensors or path.stat().st_size < 4_000
+    with time_limit(1), pytest.raises(GGUFError, match=r"llama.block_count=1000000.*tensors hold [01] layers"):
+        FastLanguageModel.from_pretrained(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def two_layer_dir(tmp_path_factory):
+    from helpers_train import tiny_model, tiny_tokenizer
+
+    from minilora.save import save_pretrained_merged
+    directory = tmp_path_factory.mktemp("claims") / "base"
+    save_pretrained_merged(tiny_model(), tiny_tokenizer(), str(directory), save_method="merged_16bit")
+    return directory
+
+
+@pytest.mark.parametrize("key, value, evidence", [
+    ("num_hidden_layers", 1_000_000, "tensors hold 2 layers"),
+    ("num_hidden_layers", 1, "tensors hold 2 layers"),
+    ("vocab_size", 10**12, "embed_tokens.weight has"),
+    ("hidden_size", 4096 * 64, "embed_tokens.weight has"),
+    ("intermediate_size", 10**9, "gate_proj.weight has"),
+    ("num_attention_heads", 64, "q_proj.weight has"),
+    ("num_key_value_heads", 4, "k_proj.weight has"),
+])
+def test_config_json_claims_are_checked_against_the_weights(two_layer_dir, tmp_path, key, value, evidence):
+    """config.json beside a 2-layer checkpoint claiming other sizes: one line naming the file and the key, in well
+    under a second (a million layers used to build for an hour)."""
+    import shutil
+
+    from minilora import FastLanguageModel
+    directory = tmp_path / "d"
+    shutil.copytree(two_layer_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config[key] = value
+    if key == "hidden_size":
+        config["head_dim"] = 16  # keep head_dim as it was, so only the width disagrees
+    (directory / "config.json").write_text(json.dumps(config))
+    with time_limit(1), pytest.raises(ValueError, match=rf"config.json' says {key}={value}, but .*{evidence}"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")

@@ -92,3 +92,95 @@ def test_training_arguments_refuse_values_out_of_range(kw):
     from minilora.train import TrainingArguments
     with pytest.raises(ValueError, match=next(iter(kw))):
         TrainingArguments(**kw)
+
+
+# --- token ids outside the vocabulary: refused with the position, on every path --------------------------------
+@pytest.mark.parametrize("bad", [10_000, -3, -100])
+def test_input_ids_outside_the_vocabulary_are_refused_clearly(bad):
+    """The embedding said "index out of range in self"; now the id, its position and the vocabulary size."""
+    model = tiny_model()
+    ids = torch.tensor([[1, 2, 3], [4, bad, 5]])
+    with pytest.raises(ValueError, match=rf"input_ids holds {bad} at position \(1, 1\), outside \[0, "):
+        model(ids)
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused_on_load(tmp_path):
+    from helpers_train import tiny_tokenizer
+
+    from minilora.save import save_pretrained_merged
+    tok = tiny_tokenizer()
+    save_pretrained_merged(tiny_model(vocab_size=len(tok) - 50), tok, str(tmp_path / "m"), save_method="merged_16bit")
+    with pytest.raises(ValueError, match=rf"token ids up to {len(tok) - 1}, but the model's embedding table has "
+                                         rf"{len(tok) - 50} rows"):
+        FastLanguageModel.from_pretrained(tmp_path / "m", device="cpu")
+
+
+def _train_one_step(tmp_path, examples, vocab_size=64, device="cpu"):
+    from minilora.train import Trainer, TrainingArguments
+    model = get_peft_model(tiny_model(vocab_size=vocab_size).to(device), r=4, verbose=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1,
+                             progress_bar=False, seed=1)
+    try:
+        Trainer(model, args, examples).train()
+    finally:
+        after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(torch.equal(before[n], after[n]) for n in before), "a refused batch must not train"
+
+
+@pytest.mark.parametrize("where, bad, message", [
+    ("labels", 64, r"labels holds 64 at position \([01], 3\), outside \[0, 64\) or -100"),
+    ("labels", -7, r"labels holds -7 at position \([01], 3\)"),
+    ("input_ids", 99, r"input_ids holds 99 at position \([01], 3\)"),
+    ("input_ids", -1, r"input_ids holds -1 at position \([01], 3\)"),
+])
+def test_the_trainer_refuses_ids_outside_the_vocabulary_before_the_step(tmp_path, where, bad, message):
+    """Checked on the host, where the trainer builds its batches (no GPU sync): on a GPU an out-of-range label was
+    trained on silently, and an input id ends the process with a device-side assert."""
+    from minilora.train import Example, TrainingError
+    ids = [5, 6, 7, 8, 9, 10]
+    example = Example(list(ids), [-100, -100, 7, 8, 9, 10])
+    getattr(example, where)[3] = bad
+    examples = [example, Example(list(ids), [-100, -100, 7, 8, 9, 10])]
+    with pytest.raises(TrainingError, match=rf"step 1, micro-batch 1: {message}"):
+        _train_one_step(tmp_path, examples)
+
+
+def test_the_triton_loss_of_an_out_of_range_label_is_nan_not_a_read_past_the_row(monkeypatch):
+    """On a GPU the host does not read label values (a sync); the kernels used to load the logit at ``row + label``
+    — past the row, another token's logit — and return a plausible loss. Now they return NaN, which the trainer's
+    one read of the loss refuses. Simulated here by switching the host check off, as on a GPU."""
+    pytest.importorskip("triton")
+    from minilora.kernels import cross_entropy as ce
+    from minilora.kernels.fused_linear_ce import fused_linear_cross_entropy_fast
+    monkeypatch.setattr(ce, "host_checks", lambda t: False)
+    g = torch.Generator().manual_seed(0)
+    logits, hidden, weight = torch.randn(4, 40, generator=g), torch.randn(4, 16, generator=g), torch.randn(40, 16)
+    for bad in (40, -2):
+        labels = torch.tensor([bad, 3, -100, 5])
+        assert torch.isnan(ce.cross_entropy_fast(logits.clone(), labels))
+        assert torch.isnan(fused_linear_cross_entropy_fast(hidden, weight, labels, chunk_size=2))
+        trained = hidden.clone().requires_grad_()  # with a gradient: the one-launch loss-and-gradient kernel
+        assert torch.isnan(fused_linear_cross_entropy_fast(trained, weight, labels, chunk_size=2))
+    assert torch.isfinite(ce.cross_entropy_fast(logits.clone(), torch.tensor([39, 3, -100, 5])))
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_a_bad_label_is_a_nan_loss_without_a_sync_and_the_trainer_refuses_it(tmp_path):
+    from minilora.train import Example, TrainingError
+    model = tiny_model(vocab_size=64).cuda()
+    ids = torch.randint(3, 64, (2, 16), device="cuda")
+    labels = ids.clone()
+    labels[1, 5] = 64
+    for fused in (False, True):  # the Triton cross-entropy and the fused linear + cross-entropy
+        model(ids, labels=labels, return_logits=not fused)  # warm-up: compiles the kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = model(ids, labels=labels, return_logits=not fused).loss
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isnan(loss), fused
+    bad = Example([5, 6, 7, 8, 9, 10], [-100, -100, 7, 64, 9, 10])
+    with pytest.raises(TrainingError, match="labels holds 64"):
+        _train_one_step(tmp_path, [bad, bad], device="cuda")

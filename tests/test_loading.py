@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers_gguf import write_llama_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,7 +189,7 @@ def test_config_and_weights_that_disagree(tiny_checkpoint):
     config = json.loads((directory / "config.json").read_text())
     config["num_hidden_layers"] = 3
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="missing tensors.*layers.2"):
+    with pytest.raises(ValueError, match="num_hidden_layers=3, but the tensors hold 2 layers"):
         FastLanguageModel.from_pretrained(directory, dtype="float32", device="cpu")
 
 
@@ -349,3 +350,190 @@ def test_gguf_tokenizer_bad_input():
         Tokenizer.from_gguf(meta)
     with pytest.raises(ValueError, match="no chat template"):
         Tokenizer.from_gguf(_toy_gguf_metadata("gpt2")).apply_chat_template([{"role": "user", "content": "x"}])
+
+
+# --- broken numbers and broken references, named where they come from ------------------------------------------
+@pytest.fixture(scope="module")
+def minilora_dirs(tmp_path_factory):
+    """A tiny base model saved by minilora (16-bit and merged_4bit) and a LoRA adapter for it."""
+    from helpers_train import tiny_model, tiny_tokenizer
+
+    from minilora.io.adapters import save_adapter
+    from minilora.save import save_pretrained_merged
+    root = tmp_path_factory.mktemp("numbers")
+    model, tok = tiny_model(), tiny_tokenizer()
+    save_pretrained_merged(model, tok, str(root / "base"), save_method="merged_16bit")
+    save_pretrained_merged(model, tok, str(root / "q4"), save_method="merged_4bit")
+    model, _ = FastLanguageModel.from_pretrained(root / "base", device="cpu")
+    save_adapter(FastLanguageModel.get_peft_model(model, r=4, verbose=False), str(root / "adapter"))
+    return root
+
+
+def edited_copy(source, target, edit, file="model.safetensors"):
+    """A copy of the model directory ``source`` with ``edit(tensors)`` applied to its safetensors file."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(source, target)
+    tensors = load_file(target / file)
+    edit(tensors)
+    save_file(tensors, target / file, metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_non_finite_base_weights_are_refused_with_the_tensor_name(minilora_dirs, tmp_path, bad):
+    """NaN/inf base weights loaded without a word, and `minilora chat` then printed an empty reply."""
+    key = "model.layers.1.self_attn.v_proj.weight"
+    directory = edited_copy(minilora_dirs / "base", tmp_path / "b", lambda t: t[key].view(-1).__setitem__(7, bad))
+    with pytest.raises(ValueError, match=rf"tensor '{key}' holds {bad} \(at flat index 7\)"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")
+
+
+def test_a_weight_beyond_the_load_dtype_is_refused_not_turned_into_inf(minilora_dirs, tmp_path):
+    key = "model.norm.weight"
+    directory = edited_copy(minilora_dirs / "base", tmp_path / "b",
+                            lambda t: t.__setitem__(key, t[key].float().index_fill(0, torch.tensor([0]), 1e6)))
+    FastLanguageModel.from_pretrained(directory, device="cpu", dtype="float32")  # fine where it fits
+    with pytest.raises(ValueError, match=rf"loaded as float16: tensor '{key}' holds inf.*dtype='float32'"):
+        FastLanguageModel.from_pretrained(directory, device="cpu", dtype="float16")
+
+
+def _set_blob(key, **fields):
+    def edit(tensors):
+        name = f"{key}.quant_state.bitsandbytes__nf4"
+        blob = json.loads(bytes(tensors[name].tolist()))
+        blob.update(fields)
+        tensors[name] = torch.tensor(list(json.dumps(blob).encode()), dtype=torch.uint8)
+    return edit
+
+
+Q4_KEY = "model.layers.0.mlp.up_proj.weight"
+Q4_BROKEN = {
+    "NaN nested absmax": (lambda t: t[f"{Q4_KEY}.nested_absmax"].__setitem__(0, float("nan")),
+                          rf"tensor '{Q4_KEY}.nested_absmax' holds nan"),
+    "NaN nested offset": (_set_blob(Q4_KEY, nested_offset=float("nan")), "'nested_offset' is nan"),
+    "a string blocksize": (_set_blob(Q4_KEY, blocksize="64"), "'blocksize' is '64'"),
+    "a shape the codes cannot hold": (_set_blob(Q4_KEY, shape=[10**6, 10**6]), "codes holds 4096 bytes"),
+    "an integer dtype": (_set_blob(Q4_KEY, dtype="int8"), "'dtype' is 'int8'"),
+    "a blob that is not JSON": (lambda t: t.__setitem__(f"{Q4_KEY}.quant_state.bitsandbytes__nf4",
+                                                        torch.tensor([255, 1], dtype=torch.uint8)), "not a JSON"),
+}
+
+
+@pytest.mark.parametrize("case", Q4_BROKEN)
+def test_a_broken_merged_4bit_quant_state_names_the_weight(minilora_dirs, tmp_path, case):
+    """A merged_4bit file whose quant state held NaN loaded (NaN logits); wrong types ended in bare errors."""
+    edit, message = Q4_BROKEN[case]
+    directory = edited_copy(minilora_dirs / "q4", tmp_path / "q", edit)
+    with pytest.raises(ValueError, match=rf"'{tmp_path / 'q'}'.*{message}"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")
+
+
+@pytest.mark.parametrize("base", [5, ["a"]])
+def test_an_adapter_base_of_the_wrong_type_names_the_key(minilora_dirs, tmp_path, base):
+    import shutil
+    shutil.copytree(minilora_dirs / "adapter", tmp_path / "a")
+    path = tmp_path / "a" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": base}))
+    with pytest.raises(ValueError, match="adapter_config.json'.*'base_model_name_or_path' is"):
+        FastLanguageModel.from_pretrained(tmp_path / "a", device="cpu")
+
+
+def test_adapters_naming_each_other_as_base_are_refused(minilora_dirs, tmp_path):
+    """A's base is B and B's base is A: this recursed until RecursionError."""
+    import shutil
+    for name, other in (("A", "B"), ("B", "A")):
+        shutil.copytree(minilora_dirs / "adapter", tmp_path / name)
+        path = tmp_path / name / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": str(tmp_path / other)}))
+    with pytest.raises(ValueError, match="adapters name each other as their base model"):
+        FastLanguageModel.from_pretrained(tmp_path / "A", device="cpu")
+
+
+# --- errors that named no file or key: each now says which file and which key ------------------------------------
+CONFIG_JSON_BROKEN = {  # edit of config.json -> what the one line must say after the file's name
+    "quantization_config as a string": ({"quantization_config": "bnb"}, "'quantization_config' is 'bnb'"),
+    "a GPTQ checkpoint": ({"quantization_config": {"quant_method": "gptq"}}, "quantization_config says 'gptq'"),
+    "llama3 scaling without factor": ({"rope_scaling": {"rope_type": "llama3"}}, "'rope_scaling.factor'"),
+    "llama3 scaling with a string factor": ({"rope_scaling": {"rope_type": "llama3", "factor": "x"}},
+                                            "'rope_scaling.factor'"),
+    "rope_parameters as a string": ({"rope_parameters": "x"}, "'rope_parameters' must be an object"),
+    "an unsupported activation": ({"hidden_act": "relu"}, "'hidden_act' must be one of"),
+    "odd head_dim": ({"head_dim": 15}, "head_dim=15 must be even"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_JSON_BROKEN)
+def test_config_json_values_are_named_with_the_file(minilora_dirs, tmp_path, case):
+    """An AttributeError, a KeyError 'factor' and a TypeError named neither config.json nor the key; a string
+    rope_parameters and a GPTQ quantization_config were ignored (the packed weights would load as numbers)."""
+    import shutil
+    edit, message = CONFIG_JSON_BROKEN[case]
+    shutil.copytree(minilora_dirs / "base", tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(ValueError, match=rf"^'{path}'.*{message}"):
+        FastLanguageModel.from_pretrained(tmp_path / "m", device="cpu")
+
+
+def test_a_config_json_that_is_not_an_object(minilora_dirs, tmp_path):
+    import shutil
+    shutil.copytree(minilora_dirs / "base", tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json' holds a JSON list, not an object"):
+        FastLanguageModel.from_pretrained(tmp_path / "m", device="cpu")
+
+
+def test_integer_weights_are_refused_not_converted(minilora_dirs, tmp_path):
+    key = "model.layers.0.mlp.down_proj.weight"
+    directory = edited_copy(minilora_dirs / "base", tmp_path / "m",
+                            lambda t: t.__setitem__(key, (t[key] * 100).to(torch.int32)))
+    with pytest.raises(ValueError, match=rf"tensor '{key}' is stored as torch.int32, not as floating point"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")
+
+
+def test_a_tensor_in_two_shards_is_refused(minilora_dirs, tmp_path):
+    """Two shards holding one tensor: the later file silently won."""
+    from safetensors.torch import load_file, save_file
+    directory = edited_copy(minilora_dirs / "base", tmp_path / "m", lambda t: None)
+    tensors = load_file(directory / "model.safetensors")
+    names = sorted(tensors)
+    save_file({k: tensors[k] for k in names[:5]}, directory / "a.safetensors", metadata={"format": "pt"})
+    save_file({k: tensors[k] for k in names[4:]}, directory / "b.safetensors", metadata={"format": "pt"})
+    (directory / "model.safetensors").unlink()
+    weight_map = {k: "a.safetensors" if i < 5 else "b.safetensors" for i, k in enumerate(names)}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match=rf"tensor '{names[4]}' is in 'b.safetensors' and in another shard"):
+        FastLanguageModel.from_pretrained(directory, device="cpu")
+
+
+GGUF_BROKEN = {  # metadata override -> the key the one line must name
+    "token ids for tokens": ({"tokenizer.ggml.tokens": [1, 2, 3, 4, 5, 6]}, "tokenizer.ggml.tokens"),
+    "a token twice": ({"tokenizer.ggml.tokens": ["a", "a", "ab", "<s>", "</s>", "é"]}, "tokenizer.ggml.tokens"),
+    "merges as numbers": ({"tokenizer.ggml.merges": [1, 2]}, "tokenizer.ggml.merges"),
+    "a merge of one token": ({"tokenizer.ggml.merges": ["ab"]}, "tokenizer.ggml.merges"),
+    "a merge of unknown tokens": ({"tokenizer.ggml.merges": ["x y"]}, "tokenizer.ggml.merges"),
+    "token types as strings": ({"tokenizer.ggml.token_type": ["x"] * 6}, "tokenizer.ggml.token_type"),
+    "a chat template that is a number": ({"tokenizer.chat_template": 7}, "tokenizer.chat_template"),
+    "a bos id past the vocabulary": ({"tokenizer.ggml.bos_token_id": 99}, "tokenizer.ggml.bos_token_id"),
+    "add_bos_token as a string": ({"tokenizer.ggml.add_bos_token": "yes"}, "tokenizer.ggml.add_bos_token"),
+    "an odd key length": ({"llama.attention.key_length": 15}, "head_dim=15"),
+}
+
+
+@pytest.mark.parametrize("case", GGUF_BROKEN)
+def test_gguf_fields_of_the_wrong_type_name_the_file_and_key(tmp_path, case):
+    """TypeErrors from inside the tokenizers library, an AttributeError, a bare Exception, or a silently wrong
+    tokenizer (a string add_bos_token taken as true, an out-of-range bos id dropped)."""
+    overrides, key = GGUF_BROKEN[case]
+    path = tmp_path / "t.gguf"
+    write_llama_gguf(path, **overrides)
+    with pytest.raises(GGUFError, match=rf"GGUF file '{path}'.*{key}"):
+        FastLanguageModel.from_pretrained(path, device="cpu")
+
+
+def test_the_gguf_writer_of_these_tests_makes_a_loadable_file(tmp_path):
+    write_llama_gguf(tmp_path / "t.gguf")
+    model, tok = FastLanguageModel.from_pretrained(tmp_path / "t.gguf", device="cpu")
+    assert tok.bos_token == "<s>" and model.config.num_hidden_layers == 1

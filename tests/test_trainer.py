@@ -270,3 +270,15 @@ def test_loss_only_at_labelled_positions_equals_the_full_loss():
     full = m(ids, labels).loss
     fused = m(ids, labels, return_logits=False).loss
     torch.testing.assert_close(fused, full)
+
+
+def test_a_nan_loss_from_a_broken_base_names_the_weight_not_the_learning_rate(tmp_path):
+    """A NaN in a frozen weight is no divergence: it was there before any update, and the message says where."""
+    m = lora_model()
+    with torch.no_grad():
+        m.model.layers[1].mlp.up_proj.base_layer.weight[2, 3] = float("inf")
+    tr = Trainer(m, args(tmp_path / "nan"), dataset())
+    with pytest.raises(TrainingError, match=r"step 1: the model's frozen weight "
+                                            r"'model.layers.1.mlp.up_proj.base_layer.weight' holds inf") as e:
+        tr.train()
+    assert "learning_rate" not in str(e.value)

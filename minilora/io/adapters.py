@@ -11,11 +11,13 @@ then runs with the adapter half-applied, which is worse than an error.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
 from safetensors.torch import save_file
 
+from ..finite import check_finite
 from ..lora import get_peft_model, lora_layers, remove_lora
 from .atomic import check_save_target, write_dir
 
@@ -89,18 +91,49 @@ def read_adapter(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, read_safetensors(w_path)
 
 
+MAX_SCALING = 65504.0  # float16's largest value: an update scaled by more overflows to inf in half precision
+
+
 def _check_config(config: dict, directory: str) -> list[str] | str:
-    """The adapter's target modules, once every setting minilora cannot honour has been refused."""
+    """The adapter's target modules, once every value has been checked for its type and range, and every setting
+    minilora cannot honour has been refused. Each error names the file and the key."""
+    path = os.path.join(directory, CONFIG_NAME)
+
+    def bad(key: str, want: str) -> AdapterMismatchError:
+        return AdapterMismatchError(f"{path}: {key!r} is {config.get(key)!r}; it must be {want} (the file is damaged "
+                                    "or was not written by PEFT or minilora)")
+
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key in ("use_dora", "use_rslora"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise bad(key, "true or false")
     if config.get("use_dora"):
         raise AdapterMismatchError(f"{directory} is a DoRA adapter; minilora loads plain LoRA adapters only")
     for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise AdapterMismatchError(f"{directory} sets {key} {config[key]} (per-module rank or alpha), which "
                                        "minilora does not support — retrain with one r and lora_alpha for all modules")
-    targets = config.get("target_modules") or []  # a string is a regular expression, as in PEFT
     for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), (int, float)) or isinstance(config.get(key), bool):
-            raise AdapterMismatchError(f"{directory}/{CONFIG_NAME} has no numeric {key!r}: is it a LoRA adapter?")
+        if not is_number(config.get(key)):
+            raise AdapterMismatchError(f"{path} has no numeric {key!r}: is it a LoRA adapter?")
+    r, alpha = config["r"], config["lora_alpha"]
+    if not isinstance(r, int) or r < 1:
+        raise bad("r", "a positive integer (the LoRA rank)")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise bad("lora_alpha", "a finite number > 0")
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    if scaling > MAX_SCALING:
+        raise AdapterMismatchError(f"{path}: lora_alpha={alpha!r} with r={r} scales the update by {scaling:.3g}, "
+                                   f"beyond {MAX_SCALING:g} (float16's range) — every output would be inf or NaN; the "
+                                   "file is damaged (PEFT adapters use lora_alpha of the order of r)")
+    dropout = config.get("lora_dropout", 0.0)
+    if dropout is not None and not (is_number(dropout) and 0 <= dropout < 1):
+        raise bad("lora_dropout", "a number in [0, 1)")
+    targets = config.get("target_modules") or []  # a string is a regular expression, as in PEFT
+    if not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise bad("target_modules", "a list of module names or a regular expression string")
     return targets if isinstance(targets, str) else list(targets)
 
 
@@ -116,7 +149,7 @@ def load_adapter(model, directory: str, verbose: bool = False):
     try:
         try:
             get_peft_model(model, r=config["r"], target_modules=targets, lora_alpha=config["lora_alpha"],
-                           lora_dropout=config.get("lora_dropout", 0.0), use_rslora=config.get("use_rslora", False),
+                           lora_dropout=config.get("lora_dropout") or 0.0, use_rslora=bool(config.get("use_rslora")),
                            random_state=None, verbose=verbose)
         except (ValueError, TypeError) as e:
             raise AdapterMismatchError(f"the adapter in {directory} does not fit this model: {e}") from None
@@ -159,6 +192,12 @@ def _fill(model, config: dict, tensors: dict[str, torch.Tensor], directory: str)
     if merged:
         raise AdapterMismatchError(f"this model's LoRA layers are merged (e.g. {merged[0]}): call unmerge_lora(model) "
                                    "before loading another adapter into them")
+    not_float = next((k for k in expected if not found[k].is_floating_point()), None)
+    if not_float is not None:  # integers would be converted to floats without a word
+        raise AdapterMismatchError(f"{os.path.join(directory, WEIGHTS_NAME)}: tensor {not_float!r} is stored as "
+                                   f"{found[not_float].dtype}; LoRA weights are floating point numbers")
+    check_finite(((k, found[k]) for k in expected), os.path.join(directory, WEIGHTS_NAME),
+                 "the adapter is damaged or its training diverged: use an earlier checkpoint")
     alpha, rslora = config["lora_alpha"], bool(config.get("use_rslora", False))
     with torch.no_grad():
         for key, target in expected.items():

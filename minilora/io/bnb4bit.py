@@ -24,11 +24,20 @@ back into dense weights for minilora's own loader.
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
 from ..dtypes import dtype_name, parse_dtype
-from ..quant.blockwise import NF4_BLOCKSIZE, DoubleQuantState, NF4State, dequantize_nf4_reference, quantize_nf4
+from ..finite import check_finite
+from ..quant.blockwise import (
+    NF4_BLOCKSIZE,
+    DoubleQuantState,
+    NF4State,
+    check_state,
+    dequantize_nf4_reference,
+    quantize_nf4,
+)
 from ..quant.nf4 import NF4_CODEBOOK
 
 QUANT_STATE_KEY = "quant_state.bitsandbytes__nf4"
@@ -88,28 +97,65 @@ def quantize_state_dict(tensors: dict[str, torch.Tensor], weight_names) -> dict[
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _state_of(name: str, sd: dict[str, torch.Tensor]) -> NF4State:
+def _blob_field(blob: dict, key: str, kind, where: str):
+    """One field of a quant state's JSON blob, of the Python type ``kind`` (positive for numbers)."""
+    value = blob.get(key)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and kind is int:
+        ok = value > 0
+    if ok and kind is list:
+        ok = all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+    if ok and kind in ((int, float), float):
+        ok = math.isfinite(value)
+    if not ok:
+        raise ValueError(f"{where}: its quant state's {key!r} is {value!r}, which is not a valid value; the file is "
+                         "damaged")
+    return value
+
+
+def _state_of(name: str, sd: dict[str, torch.Tensor], source: str = "the 4-bit checkpoint") -> NF4State:
+    where = f"{source}: 4-bit weight {name!r}"
     try:
-        blob = json.loads(bytes(sd[f"{name}.{QUANT_STATE_KEY}"].tolist()).decode("utf-8"))
+        raw, codes = sd[f"{name}.{QUANT_STATE_KEY}"], sd[name]
         pieces = {p: sd[f"{name}.{p}"] for p in PIECES[:4]}
     except KeyError as e:
-        raise ValueError(f"4-bit weight {name!r} lacks its quant state piece {e.args[0]!r}: the file is incomplete "
-                         "or was not written by transformers/bitsandbytes or minilora") from None
+        raise ValueError(f"{where} lacks its quant state piece {e.args[0]!r}: the file is incomplete or was not "
+                         "written by transformers/bitsandbytes or minilora") from None
+    try:
+        blob = json.loads(bytes(raw.reshape(-1).to(torch.uint8).tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        blob = None
+    if not isinstance(blob, dict):
+        raise ValueError(f"{where}: its {QUANT_STATE_KEY} is not a JSON object; the file is damaged")
     if blob.get("quant_type") != "nf4":
-        raise ValueError(f"{name}: quant_type {blob.get('quant_type')!r} is not supported (minilora reads NF4 only)")
+        raise ValueError(f"{where}: quant_type {blob.get('quant_type')!r} is not supported (minilora reads NF4 only)")
     if not torch.equal(pieces["quant_map"].float(), NF4_CODEBOOK):
-        raise ValueError(f"{name}: its quant_map is not the NF4 table")
+        raise ValueError(f"{where}: its quant_map is not the NF4 table")
+    # numbers that scale every weight: a NaN or inf among them would make the whole weight NaN, far from its cause
+    check_finite(((f"{name}.{p}", pieces[p]) for p in ("nested_absmax", "nested_quant_map")), source,
+                 "the 4-bit checkpoint is damaged: save or download it again")
+    try:
+        dtype = parse_dtype(blob.get("dtype"))
+    except ValueError:
+        raise ValueError(f"{where}: its quant state's 'dtype' is {blob.get('dtype')!r}, not float32, float16 or "
+                         "bfloat16; the file is damaged") from None
     dq = DoubleQuantState(pieces["absmax"].reshape(-1), pieces["nested_absmax"].float().reshape(-1),
-                          torch.tensor(float(blob["nested_offset"])), int(blob["nested_blocksize"]),
-                          pieces["nested_quant_map"].float())
-    return NF4State(sd[name].reshape(-1), None, int(blob["blocksize"]), torch.Size(blob["shape"]),
-                    parse_dtype(blob["dtype"]), dq)
+                          torch.tensor(float(_blob_field(blob, "nested_offset", (int, float), where))),
+                          _blob_field(blob, "nested_blocksize", int, where), pieces["nested_quant_map"].float())
+    state = NF4State(codes.reshape(-1), None, _blob_field(blob, "blocksize", int, where),
+                     torch.Size(_blob_field(blob, "shape", list, where)), dtype, dq)
+    try:
+        check_state(state)  # every piece's size fits the shape: dequantizing allocates only what the file holds
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    return state
 
 
-def dequantize_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict read from a bitsandbytes 4-bit file, with every 4-bit weight turned back into a dense tensor."""
+def dequantize_state_dict(sd: dict[str, torch.Tensor], source: str = "the 4-bit checkpoint") -> dict[str, torch.Tensor]:
+    """A state dict read from a bitsandbytes 4-bit file, with every 4-bit weight turned back into a dense tensor.
+    ``source`` names the file in errors."""
     suffix = "." + QUANT_STATE_KEY
     names = {k[: -len(suffix)] for k in sd if k.endswith(suffix)}
     pieces = {f"{n}.{p}" for n in names for p in PIECES}
-    return {k: dequantize_nf4_reference(_state_of(k, sd)) if k in names else v
+    return {k: dequantize_nf4_reference(_state_of(k, sd, source)) if k in names else v
             for k, v in sd.items() if k not in pieces}

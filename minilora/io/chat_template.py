@@ -6,14 +6,17 @@ A chat template comes from a downloaded file (tokenizer_config.json, a GGUF's me
   ``__globals__``, no mutating methods);
 - a **deadline** (`TIME_LIMIT_S`) stops loops that never end or run for hours: it is checked on every Python line
   the compiled template executes (through `sys.settrace` while the template renders — when a debugger or coverage
-  tool already traces, on every attribute access, call and output chunk instead);
+  tool already traces, on every attribute access, call and output chunk instead), and at every function call of
+  Jinja's own compiler while the template compiles (a template of 300k expressions would otherwise compile for
+  minutes; under a debugger's tracer only the size limit bounds compiling);
 - a **size limit** (`MAX_CHARS`) refuses output, and any single string or list the template builds (``'x' * 10**9``,
   ``'x'|center(10**9)``), that is larger than any real prompt, before it is allocated where it can be foreseen.
 
-A template that breaks a limit raises `ChatTemplateLimitError` (a ValueError) saying which.
+A template that breaks a limit, or recurses without end, raises `ChatTemplateLimitError` (a ValueError) saying which.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -106,8 +109,14 @@ def _environment():
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
+    class NoOtherTemplates(jinja2.BaseLoader):  # without any loader Jinja fails with a bare "no loader" TypeError
+        def get_source(self, environment, template):
+            raise ValueError(f"the chat template includes, imports or extends the template {template!r}; a chat "
+                             "template must be self-contained (minilora reads no other template files)")
+
     # trim_blocks/lstrip_blocks: a {% tag %} line leaves no stray newline or indent (what templates assume)
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"],
+                         loader=NoOtherTemplates())
     env.filters["tojson"] = tojson
     env.filters = {name: _bounded(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
@@ -121,15 +130,58 @@ _ENV = None
 _TEMPLATES: dict[str, object] = {}
 
 
+@contextlib.contextmanager
+def _deadline(every_frame: bool):
+    """The time limit for one compile or render: `_Deadline.check` runs on every line of the template's own code,
+    and while compiling (``every_frame=True``) also at every function call of any code: Jinja's lexer, parser and
+    code generator are Python, and a template of 300k expressions keeps them busy for minutes."""
+    deadline = _ENV.deadline
+    deadline.at = time.monotonic() + TIME_LIMIT_S
+
+    def trace(frame, event, arg):  # called at every Python function call while the tracer is set
+        deadline.check()
+        # the template's own code is checked on every line (a loop runs inside one frame); the compiler only at
+        # every call, which its recursive-descent parser makes all the time (line checks would slow it several-fold)
+        return trace_lines if frame.f_code.co_filename == "<template>" else None
+
+    def trace_template(frame, event, arg):  # rendering: only the template's own frames are looked at
+        return trace(frame, event, arg) if frame.f_code.co_filename == "<template>" else None
+
+    def trace_lines(frame, event, arg):
+        deadline.check()
+        return trace_lines
+
+    traced = sys.gettrace() is None
+    if traced:
+        sys.settrace(trace if every_frame else trace_template)
+    try:
+        yield deadline
+    except RecursionError:  # {% macro f() %}{{ f() }}{% endmacro %}, or thousands of nested brackets
+        raise ChatTemplateLimitError("the chat template recurses or nests too deeply (a macro that calls itself "
+                                     "without end, or brackets nested thousands deep): a broken or hostile "
+                                     "template") from None
+    finally:
+        if traced:
+            sys.settrace(None)
+        deadline.at = float("inf")
+
+
 def compile_template(template: str):
-    """The compiled template (cached); a syntax error is a ValueError."""
+    """The compiled template (cached); a syntax error is a ValueError. Compiling runs under the same time and size
+    limits as rendering."""
     global _ENV
     if template not in _TEMPLATES:
         import jinja2
         if _ENV is None:
             _ENV = _environment()
+        if not isinstance(template, str):
+            raise TypeError(f"a chat template is a Jinja string, got {type(template).__name__}")
+        if len(template) > MAX_CHARS:
+            raise ChatTemplateLimitError(f"the chat template is {len(template):,} characters long; the limit is "
+                                         f"{MAX_CHARS:,} (real templates are a few thousand)")
         try:
-            _TEMPLATES[template] = _ENV.from_string(template)
+            with _deadline(every_frame=True):
+                _TEMPLATES[template] = _ENV.from_string(template)
         except jinja2.TemplateSyntaxError as e:
             raise ValueError(f"the chat template is not valid Jinja: {e}") from e
     return _TEMPLATES[template]
@@ -138,32 +190,12 @@ def compile_template(template: str):
 def render(template: str, **variables) -> str:
     """Render ``template`` with ``variables`` under the time and size limits of this module."""
     compiled = compile_template(template)
-    deadline = _ENV.deadline
-    deadline.at = time.monotonic() + TIME_LIMIT_S
-
-    def trace(frame, event, arg):  # only the template's own frames get line-by-line checks
-        if frame.f_code.co_filename == "<template>":
-            deadline.check()
-            return trace_lines
-        return None
-
-    def trace_lines(frame, event, arg):
-        deadline.check()
-        return trace_lines
-
-    traced = sys.gettrace() is None
-    if traced:
-        sys.settrace(trace)
     parts, size = [], 0
-    try:
+    with _deadline(every_frame=False) as deadline:
         for chunk in compiled.generate(**variables):
             size += len(chunk)
             if size > MAX_CHARS:
                 raise _too_big(size)
             parts.append(chunk)
             deadline.check()
-    finally:
-        if traced:
-            sys.settrace(None)
-        deadline.at = float("inf")
     return "".join(parts)

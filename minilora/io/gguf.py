@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.claimed_sizes import check_claimed_sizes
+from ..models.config import ModelConfig
 from ..models.family import MODEL_TYPES, ModelFamily, family
 from .atomic import write_file
 from .gguf_check import GGUF_MAGIC, GGUFError, check_gguf
@@ -181,6 +183,15 @@ def config_from_metadata(metadata: dict, tensor_names: set[str] | None = None) -
     return config
 
 
+def size_keys(metadata: dict) -> dict[str, str]:
+    """Which metadata key states each size of the Hugging Face config (for errors that name the file's own key)."""
+    arch = metadata.get("general.architecture")
+    vocab = f"{arch}.vocab_size" if f"{arch}.vocab_size" in metadata else "len(tokenizer.ggml.tokens)"
+    return {"num_hidden_layers": f"{arch}.block_count", "vocab_size": vocab, "hidden_size": f"{arch}.embedding_length",
+            "intermediate_size": f"{arch}.feed_forward_length", "num_attention_heads": f"{arch}.attention.head_count",
+            "num_key_value_heads": f"{arch}.attention.head_count_kv"}
+
+
 def hf_name(gguf_name: str) -> str:
     """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``."""
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
@@ -225,7 +236,17 @@ def load_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
         raise GGUFError(f"{str(path)!r}: its metadata cannot be decoded ({type(e).__name__}: {e}); the file is "
                         "damaged") from e
     names = {t.name for t in reader.tensors}
-    config = config_from_metadata(metadata, names)
+    try:
+        config = config_from_metadata(metadata, names)
+        model_config = ModelConfig.from_dict(config)
+    except (ValueError, TypeError) as e:  # GGUFError included: each says which key, this says which file
+        raise GGUFError(f"GGUF file {str(path)!r}: {e}") from None
+    # every size the metadata claims, against the tensors the file holds, before any tensor is dequantized
+    shapes = {hf_name(t.name): tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    try:
+        check_claimed_sizes(model_config, shapes, f"GGUF file {str(path)!r}", size_keys(metadata))
+    except ValueError as e:
+        raise GGUFError(str(e)) from None
     permuted = gguf_family(metadata.get("general.architecture")).gguf_permuted_qk
     state_dict: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:

@@ -109,9 +109,30 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{str(directory)!r} has no {CONFIG_FILE}: it is not a Hugging Face model directory "
                                 "(save one with model.save_pretrained(dir) in transformers)")
     config = read_json(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object: it is not a model config")
     if "model_type" not in config:
         raise ValueError(f"{str(path)!r} has no 'model_type', so the architecture is unknown")
+    qc = config.get("quantization_config")
+    if qc is not None:
+        from .bnb4bit import is_bnb4bit
+        if not isinstance(qc, dict):
+            raise ValueError(f"{str(path)!r}: 'quantization_config' is {qc!r}; it must be an object")
+        if not is_bnb4bit(config):  # other formats' packed weights would load as plain numbers: garbage
+            raise ValueError(f"{str(path)!r}: quantization_config says {qc.get('quant_method')!r}"
+                             f"{' 8-bit' if qc.get('load_in_8bit') else ''}; minilora reads unquantized and "
+                             "bitsandbytes 4-bit (NF4) checkpoints only — load the unquantized model instead")
     return config
+
+
+def read_model_config(directory: str | os.PathLike):
+    """(the config.json dict, the `ModelConfig` built from it); a bad value is a ValueError naming the file."""
+    from ..models.config import ModelConfig
+    config = read_config(directory)
+    try:
+        return config, ModelConfig.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{str(Path(directory) / CONFIG_FILE)!r}: {e}") from None
 
 
 def weight_files(directory: str | os.PathLike) -> list[Path]:
@@ -155,10 +176,15 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
 def load_safetensors_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config dict, state dict) of a Hugging Face model directory. Tensors keep the dtype they were saved in;
     bitsandbytes 4-bit weights (NF4, as transformers saves them) come back dequantized to their recorded dtype."""
-    config = read_config(directory)
+    config, model_config = read_model_config(directory)
     state_dict: dict[str, torch.Tensor] = {}
     for path in weight_files(directory):
-        state_dict.update(read_safetensors(path))
+        tensors = read_safetensors(path)
+        twice = sorted(set(tensors) & set(state_dict))
+        if twice:  # which copy is right? neither may silently win
+            raise ValueError(f"tensor {twice[0]!r} is in {path.name!r} and in another shard of {str(directory)!r} "
+                             f"({len(twice)} tensors stored twice): the checkpoint is damaged")
+        state_dict.update(tensors)
     index = Path(directory) / INDEX_FILE
     if index.is_file():
         listed = set(read_json(index)["weight_map"])
@@ -168,5 +194,16 @@ def load_safetensors_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, 
                              "the checkpoint is incomplete")
     from .bnb4bit import dequantize_state_dict, is_bnb4bit
     if is_bnb4bit(config):  # a bitsandbytes 4-bit save (transformers' or minilora's merged_4bit): dense weights back
-        state_dict = dequantize_state_dict(state_dict)
+        state_dict = dequantize_state_dict(state_dict, repr(str(directory)))
+    # integers or booleans where weights belong would be converted to floats without a word: garbage weights
+    not_float = next((k for k, v in state_dict.items() if not v.is_floating_point()), None)
+    if not_float is not None:
+        raise ValueError(f"{str(directory)!r}: tensor {not_float!r} is stored as {state_dict[not_float].dtype}, not as "
+                         "floating point numbers, and config.json declares no 4-bit quantization: the checkpoint is "
+                         "damaged or in a format minilora does not read")
+    # every size config.json claims, against the tensors read (whose sizes the files' lengths bound): checked before
+    # a caller builds anything from the claim
+    from ..models.claimed_sizes import check_claimed_sizes
+    check_claimed_sizes(model_config, {k: tuple(v.shape) for k, v in state_dict.items()},
+                        repr(str(Path(directory) / CONFIG_FILE)))
     return config, state_dict

@@ -17,6 +17,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 from tokenizers import Tokenizer as BackendTokenizer
 
 from .atomic import write_text
+from .gguf_check import GGUFError
 
 # GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control (special), 4 user-defined, 5 unused, 6 byte.
 CONTROL, USER_DEFINED = 3, 4
@@ -30,6 +31,40 @@ _LLAMA3_WORDS = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 _REGEX_SPLITS = {"llama-bpe": _LLAMA3_WORDS, "llama3": _LLAMA3_WORDS, "llama-v3": _LLAMA3_WORDS,
                  "qwen2": _LLAMA3_WORDS.replace(r"\p{N}{1,3}", r"\p{N}")}
 _KNOWN_PRE = {"default", "gpt2", "gpt-2"} | _DIGITS_FIRST | set(_REGEX_SPLITS)
+
+
+# the tokenizer keys of a GGUF's metadata, with the Python type each must have
+_GGUF_TOKENIZER_TYPES = {"tokenizer.ggml.pre": str, "tokenizer.ggml.add_bos_token": bool,
+                         "tokenizer.ggml.add_space_prefix": bool, "tokenizer.chat_template": str}
+_GGUF_TOKEN_IDS = ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id")
+
+
+def check_gguf_tokenizer(meta: dict, name: str) -> None:
+    """Every tokenizer value of a GGUF's metadata of the right type and in range, or a GGUFError naming the key:
+    a hostile or damaged file must not end in a TypeError from deep inside the tokenizers library."""
+    def bad(key: str, why: str) -> GGUFError:
+        return GGUFError(f"{name}: metadata {key!r} {why}; the file is damaged or not made by a GGUF converter")
+
+    tokens, merges = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise bad("tokenizer.ggml.tokens", "must be an array of strings")
+    if len(set(tokens)) != len(tokens):
+        seen = set()
+        dup = next(i for i, t in enumerate(tokens) if t in seen or seen.add(t))
+        raise bad("tokenizer.ggml.tokens", f"holds {tokens[dup]!r} twice (again at index {dup})")
+    if not isinstance(merges, list) or not all(isinstance(m, str) and len(m.split(" ")) == 2 for m in merges):
+        raise bad("tokenizer.ggml.merges", "must be an array of strings of two tokens separated by one space")
+    types = meta.get("tokenizer.ggml.token_type")
+    if types is not None and not (isinstance(types, list) and len(types) == len(tokens)
+                                  and all(type(t) is int for t in types)):
+        raise bad("tokenizer.ggml.token_type", f"must be an array of {len(tokens)} integers, one per token")
+    for key, kind in _GGUF_TOKENIZER_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise bad(key, f"is {meta[key]!r}, not a {kind.__name__}")
+    for key in _GGUF_TOKEN_IDS:
+        value = meta.get(f"tokenizer.ggml.{key}")
+        if value is not None and not (type(value) is int and 0 <= value < len(tokens)):
+            raise bad(f"tokenizer.ggml.{key}", f"is {value!r}, not a token id in [0, {len(tokens)})")
 
 
 class Tokenizer:
@@ -54,10 +89,12 @@ class Tokenizer:
 
     # --- construction --------------------------------------------------------------------------------------
     @classmethod
-    def from_gguf(cls, source) -> "Tokenizer":
-        """From a GGUF file path or its metadata dict (see `minilora.io.gguf.read_metadata`)."""
+    def from_gguf(cls, source, name: str = "GGUF metadata") -> "Tokenizer":
+        """From a GGUF file path or its metadata dict (see `minilora.io.gguf.read_metadata`); ``name`` says where
+        the metadata came from, for errors."""
         if isinstance(source, (str, os.PathLike)):
             from .gguf import open_gguf, read_metadata
+            name = f"GGUF file {str(source)!r}"
             source = read_metadata(open_gguf(source))
         meta = source
         kind = meta.get("tokenizer.ggml.model")
@@ -68,9 +105,14 @@ class Tokenizer:
         tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
         if not tokens or merges is None:
             raise ValueError("GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+        check_gguf_tokenizer(meta, name)
         vocab = {tok: i for i, tok in enumerate(tokens)}
-        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
-                         continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+        try:
+            bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
+                             continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+        except Exception as e:  # the tokenizers library raises a bare Exception for a merge of an unknown token
+            raise GGUFError(f"{name}: tokenizer.ggml.merges does not fit tokenizer.ggml.tokens ({e}); the file is "
+                            "damaged") from None
         backend = BackendTokenizer(bpe)
         pre = meta.get("tokenizer.ggml.pre", "default")
         prefix_space = bool(meta.get("tokenizer.ggml.add_space_prefix", False))

@@ -101,11 +101,14 @@ def _ce_forward_kernel(
     lse = m + tl.log(tl.sum(s, axis=0))
     tl.store(lse_ptr + row * n_chunks + chunk, lse)
 
-    # 4. the chunk-0 program also fetches the label's logit (a single scalar load)
+    # 4. the chunk-0 program also fetches the label's logit (a single scalar load). A label outside [0, V) has no
+    #    logit: it is never read past the row, and its loss is NaN — what the trainer's one read of the loss sees
+    #    (on a GPU the host does not look at label values: that would wait for the device)
     label = tl.load(labels_ptr + row).to(tl.int64)
     is_target = (label != ignore_index) & (chunk == 0)
-    z_label = tl.load(row_ptr + label, mask=is_target, other=0.0).to(tl.float32)
-    z_label = _transform(z_label, SCALE, SOFTCAP, HAS_SCALE, HAS_SOFTCAP)
+    in_vocab = (label >= 0) & (label < V)
+    z_label = tl.load(row_ptr + label, mask=is_target & in_vocab, other=0.0).to(tl.float32)
+    z_label = tl.where(in_vocab, _transform(z_label, SCALE, SOFTCAP, HAS_SCALE, HAS_SOFTCAP), float("nan"))
     tl.store(label_logit_ptr + row, tl.where(is_target, z_label, 0.0), mask=chunk == 0)
 
 
@@ -177,8 +180,9 @@ def _ce_row_forward_backward_kernel(
     # 2. the row's loss
     label = tl.load(labels_ptr + row).to(tl.int64)
     is_target = label != ignore_index
-    z_label = tl.load(row_ptr + label, mask=is_target, other=0.0).to(tl.float32)
-    z_label = _transform(z_label, SCALE, SOFTCAP, HAS_SCALE, HAS_SOFTCAP)
+    in_vocab = (label >= 0) & (label < V)  # outside: no read past the row, a NaN loss (as in the forward kernel)
+    z_label = tl.load(row_ptr + label, mask=is_target & in_vocab, other=0.0).to(tl.float32)
+    z_label = tl.where(in_vocab, _transform(z_label, SCALE, SOFTCAP, HAS_SCALE, HAS_SOFTCAP), float("nan"))
     tl.store(loss_ptr + row, tl.where(is_target, lse - z_label, 0.0))
     # 3. pass two: the gradient, written over the logits
     g = tl.where(is_target, tl.load(grad_scale_ptr), 0.0)
@@ -239,12 +243,24 @@ def check_labels(labels, N: int, V: int, device, ignore_index: int, num_items) -
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     _check_num_items(num_items)
-    if not host_checks(labels):  # reading values would wait for the GPU: see host_checks
+    if not host_checks(labels):  # reading values would wait for the GPU: see host_checks (the kernels give NaN)
         return
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
-    if labels.numel() and bool(bad.any()):
+    bad = first_out_of_range(labels, V, ignore_index)
+    if bad is not None:
         raise ValueError(f"labels must lie in [0, {V}) or equal ignore_index={ignore_index}; found "
-                         f"{labels[bad][0].item()} (vocabulary size {V})")
+                         f"{bad[1]} (vocabulary size {V})")
+
+
+def first_out_of_range(ids: torch.Tensor, V: int, ignore_index: int | None = None) -> tuple[tuple, int] | None:
+    """(position, value) of the first id outside [0, V) (``ignore_index`` allowed), or None. Reads values: call it
+    on host tensors only."""
+    bad = (ids < 0) | (ids >= V)
+    if ignore_index is not None:
+        bad &= ids != ignore_index
+    if not ids.numel() or not bool(bad.any()):
+        return None
+    position = tuple(int(i) for i in bad.nonzero()[0])
+    return position, int(ids[position])
 
 
 def _check_num_items(num_items) -> None:

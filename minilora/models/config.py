@@ -12,6 +12,9 @@ POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 OPTIONAL = ("num_key_value_heads", "head_dim", "sliding_window")  # None has a meaning for these
 POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
 BOOLS = ("tie_word_embeddings", "attention_bias", "qkv_bias")
+HIDDEN_ACTS = ("silu", "gelu", "gelu_pytorch_tanh")  # the MLP activations minilora implements
+ROPE_TYPES = ("default", "llama3")  # RoPE frequency scalings minilora implements (models/rotary.py)
+LLAMA3_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -75,6 +78,8 @@ class ModelConfig:
         for key in ("model_type", "hidden_act"):
             if not isinstance(getattr(self, key), str):
                 raise bad(key, getattr(self, key), "a string")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise bad("hidden_act", self.hidden_act, f"one of {', '.join(HIDDEN_ACTS)} (silu: SwiGLU, gelu: GeGLU)")
         for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
             v = getattr(self, key)
             ids = v if key == "eos_token_id" and isinstance(v, list) else [v]
@@ -82,6 +87,24 @@ class ModelConfig:
                 raise bad(key, v, "an integer token id" + (" or a list of them" if key == "eos_token_id" else ""))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise bad("rope_scaling", self.rope_scaling, "an object (or null)")
+        if self.rope_scaling:
+            self._check_rope_scaling(bad)
+
+    def _check_rope_scaling(self, bad) -> None:
+        scaling = self.rope_scaling
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if not isinstance(rope_type, str) or rope_type not in ROPE_TYPES:
+            raise bad("rope_scaling.rope_type", rope_type, f"one of {', '.join(ROPE_TYPES)} (others are not supported)")
+        if rope_type != "llama3":
+            return
+        for key in LLAMA3_SCALING_KEYS:
+            v = scaling.get(key)
+            if (v is not None or key == "factor") and (
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):
+                raise bad(f"rope_scaling.{key}", v, "a finite number > 0")
+        if scaling.get("low_freq_factor", 1.0) >= scaling.get("high_freq_factor", 4.0):
+            raise bad("rope_scaling.low_freq_factor", scaling.get("low_freq_factor", 1.0),
+                      "smaller than rope_scaling.high_freq_factor (the band between them is blended)")
 
     @property
     def n_rep(self) -> int:
@@ -113,6 +136,9 @@ class ModelConfig:
         """Build from a Hugging Face ``config.json`` dict (unknown keys go to ``extra``)."""
         d = dict(d)
         rope = d.pop("rope_parameters", None)  # transformers 5 moved rope_theta and rope_scaling here
+        if rope is not None and not isinstance(rope, dict):
+            raise ValueError(f"config key 'rope_parameters' must be an object, got {rope!r} ({type(rope).__name__}) "
+                             "— fix it in config.json")
         if isinstance(rope, dict):
             d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
             if rope.get("rope_type", "default") != "default":

@@ -41,8 +41,15 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 64, temperatu
     out = model(input_ids, use_cache=True)
     cache, tokens = out.past_key_values, [input_ids]
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        next_ids = sample_next(out.logits[:, -1], temperature, top_p, generator)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1]
+        # NaN or inf logits (broken weights, an overflowing dtype) would decode as some arbitrary token — often EOS,
+        # an empty reply — or fail inside sampling. Generation reads the device at every token anyway.
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError(f"the model's logits are NaN or inf (at new token {step + 1}): its weights or "
+                                     "adapter hold non-finite values, or its dtype overflows (try dtype='float32' "
+                                     "or 'bfloat16'); nothing it would generate means anything")
+        next_ids = sample_next(logits, temperature, top_p, generator)
         if eos.numel():
             next_ids = torch.where(finished, eos[0], next_ids)  # finished rows keep emitting EOS
             finished |= torch.isin(next_ids, eos)

@@ -90,9 +90,7 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(C, I, bias=False)
         self.up_proj = nn.Linear(C, I, bias=False)
         self.down_proj = nn.Linear(I, C, bias=False)
-        if config.hidden_act not in ("silu", "gelu", "gelu_pytorch_tanh"):
-            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported: use silu, gelu or gelu_pytorch_tanh")
-        self.act = config.hidden_act
+        self.act = config.hidden_act  # one of config.HIDDEN_ACTS (checked by ModelConfig)
 
     def forward(self, x):
         if self.act == "silu":
@@ -197,6 +195,7 @@ class LlamaForCausalLM(nn.Module):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
+        ops.check_token_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_hidden_layers)

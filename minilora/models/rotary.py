@@ -8,8 +8,6 @@ from torch import nn
 
 from .config import ModelConfig
 
-ROPE_TYPES = ("default", "llama3")
-
 
 def llama3_scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     """Llama-3 keeps high frequencies, divides low ones by `factor`, and blends the band in between.
@@ -36,9 +34,7 @@ class RotaryEmbedding(nn.Module):
         dim = config.head_dim
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         scaling = config.rope_scaling or {}
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        if rope_type not in ROPE_TYPES:
-            raise ValueError(f"rope scaling type {rope_type!r} is not supported; minilora knows {', '.join(ROPE_TYPES)}")
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))  # checked by ModelConfig
         if rope_type == "llama3":
             inv_freq = llama3_scaled_inv_freq(inv_freq, scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)

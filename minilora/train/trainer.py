@@ -39,6 +39,7 @@ from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError 
 from .data import Example, collate, count_trained_tokens
 from .packing import collate_packed, pack_examples, real_tokens
 from .schedules import lr_multiplier
+from .step_checks import broken_frozen_weight, check_batch_ids
 
 
 class Trainer:
@@ -137,6 +138,7 @@ class Trainer:
         model.train()
         k = a.gradient_accumulation_steps
         host = [self.micro_batch(self.step * k + j, torch.device("cpu")) for j in range(k)]
+        check_batch_ids(host, model, self.step + 1)  # on the host: no GPU wait, and before anything runs
         n_items = sum(count_trained_tokens(b["labels"]) for b in host)  # counted on the host: no GPU wait
         n_items = distributed.all_reduce_sum(n_items, self.dist, self.device)  # the GLOBAL count, before any forward
         if n_items == 0:
@@ -175,6 +177,10 @@ class Trainer:
         loss_value, grad_norm = torch.stack([loss_total, grad_norm.float()]).tolist()  # the step's one sync
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
+            broken = broken_frozen_weight(model)  # a broken base, not the learning rate (a pass only on failure)
+            if broken:
+                raise TrainingError(f"the loss became {loss_value} at step {self.step + 1}: {broken}. Nothing of "
+                                    "this step was saved.")
             raise TrainingError(f"the loss became {loss_value} at step {self.step + 1}: training diverged. "
                                 "Lower learning_rate, keep max_grad_norm on, or use fp32/bf16 instead of fp16. "
                                 "Nothing of this step was saved.")
