@@ -57,11 +57,11 @@ def open_records(source) -> Records:
     if isinstance(source, (str, os.PathLike)):
         return _open_path(os.fspath(source))
     kind = type(source).__module__.split(".")[0]
-    if kind == "datasets" and hasattr(source, "with_format") and hasattr(source, "__len__"):
-        return _dataset_records(source)
-    if kind == "datasets" and hasattr(source, "keys"):
+    if kind == "datasets" and isinstance(source, dict):
         raise DataError(f"got a DatasetDict with splits {sorted(source.keys())}: pass one split, e.g. "
                         "dataset['train']")
+    if kind == "datasets" and hasattr(source, "with_format") and hasattr(source, "__len__"):
+        return _dataset_records(source)
     if isinstance(source, (dict, bytes)) or not hasattr(source, "__iter__"):
         raise DataError(f"cannot read records from a {type(source).__name__}: pass a file or folder path, a "
                         "datasets.Dataset, or a list (any iterable) of dicts")
@@ -157,8 +157,13 @@ def _count_files(files: list[str], suffix: str) -> int | None:
     if suffix == ".parquet":
         return sum(_parquet_file(f).metadata.num_rows for f in files)
     if suffix == ".arrow":
-        return sum(sum(b.num_rows for b in _arrow_reader(f)[0]) for f in files)
+        return sum(_arrow_rows(f) for f in files)
     return None
+
+
+def _one_line(e: Exception) -> str:
+    """A library's message on one line (pyarrow's span several)."""
+    return " ".join(str(e).split())
 
 
 # --- JSON and JSON Lines --------------------------------------------------------------------------------------------
@@ -186,8 +191,8 @@ def _decode(raw: bytes, where: str, offset: int = 0) -> str:
 def _json_batches(path: str) -> Iterator[Batch]:
     size = os.path.getsize(path)
     if size > MAX_JSON_BYTES:
-        raise DataError(f"{path} is {size >> 20} MiB; a .json file is parsed whole, so it may hold at most "
-                        f"{MAX_JSON_BYTES >> 20} MiB: save it as .jsonl (one record per line) or Parquet, which are "
+        raise DataError(f"{path} holds {size:,} bytes; a .json file is parsed whole, so it may hold at most "
+                        f"{MAX_JSON_BYTES:,}: save it as .jsonl (one record per line) or Parquet, which are "
                         "read in batches")
     with open(path, "rb") as f:
         text = _decode(f.read(), path).removeprefix("\ufeff")  # JSON readers may skip a byte-order mark
@@ -259,8 +264,8 @@ def _rows(table_batch, name: str, first_row: int) -> Batch:
     try:
         table_batch.validate(full=True)  # offsets and lengths inside their buffers before any value is read
     except pa.ArrowException as e:
-        raise DataError(f"{name}, rows {first_row}..{first_row + table_batch.num_rows - 1}: damaged data ({e})") \
-            from None
+        raise DataError(f"{name}, rows {first_row}..{first_row + table_batch.num_rows - 1}: damaged data "
+                        f"({_one_line(e)})") from None
     return [(f"{name}, row {first_row + i}", r) for i, r in enumerate(table_batch.to_pylist())]
 
 
@@ -270,7 +275,7 @@ def _parquet_file(path: str):
     try:
         pf = pq.ParquetFile(path, memory_map=True)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path} is not a readable Parquet file ({e})") from None
+        raise DataError(f"{path} is not a readable Parquet file ({_one_line(e)})") from None
     _check_parquet_claims(path, pf.metadata)
     return pf
 
@@ -307,7 +312,7 @@ def _parquet_batches(path: str) -> Iterator[Batch]:
                 yield _rows(b, path, row)
                 row += b.num_rows
         except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}, row group {g}: damaged data ({e})") from None
+            raise DataError(f"{path}, row group {g}: damaged data ({_one_line(e)})") from None
         if row - start != claimed:
             raise DataError(f"{path}: row group {g} claims {claimed} rows but holds {row - start} (a damaged or "
                             "hostile file)")
@@ -327,7 +332,18 @@ def _arrow_reader(path: str):
         return pa.ipc.open_stream(source), source
     except (pa.ArrowException, OSError) as e:
         source.close()
-        raise DataError(f"{path} is not a readable Arrow file ({e})") from None
+        raise DataError(f"{path} is not a readable Arrow file ({_one_line(e)})") from None
+
+
+def _arrow_rows(path: str) -> int:
+    pa = _pyarrow()
+    reader, source = _arrow_reader(path)
+    try:
+        return sum(b.num_rows for b in reader)  # memory-mapped: no data is copied to count
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path} is not a readable Arrow file ({_one_line(e)})") from None
+    finally:
+        source.close()
 
 
 def _arrow_batches(path: str) -> Iterator[Batch]:
@@ -341,7 +357,7 @@ def _arrow_batches(path: str) -> Iterator[Batch]:
                 yield _rows(part, path, row)
                 row += part.num_rows
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}, after row {row}: damaged data ({e})") from None
+        raise DataError(f"{path}, after row {row}: damaged data ({_one_line(e)})") from None
     finally:
         source.close()
 
@@ -361,7 +377,8 @@ def _csv_batches(path: str) -> Iterator[Batch]:
         if "straddl" in str(e):
             return DataError(f"{path}, row {row} or after: a row longer than {MAX_LINE_BYTES >> 20} MiB (or a quote "
                              "that is never closed); a record that long is not training data")
-        return DataError(f"{path}, row {row} or after: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})")
+        return DataError(f"{path}, row {row} or after: not valid {'TSV' if delimiter == chr(9) else 'CSV'} "
+                         f"({_one_line(e)})")
 
     try:
         names = pcsv.open_csv(path, read_options=read, parse_options=parse,
