@@ -319,6 +319,16 @@ def test_a_csv_or_jsonl_line_past_the_limit_is_refused_quickly(tok, tmp_path, mo
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_1_gb_line_is_refused_after_reading_at_most_the_limit(tok, tmp_path, suffix):
+    path = tmp_path / f"huge{suffix}"
+    with open(path, "wb") as f:
+        f.write(b"instruction,output\n" if suffix == ".csv" else b'{"instruction": "a", "output": "b"}\n')
+        f.truncate(1 << 30)  # a sparse file: one line of 1 GiB (of NUL bytes) that costs no disk
+    with pytest.raises(DataError, match=r"longer than 64 MiB"):
+        load_examples(str(path), tok, 64, progress=False)  # (with a cache_dir, the file's hash reads it all first)
+
+
 def test_hostile_save_to_disk_folders(tok, tmp_path):
     path = write("save_to_disk", ALPACA, tmp_path)
     state = json.loads(open(os.path.join(path, "state.json")).read())
@@ -338,3 +348,14 @@ def test_a_json_file_too_large_to_parse_whole_is_refused(tok, tmp_path, monkeypa
     path = write("json", ALPACA, tmp_path)
     with pytest.raises(DataError, match=r"a .json file is parsed whole.*save it as .jsonl"):
         load_examples(path, tok, 64, progress=False)
+
+
+def test_processes_writing_one_cache_at_once_leave_one_whole_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from minilora.train.example_cache import read_cache, write_cache
+    pairs = [([5, 6, 7], [-100, 6, 7])] * 2000
+    path = str(tmp_path / "examples-k.safetensors")
+    with ThreadPoolExecutor(4) as pool:  # like torchrun ranks that all missed the cache
+        list(pool.map(lambda _: write_cache(path, "k", pairs), range(8)))
+    assert read_cache(path, "k") == pairs and os.listdir(tmp_path) == ["examples-k.safetensors"]

@@ -77,5 +77,13 @@ def write_cache(path: str, key: str, pairs: list[tuple[list[int], list[int]]]) -
         "labels": np.fromiter((t for _, labels in pairs for t in labels), dtype=np.int32, count=sum(lengths)),
         "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
     }
-    return write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key, "format": "minilora-examples",
-                                                                          "version": CACHE_VERSION}))
+    try:
+        os.remove(path)  # an unusable cache under this key (read_cache said so): this write replaces it
+    except FileNotFoundError:
+        pass
+    try:  # exclusive: several processes of one run (torchrun ranks) may write the same file; the first one wins
+        write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key, "format": "minilora-examples",
+                                                                       "version": CACHE_VERSION}), exclusive=True)
+    except FileExistsError:
+        pass  # another process published the same examples first
+    return path
