@@ -68,7 +68,8 @@ def test_a_long_record_is_not_blamed_on_the_chat_template(tok):
 
 
 def test_a_3000_token_example_is_truncated_when_tokenized(tok):
-    (ex,) = build_examples([{"instruction": "a", "output": " 1" * 3000}], tok, 64)
+    with pytest.warns(UserWarning, match="1 of 1 examples were longer than max_seq_length=64"):
+        (ex,) = build_examples([{"instruction": "a", "output": " 1" * 3000}], tok, 64)
     assert len(ex.input_ids) == len(ex.labels) == 64
 
 
@@ -108,3 +109,12 @@ def test_pre_tokenized_records_train_as_given_and_truncate(tok):
     assert a.input_ids == ids[:64] and a.labels == labels[:64]
     assert b.input_ids == b.labels == ids[:10]
     assert torch.tensor(a.input_ids).dtype == torch.long
+
+
+def test_truncation_is_said_once_and_survives_the_cache(tok, tmp_path):
+    from minilora.train import load_examples
+    records = [{"instruction": "a", "output": " 1" * 3000}, {"instruction": "a", "output": "b"}]
+    for _ in range(2):  # the second call reads the cache and says it again
+        with pytest.warns(UserWarning, match=r"1 of 2 examples were longer than max_seq_length=64 and were cut"):
+            long, short = load_examples(records, tok, 64, cache_dir=tmp_path, progress=False)
+        assert len(long) == 64 and long.truncated > 2900 and short.truncated == 0

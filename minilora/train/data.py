@@ -26,7 +26,7 @@ from .example_cache import cache_key, cache_path, read_cache, write_cache
 from .formats import IGNORE_INDEX, detect_layout, pre_tokenized, record_chars, record_name, text_column, to_messages
 
 __all__ = ["IGNORE_INDEX", "DataError", "Example", "load_examples", "read_records", "build_examples", "to_messages",
-           "check_examples", "chunk_text", "collate", "count_trained_tokens", "mask_prompt", "tokenize_messages"]
+           "check_examples", "truncate", "chunk_text", "collate", "count_trained_tokens", "mask_prompt", "tokenize_messages"]
 
 #: characters one record may hold: half the chat template's output limit, so a long record is refused here, by name,
 #: and never reaches the template (whose limit is there to stop hostile templates)
@@ -48,6 +48,7 @@ ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an 
 class Example:
     input_ids: list[int]
     labels: list[int]
+    truncated: int = 0  # tokens cut off the end to fit max_seq_length (0: the example is whole)
 
     def __len__(self):
         return len(self.input_ids)
@@ -163,7 +164,7 @@ def tokenize_messages(tokenizer, messages: list[dict], max_seq_length: int, trai
     else:
         ids = encode(tokenizer, text)
         ex = Example(ids, list(ids))
-    ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
+    ex = truncate(ex, max_seq_length)
     if sum(l != IGNORE_INDEX for l in ex.labels[1:]) == 0:
         raise DataError(f"{record_name(index)} has no answer tokens within max_seq_length={max_seq_length} (the "
                         "prompt alone fills it, or the answer is empty); raise max_seq_length or shorten the prompt")
@@ -186,7 +187,7 @@ def example_from_record(record: dict, tokenizer, max_seq_length: int, index=0, *
         else:
             ids = encode(tokenizer, text_column(record, text_field or "text", index))
             labels = ids
-        ex = Example(ids[:max_seq_length], list(labels[:max_seq_length]))
+        ex = truncate(Example(ids, list(labels)), max_seq_length)
         if sum(l != IGNORE_INDEX for l in ex.labels[1:]) == 0:
             raise DataError(f"{record_name(index)} has no tokens to train on within max_seq_length={max_seq_length} "
                             "(it is empty, a single token, or every label is -100)")
@@ -201,9 +202,11 @@ def build_examples(records: list[dict], tokenizer, max_seq_length: int, train_on
     """Records already in memory → tokenized examples with the prompts masked (see `load_examples`)."""
     if not records:
         raise DataError("the dataset is empty: an empty dataset cannot train anything")
-    return [example_from_record(r, tokenizer, max_seq_length, i, text_field=text_field,
-                                train_on_responses_only=train_on_responses_only, response_marker=response_marker,
-                                instruction_marker=instruction_marker) for i, r in enumerate(records)]
+    return _said_if_truncated([example_from_record(r, tokenizer, max_seq_length, i, text_field=text_field,
+                                                   train_on_responses_only=train_on_responses_only,
+                                                   response_marker=response_marker,
+                                                   instruction_marker=instruction_marker)
+                               for i, r in enumerate(records)], max_seq_length)
 
 
 def load_examples(source, tokenizer, max_seq_length: int, *, text_field: str | None = None,
@@ -229,7 +232,7 @@ def load_examples(source, tokenizer, max_seq_length: int, *, text_field: str | N
         path = cache_path(cache_dir, key)
         cached = read_cache(path, key)
         if cached is not None:
-            return [Example(ids, labels) for ids, labels in cached]
+            return _said_if_truncated([Example(*e) for e in cached], max_seq_length)
     from tqdm.auto import tqdm
     examples = []
     with tqdm(total=records.count, desc="tokenizing", unit=" records", disable=not progress) as bar:
@@ -245,7 +248,25 @@ def load_examples(source, tokenizer, max_seq_length: int, *, text_field: str | N
         if records.stamp() != stamp:
             raise DataError(f"{records.name} changed while it was being read; nothing was cached. Run again once "
                             "it is complete")
-        write_cache(path, key, [(e.input_ids, e.labels) for e in examples])
+        write_cache(path, key, [(e.input_ids, e.labels, e.truncated) for e in examples])
+    return _said_if_truncated(examples, max_seq_length)
+
+
+def truncate(example: Example, max_seq_length: int) -> Example:
+    """The first ``max_seq_length`` tokens of ``example``, with how many were cut off."""
+    cut = len(example.input_ids) - max_seq_length
+    if cut <= 0:
+        return example
+    return Example(example.input_ids[:max_seq_length], example.labels[:max_seq_length], example.truncated + cut)
+
+
+def _said_if_truncated(examples: list[Example], max_seq_length: int) -> list[Example]:
+    cut = [e.truncated for e in examples if e.truncated]
+    if cut:
+        import warnings
+        warnings.warn(f"{len(cut)} of {len(examples)} examples were longer than max_seq_length={max_seq_length} and "
+                      f"were cut to it (up to {max(cut)} tokens each were dropped); raise max_seq_length to keep "
+                      "them whole", stacklevel=3)
     return examples
 
 

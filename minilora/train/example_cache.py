@@ -6,8 +6,9 @@ vocabulary and rules, its chat template and special tokens) and of every setting
 another setting gives another key, so a stale cache is never read: it is simply not found. A cache file whose
 metadata or arrays do not check out is ignored (and replaced), never trusted.
 
-Format: one safetensors file (no pickles) holding every example's ids and labels end to end (int32) and the
-offsets where each example starts; written through `minilora.io.atomic`, so a killed run leaves no half file.
+Format: one safetensors file (no pickles) holding every example's ids and labels end to end (int32), the offsets
+where each example starts, and how many tokens each lost to max_seq_length; written through `minilora.io.atomic`
+(exclusively: of several processes writing the same cache, the first publishes it), so no one sees half a file.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..io.atomic import write_file
 from ..io.records import DataError
 
 CACHE_VERSION = "1"  # bump when tokenizing or masking changes what an example holds
+ARRAYS = ("input_ids", "labels", "offsets", "truncated")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -48,34 +50,37 @@ def cache_path(cache_dir: str | os.PathLike, key: str) -> str:
     return os.path.join(os.fspath(cache_dir), f"examples-{key[:32]}.safetensors")
 
 
-def read_cache(path: str, key: str) -> list[tuple[list[int], list[int]]] | None:
-    """The cached (input_ids, labels) pairs, or None when there is no usable cache for ``key``."""
+def read_cache(path: str, key: str) -> list[tuple[list[int], list[int], int]] | None:
+    """The cached (input_ids, labels, tokens truncated) of each example, or None when there is no usable cache for
+    ``key``."""
     if not os.path.isfile(path):
         return None
     from safetensors import SafetensorError, safe_open
     try:
         with safe_open(path, framework="np") as f:
-            if (f.metadata() or {}).get("key") != key or set(f.keys()) != {"input_ids", "labels", "offsets"}:
+            if (f.metadata() or {}).get("key") != key or set(f.keys()) != set(ARRAYS):
                 return None
-            ids, labels, offsets = (f.get_tensor(k) for k in ("input_ids", "labels", "offsets"))
+            ids, labels, offsets, truncated = (f.get_tensor(k) for k in ARRAYS)
     except (SafetensorError, OSError, ValueError):
         return None
     n = len(ids)
-    if not (ids.ndim == labels.ndim == offsets.ndim == 1 and len(labels) == n and len(offsets) >= 2
-            and offsets[0] == 0 and offsets[-1] == n and bool(np.all(np.diff(offsets) > 0))):
+    if not (ids.ndim == labels.ndim == offsets.ndim == truncated.ndim == 1 and len(labels) == n
+            and len(offsets) == len(truncated) + 1 >= 2 and offsets[0] == 0 and offsets[-1] == n
+            and bool(np.all(np.diff(offsets) > 0)) and bool(np.all(truncated >= 0))):
         return None
-    ids, labels, offsets = ids.tolist(), labels.tolist(), offsets.tolist()
-    return [(ids[a:b], labels[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+    ids, labels, offsets, truncated = ids.tolist(), labels.tolist(), offsets.tolist(), truncated.tolist()
+    return [(ids[a:b], labels[a:b], t) for a, b, t in zip(offsets[:-1], offsets[1:], truncated)]
 
 
-def write_cache(path: str, key: str, pairs: list[tuple[list[int], list[int]]]) -> str:
-    """Write the (input_ids, labels) pairs under ``key``, atomically."""
+def write_cache(path: str, key: str, examples: list[tuple[list[int], list[int], int]]) -> str:
+    """Write each example's (input_ids, labels, tokens truncated) under ``key``, atomically."""
     from safetensors.numpy import save_file
-    lengths = [len(ids) for ids, _ in pairs]
+    lengths = [len(e[0]) for e in examples]
     tensors = {
-        "input_ids": np.fromiter((t for ids, _ in pairs for t in ids), dtype=np.int32, count=sum(lengths)),
-        "labels": np.fromiter((t for _, labels in pairs for t in labels), dtype=np.int32, count=sum(lengths)),
+        "input_ids": np.fromiter((t for e in examples for t in e[0]), dtype=np.int32, count=sum(lengths)),
+        "labels": np.fromiter((t for e in examples for t in e[1]), dtype=np.int32, count=sum(lengths)),
         "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "truncated": np.array([e[2] for e in examples], dtype=np.int64),
     }
     try:
         os.remove(path)  # an unusable cache under this key (read_cache said so): this write replaces it
