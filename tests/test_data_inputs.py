@@ -105,7 +105,8 @@ def test_pre_tokenized_records_with_wrong_labels_or_ids_name_the_row(tok, record
 def test_pre_tokenized_records_train_as_given_and_truncate(tok):
     ids = list(range(3, 103))
     labels = [-100] * 50 + ids[50:]
-    (a, b) = build_examples([{"input_ids": ids, "labels": labels}, {"input_ids": ids[:10]}], tok, 64)
+    with pytest.warns(UserWarning, match="1 of 2 examples were longer than max_seq_length=64"):
+        (a, b) = build_examples([{"input_ids": ids, "labels": labels}, {"input_ids": ids[:10]}], tok, 64)
     assert a.input_ids == ids[:64] and a.labels == labels[:64]
     assert b.input_ids == b.labels == ids[:10]
     assert torch.tensor(a.input_ids).dtype == torch.long
