@@ -7,6 +7,8 @@ import os
 
 import pytest
 from helpers_train import tiny_tokenizer
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.csv as pcsv  # noqa: E402
@@ -360,3 +362,26 @@ def test_processes_writing_one_cache_at_once_leave_one_whole_file(tmp_path):
     with ThreadPoolExecutor(4) as pool:  # like torchrun ranks that all missed the cache
         list(pool.map(lambda _: write_cache(path, "k", pairs), range(8)))
     assert read_cache(path, "k") == pairs and os.listdir(tmp_path) == ["examples-k.safetensors"]
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)  # any Unicode but surrogates
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries({"instruction": TEXT, "input": st.one_of(st.just(""), TEXT),
+                                            "output": TEXT}), min_size=1, max_size=4))
+@example(rows=[{"instruction": 'a,"b"\r\nc\rd\te\u2028f\x85g\x00h', "input": "\ufeffNA", "output": " null "}])
+def test_any_text_survives_every_file_format(tok, tmp_path_factory, rows):
+    """Quotes, commas, tabs, CR/LF, U+2028, U+0085, NUL, a byte-order mark: what a file format must carry."""
+    want = as_tuples(data_module.build_examples(rows, tok, 512))
+    folder = tmp_path_factory.mktemp("rows")
+    for kind in ("jsonl", "parquet", "csv", "tsv"):
+        got = as_tuples(load_examples(write(kind, rows, folder / kind), tok, 512, progress=False))
+        assert got == want, kind
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf_reads_like_the_records(tok, tmp_path):
+    path = tmp_path / "sheet.csv"
+    lines = ["instruction,input,output"] + [",".join('"' + r[k].replace('"', '""') + '"' for k in r) for r in ALPACA]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
+    assert data_module.read_records(str(path)) == ALPACA
