@@ -42,6 +42,15 @@ def test_non_utf8_raw_text_names_the_file_and_byte(tmp_path):
         read_text_file(p)
 
 
+def test_a_lone_surrogate_is_named_not_a_tokenizer_traceback(tok, tmp_path):
+    from minilora.train import load_examples
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a\\ud800b", "output": "c"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl, line 2: the text holds a lone surrogate \('\\ud800' at "
+                                        r"character 1\)"):
+        load_examples(str(p), tok, 64, progress=False)
+
+
 def test_nan_is_not_json(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"instruction": "a", "output": "b", "score": NaN}\n')

@@ -175,7 +175,7 @@ def example_from_record(record: dict, tokenizer, max_seq_length: int, index=0, *
                         train_on_responses_only: bool = True, response_marker: str | None = None,
                         instruction_marker: str | None = None) -> Example:
     """One record (any layout of `minilora.train.formats`) as a tokenized Example of at most max_seq_length tokens."""
-    chars = record_chars(record)
+    chars = record_chars(record, index)
     if chars > MAX_RECORD_CHARS:
         raise DataError(f"{record_name(index)} holds {chars:,} characters, more than the {MAX_RECORD_CHARS:,} one "
                         f"record may hold; split it into shorter records (only its first max_seq_length={max_seq_length} "

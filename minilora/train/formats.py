@@ -150,13 +150,21 @@ def pre_tokenized(record: dict, index, vocab_size: int | None = None) -> tuple[l
     return ids, labels
 
 
-def record_chars(record: dict) -> int:
-    """Characters of text in a record (its strings, nested ones included): what a chat template would render."""
+def record_chars(record: dict, index=0) -> int:
+    """Characters of text in a record (its strings, nested ones included): what a chat template would render.
+    A lone surrogate (JSON can spell one, ``"\\ud800"``, but it is no character) is refused here, by record."""
     stack, total = [record], 0
     while stack:
         value = stack.pop()
         if isinstance(value, str):
             total += len(value)
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise DataError(f"{record_name(index)}: the text holds a lone surrogate "
+                                    f"({value[e.start]!r} at character {e.start}), which is no Unicode character; "
+                                    "fix the escape in the file") from None
         elif isinstance(value, dict):
             stack.extend(value.values())
         elif isinstance(value, (list, tuple)):
