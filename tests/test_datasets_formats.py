@@ -4,6 +4,7 @@ the file and the row; the tokenized-example cache hits, misses on any change and
 end in one clear line, quickly, with nothing written."""
 import json
 import os
+import re
 
 import pytest
 from helpers_train import tiny_tokenizer
@@ -385,3 +386,22 @@ def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf_reads_like_the_record
     lines = ["instruction,input,output"] + [",".join('"' + r[k].replace('"', '""') + '"' for k in r) for r in ALPACA]
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
     assert data_module.read_records(str(path)) == ALPACA
+
+
+def test_the_command_line_trains_from_parquet_shards_and_names_a_bad_row(tmp_path, capsys):
+    from helpers_train import tiny_model
+
+    from minilora.cli import main
+    from minilora.save import save_pretrained_merged
+    base = tmp_path / "base"
+    save_pretrained_merged(tiny_model(seed=2), tiny_tokenizer(), str(base), dtype="float32")
+    run = ["train", "--model_name", str(base), "--max_steps", "1", "--no_progress", "--overwrite_output_dir",
+           "--output_dir", str(tmp_path / "out")]
+    assert main(run + ["--dataset", write("parquet-shards", ALPACA, tmp_path)]) == 0
+    capsys.readouterr()
+    bad = write("csv", [{"instruction": r["instruction"], "response": r["output"]} for r in ALPACA], tmp_path / "b")
+    assert main(run + ["--dataset", bad]) == 1
+    err = capsys.readouterr().err
+    # (the row is named by file once the command reads through load_examples; by position before)
+    assert re.search(r"(d\.csv, row|record) 0 looks like Alpaca", err) and "lacks the text field(s) ['output']" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
