@@ -292,8 +292,7 @@ def with_rows_claimed(raw: bytes, rows: int, claimed: int, which=("file", "row g
 
 @pytest.mark.parametrize("damage, match", [
     (lambda raw: raw[:-8] + (10**9).to_bytes(4, "little") + b"PAR1", r"not a readable Parquet file"),
-    (lambda raw: raw[:4] + raw[-8 - footer_length(raw):],
-     r"row group 0, column .* claims bytes \d+\.\.\d+, but the file holds \d+ bytes"),
+    (lambda raw: raw[:4] + raw[-8 - footer_length(raw):], r"row group 0: damaged data"),  # claims absent bytes
     (lambda raw: raw[:4] + raw[400:], r"row group 0: damaged data"),
     (lambda raw: with_rows_claimed(raw, 300, 10**15), r"row group 0 claims 1000000000000000 rows but holds 300"),
     (lambda raw: with_rows_claimed(raw, 300, 10**15, ["file"]),
