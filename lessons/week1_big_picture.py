@@ -331,7 +331,7 @@ print(f"{len(own)} examples; the first: {len(own[0])} tokens, {sum(l != IGNORE_I
       "trained on")
 started = time.perf_counter()
 main(["train", "--dataset", str(shard.parent), "--load_in_4bit", "false", "--max_steps", "3", "--warmup_steps", "1",
-      "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--output_dir", str(RUN / "own"),
+      "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--output_dir", str(RUN / "own"),
       "--overwrite_output_dir", "--no_progress"])
 with open(RUN / "own" / "train_log.csv") as f:
     own_log = list(csv.DictReader(f))
