@@ -21,7 +21,8 @@ import os
 from dataclasses import dataclass
 
 from ..io.chat_template import MAX_CHARS
-from ..io.records import DataError, open_records
+from ..io.data_sources import open_records
+from ..io.records import DataError
 from .example_cache import cache_key, cache_path, read_cache, write_cache
 from .formats import IGNORE_INDEX, detect_layout, pre_tokenized, record_chars, record_name, text_column, to_messages
 
