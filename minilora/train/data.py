@@ -1,7 +1,7 @@
 """Training data: from records on disk to (input_ids, labels) with the prompt masked.
 
 `load_examples(source, tokenizer, max_seq_length)` is the one way in: a data file or folder, a `datasets.Dataset` or
-any iterable of dicts (read by `minilora.io.records`, in batches), each record mapped by its columns
+any iterable of dicts (read in batches by `minilora.io.data_sources`), each record mapped by its columns
 (`minilora.train.formats`: chat, ShareGPT, Alpaca, prompt/completion, pre-tokenized or raw text), tokenized with a
 progress bar, truncated to ``max_seq_length``, and optionally cached (`minilora.train.example_cache`).
 A raw text *file* is instead cut into windows of ``chunk_size`` tokens that overlap by ``chunk_size - stride``
