@@ -105,6 +105,10 @@ def test_the_trainer_refuses_labels_shorter_than_input_ids_and_float_ids(tmp_pat
     ({"input_ids": [3, 4.0, 5]}, r"record 0: 'input_ids' holds a float \(4.0\)"),
     ({"input_ids": [3, 4, 5], "labels": [3, 4.5, 5]}, r"record 0: 'labels' holds a float \(4.5\)"),
     ({"input_ids": "3 4 5"}, r"record 0: 'input_ids' must be a list of token ids"),
+    ({"input_ids": [3, 4, 0], "attention_mask": [1, 1, 0]}, r"record 0: 'attention_mask' is not all 1s"),
+    ({"input_ids": [3, -4, 5]}, r"record 0: 'input_ids' holds -4; ids are >= 0"),
+    ({"input_ids": [3, 4, 5], "labels": [3, -5, 5]}, r"'labels' holds -5; ids are >= 0 \(or -100"),
+    ({"input_ids": [3, 4, 10**6]}, r"'input_ids' holds the id 1000000, past the tokenizer's \d+ tokens"),
 ])
 def test_pre_tokenized_records_with_wrong_labels_or_ids_name_the_row(tok, record, match):
     with pytest.raises(DataError, match=match):

@@ -141,6 +141,11 @@ def token_ids(values, column: str, index, vocab_size: int | None = None, labels:
 def pre_tokenized(record: dict, index, vocab_size: int | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a pre-tokenized record; labels default to the ids (every token trained on)."""
     ids = token_ids(record["input_ids"], "input_ids", index, vocab_size)
+    if _present(record, "attention_mask"):
+        mask = token_ids(record["attention_mask"], "attention_mask", index)
+        if len(mask) != len(ids) or set(mask) - {1}:
+            raise DataError(f"{record_name(index)}: 'attention_mask' is not all 1s over the {len(ids)} tokens: "
+                            "store examples without padding (minilora pads each batch itself), or drop the column")
     if not _present(record, "labels"):
         return ids, list(ids)
     labels = token_ids(record["labels"], "labels", index, vocab_size, labels=True)
