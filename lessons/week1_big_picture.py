@@ -303,6 +303,42 @@ for name in ("e2e-1b", "e2e-8b"):
           f"{compare(100 * (ours['peak_gib'] / hf['peak_gib'] - 1), '%', kind='memory')}")
 
 # %% [markdown]
+# ## 8. Your own data: a Parquet file
+#
+# Instruction sets are mostly published as Parquet files (a compressed table, read a batch of rows at a time),
+# often cut into shards named like `train-00000-of-00001.parquet`. `--dataset` takes such a file, or the folder of
+# its shards, as it is; also `.csv`/`.tsv`, a folder written by `datasets.Dataset.save_to_disk`, and `.json`/`.jsonl`.
+# From Python, `minilora.train.load_examples` takes the same paths, a `datasets.Dataset` or a list of dicts. The
+# columns say what a row is: `instruction`/`input`/`output` (Alpaca), `messages` (chat), `conversations`
+# (ShareGPT), `prompt`/`completion`, `input_ids` (already tokenized), or a raw text column you name with
+# `--dataset_text_field`. The cell writes a small Parquet shard of the kind you could have downloaded, reads its
+# footer, tokenizes it, and fine-tunes three steps from the folder.
+
+# %%
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from minilora.train import load_examples
+
+shard = RUN / "my_data" / "train-00000-of-00001.parquet"
+shard.parent.mkdir(parents=True, exist_ok=True)
+pq.write_table(pa.Table.from_pylist(dates_task.make_splits(64, 1, seed=5)[0]), shard)
+meta = pq.ParquetFile(shard).metadata
+print(f"{shard.name}: {meta.num_rows} rows in {meta.num_row_groups} row group(s), columns {meta.schema.names}, "
+      f"{shard.stat().st_size:,} bytes")
+own = load_examples(str(shard.parent), tokenizer, 128, progress=False)
+print(f"{len(own)} examples; the first: {len(own[0])} tokens, {sum(l != IGNORE_INDEX for l in own[0].labels)} of them "
+      "trained on")
+started = time.perf_counter()
+main(["train", "--dataset", str(shard.parent), "--load_in_4bit", "false", "--max_steps", "3", "--warmup_steps", "1",
+      "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--output_dir", str(RUN / "own"),
+      "--overwrite_output_dir", "--no_progress"])
+with open(RUN / "own" / "train_log.csv") as f:
+    own_log = list(csv.DictReader(f))
+print(f"\n{len(own_log)} steps from the Parquet folder in {time.perf_counter() - started:.0f} s, losses "
+      f"{[round(float(r['loss']), 3) for r in own_log]}")
+
+# %% [markdown]
 # ## Exercises
 #
 # - `pytest -m ex1_3` — response-only masking on token ids: find the markers, mask the prompt, refuse when the

@@ -7,9 +7,11 @@ from .data import (
                    DataError,
                    Example,
                    build_examples,
+                   check_examples,
                    chunk_text,
                    collate,
                    count_trained_tokens,
+                   load_examples,
                    mask_prompt,
                    read_records,
                    to_messages,
@@ -19,6 +21,7 @@ from .packing import collate_packed, pack_examples
 from .schedules import SCHEDULES, lr_multiplier
 from .trainer import Trainer
 
-__all__ = ["AdamW8bit", "IGNORE_INDEX", "DataError", "Example", "build_examples", "chunk_text", "collate", "count_trained_tokens",
-           "mask_prompt", "read_records", "to_messages", "tokenize_messages", "collate_packed", "pack_examples",
+__all__ = ["AdamW8bit", "IGNORE_INDEX", "DataError", "Example", "build_examples", "check_examples", "chunk_text",
+           "collate", "count_trained_tokens",
+           "load_examples", "mask_prompt", "read_records", "to_messages", "tokenize_messages", "collate_packed", "pack_examples",
            "SCHEDULES", "lr_multiplier", "Trainer", "TrainingArguments", "TrainingError", "latest_checkpoint"]

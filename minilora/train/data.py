@@ -1,10 +1,11 @@
 """Training data: from records on disk to (input_ids, labels) with the prompt masked.
 
-Three formats, as Unsloth's notebooks use them:
-- Alpaca: ``{"instruction", "input" (optional), "output"}`` — one user turn and one answer;
-- chat: ``{"messages": [{"role": "user" | "assistant" | "system", "content": ...}, ...]}`` rendered with the
-  model's chat template;
-- raw text: one long string cut into windows of ``chunk_size`` tokens that overlap by ``chunk_size - stride``.
+`load_examples(source, tokenizer, max_seq_length)` is the one way in: a data file or folder, a `datasets.Dataset` or
+any iterable of dicts (read in batches by `minilora.io.data_sources`), each record mapped by its columns
+(`minilora.train.formats`: chat, ShareGPT, Alpaca, prompt/completion, pre-tokenized or raw text), tokenized with a
+progress bar, truncated to ``max_seq_length``, and optionally cached (`minilora.train.example_cache`).
+A raw text *file* is instead cut into windows of ``chunk_size`` tokens that overlap by ``chunk_size - stride``
+(`chunk_text`).
 
 Response-only training: the loss should teach the model to *answer*, not to predict the question it was given.
 Every token of the rendered prompt gets the label -100 (ignored by cross-entropy) and only the answer tokens keep
@@ -15,11 +16,22 @@ nothing and still print a loss.
 """
 from __future__ import annotations
 
-import json
+import numbers
 import os
 from dataclasses import dataclass
 
-from ..kernels import IGNORE_INDEX
+from ..io.chat_template import MAX_CHARS
+from ..io.data_sources import open_records
+from ..io.records import DataError
+from .example_cache import cache_key, cache_path, read_cache, write_cache
+from .formats import IGNORE_INDEX, detect_layout, pre_tokenized, record_chars, record_name, text_column, to_messages
+
+__all__ = ["IGNORE_INDEX", "DataError", "Example", "load_examples", "read_records", "build_examples", "to_messages",
+           "check_examples", "truncate", "chunk_text", "collate", "count_trained_tokens", "mask_prompt", "tokenize_messages"]
+
+#: characters one record may hold: half the chat template's output limit, so a long record is refused here, by name,
+#: and never reaches the template (whose limit is there to stop hostile templates)
+MAX_RECORD_CHARS = MAX_CHARS // 2
 
 #: markers for the templates minilora knows; others can be passed explicitly
 KNOWN_MARKERS = {
@@ -33,93 +45,53 @@ ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an 
                  "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
 
-class DataError(ValueError):
-    """A dataset or template problem, with what was wrong and how to fix it."""
-
-
 @dataclass
 class Example:
     input_ids: list[int]
     labels: list[int]
+    truncated: int = 0  # tokens cut off the end to fit max_seq_length (0: the example is whole)
 
     def __len__(self):
         return len(self.input_ids)
 
 
+def check_examples(examples, max_seq_length: int | None = None) -> None:
+    """Refuse, naming the example, what would train wrongly: labels of another length than input_ids, ids that are
+    not integers (a float id would be cast silently), and an example longer than ``max_seq_length`` (the model would
+    train past its context; `load_examples` truncates, an Example made by hand is refused)."""
+    for i, e in enumerate(examples):
+        if not isinstance(e, Example):
+            raise TypeError(f"train_dataset[{i}] is a {type(e).__name__}; it must be a list of minilora.train.Example "
+                            "(use load_examples, build_examples or chunk_text)")
+        if len(e.labels) != len(e.input_ids):
+            raise DataError(f"example {i}: labels has {len(e.labels)} entries but input_ids {len(e.input_ids)}; "
+                            "they must be the same length (one label per token, -100 where nothing is trained)")
+        if max_seq_length is not None and len(e.input_ids) > max_seq_length:
+            raise DataError(f"example {i} has {len(e.input_ids)} tokens, more than max_seq_length={max_seq_length}: "
+                            "the model would be trained past its context. Truncate it (load_examples and "
+                            "build_examples truncate to max_seq_length) or raise max_seq_length")
+        for name, values in (("input_ids", e.input_ids), ("labels", e.labels)):
+            if not set(map(type, values)) <= {int}:
+                bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)), None)
+                if bad is not None:
+                    raise DataError(f"example {i}: {name} holds a {type(bad).__name__} ({bad!r}); token ids are "
+                                    "integers")
+
+
 # --- reading records ---------------------------------------------------------------------------------------------
-def read_records(path: str) -> list[dict]:
-    """Records from a ``.json`` file (a list of objects) or a ``.jsonl`` file (one object per line)."""
-    if not os.path.isfile(path):
-        raise DataError(f"dataset file {path!r} does not exist; pass a .json or .jsonl file, or 'dates' for the "
-                        "bundled task")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".jsonl"):
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):  # line numbers as an editor shows them
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno}); a .jsonl "
-                                "file holds one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object ({{...}}), got "
-                                f"{type(record).__name__}")
-            records.append(record)
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} is not valid JSON ({e}); expected a list of objects (.json) or one object per "
-                            "line (.jsonl)") from None
-    if isinstance(records, dict) and "train" in records:
-        records = records["train"]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise DataError(f"{path} must hold a list of JSON objects (records)")
-    if not records:
-        raise DataError(f"{path} holds no records: an empty dataset cannot train anything")
-    return records
-
-
-def detect_format(record: dict) -> str:
-    if "messages" in record or "conversations" in record:
-        return "chat"
-    if "instruction" in record or "output" in record:
-        return "alpaca"
-    if "text" in record:
-        return "text"
-    raise DataError(f"cannot tell the format of a record with keys {sorted(record)}: use Alpaca "
-                    "(instruction, input, output), chat ('messages': [{role, content}, ...]) or raw text ('text')")
-
-
-def to_messages(record: dict, index: int = 0) -> list[dict]:
-    """One record (Alpaca or chat) as a list of chat messages; missing fields are an error naming the record."""
-    fmt = detect_format(record)
-    if fmt == "alpaca":
-        missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
-        if missing:
-            raise DataError(f"record {index} is Alpaca-style but lacks the text field(s) {missing}; each record "
-                            "needs 'instruction' and 'output' (and optionally 'input')")
-        user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-    if fmt == "chat":
-        raw = record.get("messages", record.get("conversations"))
-        if not isinstance(raw, list) or not raw:
-            raise DataError(f"record {index}: 'messages' must be a non-empty list of {{role, content}} objects")
-        messages = []
-        for turn in raw:
-            role = turn.get("role", {"human": "user", "gpt": "assistant"}.get(turn.get("from"), turn.get("from")))
-            content = turn.get("content", turn.get("value"))
-            if role not in ("system", "user", "assistant") or not isinstance(content, str):
-                raise DataError(f"record {index}: each message needs a role (system/user/assistant) and a text "
-                                f"'content'; got {turn!r}")
-            messages.append({"role": role, "content": content})
-        if not any(m["role"] == "assistant" for m in messages):
-            raise DataError(f"record {index} has no assistant message: there would be nothing to learn")
-        return messages
-    raise DataError(f"record {index} is raw text; use raw_text_file / chunk_text for raw text")
+def read_records(source, text_field: str | None = None) -> list[dict]:
+    """Every record of ``source`` (a file or folder path, a `datasets.Dataset`, an iterable of dicts) as a list.
+    With ``text_field``, every record must hold that column."""
+    records = open_records(source)
+    out = []
+    for batch in records.batches():
+        for where, record in batch:
+            if text_field is not None:
+                detect_layout(record, where, text_field)
+            out.append(record)
+    if not out:
+        raise DataError(f"{records.name} holds no records: an empty dataset cannot train anything")
+    return out
 
 
 # --- tokenizing ----------------------------------------------------------------------------------------------------
@@ -193,20 +165,110 @@ def tokenize_messages(tokenizer, messages: list[dict], max_seq_length: int, trai
     else:
         ids = encode(tokenizer, text)
         ex = Example(ids, list(ids))
-    ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
+    ex = truncate(ex, max_seq_length)
     if count_trained_tokens(ex.labels) == 0:
-        raise DataError(f"example {index} has no answer tokens within max_seq_length={max_seq_length} (the prompt "
-                        "alone fills it, or the answer is empty); raise max_seq_length or shorten the prompt")
+        raise DataError(f"{record_name(index)} has no answer tokens within max_seq_length={max_seq_length} (the "
+                        "prompt alone fills it, or the answer is empty); raise max_seq_length or shorten the prompt")
     return ex
 
 
+def example_from_record(record: dict, tokenizer, max_seq_length: int, index=0, *, text_field: str | None = None,
+                        train_on_responses_only: bool = True, response_marker: str | None = None,
+                        instruction_marker: str | None = None) -> Example:
+    """One record (any layout of `minilora.train.formats`) as a tokenized Example of at most max_seq_length tokens."""
+    chars = record_chars(record, index)
+    if chars > MAX_RECORD_CHARS:
+        raise DataError(f"{record_name(index)} holds {chars:,} characters, more than the {MAX_RECORD_CHARS:,} one "
+                        f"record may hold; split it into shorter records (only its first max_seq_length={max_seq_length} "
+                        "tokens would be trained on)")
+    layout = detect_layout(record, index, text_field)
+    if layout in ("pre-tokenized", "raw text"):
+        if layout == "pre-tokenized":
+            ids, labels = pre_tokenized(record, index, len(tokenizer) if hasattr(tokenizer, "__len__") else None)
+        else:
+            ids = encode(tokenizer, text_column(record, text_field or "text", index))
+            labels = ids
+        ex = truncate(Example(ids, list(labels)), max_seq_length)
+        if sum(l != IGNORE_INDEX for l in ex.labels[1:]) == 0:
+            raise DataError(f"{record_name(index)} has no tokens to train on within max_seq_length={max_seq_length} "
+                            "(it is empty, a single token, or every label is -100)")
+        return ex
+    return tokenize_messages(tokenizer, to_messages(record, index), max_seq_length, train_on_responses_only,
+                             response_marker, instruction_marker, index)
+
+
 def build_examples(records: list[dict], tokenizer, max_seq_length: int, train_on_responses_only: bool = True,
-                   response_marker: str | None = None, instruction_marker: str | None = None) -> list[Example]:
-    """Alpaca or chat records → tokenized examples with the prompts masked."""
+                   response_marker: str | None = None, instruction_marker: str | None = None, *,
+                   text_field: str | None = None) -> list[Example]:
+    """Records already in memory → tokenized examples with the prompts masked (see `load_examples`)."""
     if not records:
         raise DataError("the dataset is empty: an empty dataset cannot train anything")
-    return [tokenize_messages(tokenizer, to_messages(r, i), max_seq_length, train_on_responses_only,
-                              response_marker, instruction_marker, i) for i, r in enumerate(records)]
+    return _said_if_truncated([example_from_record(r, tokenizer, max_seq_length, i, text_field=text_field,
+                                                   train_on_responses_only=train_on_responses_only,
+                                                   response_marker=response_marker,
+                                                   instruction_marker=instruction_marker)
+                               for i, r in enumerate(records)], max_seq_length)
+
+
+def load_examples(source, tokenizer, max_seq_length: int, *, text_field: str | None = None,
+                  cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                  train_on_responses_only: bool = True, response_marker: str | None = None,
+                  instruction_marker: str | None = None) -> list[Example]:
+    """Training examples from ``source``: a data file (.json, .jsonl, .parquet, .csv, .tsv), a folder of such
+    shards or a ``datasets`` save_to_disk folder, a `datasets.Dataset`, or any iterable of dicts.
+
+    Records are read in batches and tokenized with a progress bar (``progress``); each example is truncated to
+    ``max_seq_length`` tokens. ``text_field`` names a raw text column to train on whole. With ``cache_dir``, the
+    examples are cached there, keyed by a hash of the data, the tokenizer and these settings: a second call with
+    the same data reads them back instead of tokenizing, and a changed file is never read from a stale cache."""
+    if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 2:
+        raise ValueError(f"max_seq_length must be an integer >= 2, got {max_seq_length!r}")
+    records = open_records(source)
+    settings = dict(max_seq_length=max_seq_length, text_field=text_field,
+                    train_on_responses_only=train_on_responses_only, response_marker=response_marker,
+                    instruction_marker=instruction_marker)
+    stamp, path = records.stamp(), None
+    if cache_dir is not None:
+        key = cache_key(records.fingerprint(), tokenizer, settings)
+        path = cache_path(cache_dir, key)
+        cached = read_cache(path, key)
+        if cached is not None:
+            return _said_if_truncated([Example(*e) for e in cached], max_seq_length)
+    from tqdm.auto import tqdm
+    examples = []
+    with tqdm(total=records.count, desc="tokenizing", unit=" records", disable=not progress) as bar:
+        for batch in records.batches():
+            examples.extend(example_from_record(record, tokenizer, max_seq_length, where, text_field=text_field,
+                                                train_on_responses_only=train_on_responses_only,
+                                                response_marker=response_marker,
+                                                instruction_marker=instruction_marker) for where, record in batch)
+            bar.update(len(batch))
+    if not examples:
+        raise DataError(f"{records.name} holds no records: an empty dataset cannot train anything")
+    if path is not None:
+        if records.stamp() != stamp:
+            raise DataError(f"{records.name} changed while it was being read; nothing was cached. Run again once "
+                            "it is complete")
+        write_cache(path, key, [(e.input_ids, e.labels, e.truncated) for e in examples])
+    return _said_if_truncated(examples, max_seq_length)
+
+
+def truncate(example: Example, max_seq_length: int) -> Example:
+    """The first ``max_seq_length`` tokens of ``example``, with how many were cut off."""
+    cut = len(example.input_ids) - max_seq_length
+    if cut <= 0:
+        return example
+    return Example(example.input_ids[:max_seq_length], example.labels[:max_seq_length], example.truncated + cut)
+
+
+def _said_if_truncated(examples: list[Example], max_seq_length: int) -> list[Example]:
+    cut = [e.truncated for e in examples if e.truncated]
+    if cut:
+        import warnings
+        warnings.warn(f"{len(cut)} of {len(examples)} examples were longer than max_seq_length={max_seq_length} and "
+                      f"were cut to it (up to {max(cut)} tokens each were dropped); raise max_seq_length to keep "
+                      "them whole", stacklevel=3)
+    return examples
 
 
 def chunk_text(tokenizer, text: str, chunk_size: int, stride: int) -> list[Example]:

@@ -36,7 +36,7 @@ from ..memory.measure import peak_memory_gib
 from . import checkpoints, distributed, runs
 from .adamw8bit import AdamW8bit
 from .arguments import OPTIMIZERS, PRECISIONS, TrainingArguments, TrainingError  # noqa: F401  (public names)
-from .data import Example, collate, count_trained_tokens
+from .data import Example, check_examples, collate, count_trained_tokens
 from .packing import collate_packed, pack_examples, real_tokens
 from .schedules import lr_multiplier
 from .step_checks import broken_frozen_weight, check_batch_ids
@@ -50,8 +50,7 @@ class Trainer:
                  dist: distributed.DistContext | None = None):
         if not train_dataset:
             raise ValueError("train_dataset is empty: an empty dataset cannot train anything")
-        if not all(isinstance(e, Example) for e in train_dataset):
-            raise TypeError("train_dataset must be a list of minilora.train.Example (use build_examples/chunk_text)")
+        check_examples(train_dataset, args.max_seq_length)  # lengths, integer ids, nothing past max_seq_length
         self.model, self.args, self.pad_token_id = model, args, pad_token_id
         self.eval_dataset = eval_dataset
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
