@@ -43,6 +43,7 @@ class FineTuneConfig:
     load_in_4bit: bool = True
     # data: "dates" (the bundled task), a file, a datasets.Dataset, or a list of dicts / Examples
     dataset: object = "dates"
+    dataset_text_field: str | None = None  # a raw text column to train on whole (instead of instruction/chat columns)
     raw_text_file: str | None = None
     chunk_size: int | None = None  # raw text: tokens per window (default max_seq_length)
     stride: int | None = None  # raw text: a new window every `stride` tokens (default 3/4 of chunk_size)
@@ -103,6 +104,8 @@ class FineTuneConfig:
         bad = [q for q in self.quantization if q not in GGUF_TYPES]
         if bad or not self.quantization:
             raise ValueError(f"quantization={bad or list(self.quantization)!r}: choose from {', '.join(GGUF_TYPES)}")
+        if self.dataset_text_field is not None and not isinstance(self.dataset_text_field, str):
+            raise ValueError(f"dataset_text_field must be a column name, got {self.dataset_text_field!r}")
         if self.raw_text_file is not None:
             self.chunk_size = self.max_seq_length if self.chunk_size is None else self.chunk_size
             if not isinstance(self.chunk_size, int) or self.chunk_size < 2:
@@ -248,7 +251,8 @@ def compute_dtype(model):
 
 def build_data(config: FineTuneConfig, tokenizer):
     """(training examples, held-out records for exact match or None)."""
-    from .train import Example, build_examples, chunk_text, dates_task, read_records
+    from .train import Example, build_examples, chunk_text, dates_task
+    from .train.data import load_examples
     if config.raw_text_file:
         with open(config.raw_text_file, encoding="utf-8") as f:
             text = f.read()
@@ -261,7 +265,10 @@ def build_data(config: FineTuneConfig, tokenizer):
         return list(data), None  # already tokenized
     if tokenizer is None:
         raise ValueError(f"{config.model_name} has no tokenizer files; training on records needs tokenizer.json")
-    return build_examples(read_records(data), tokenizer, config.max_seq_length), None
+    # tokenized once per data + tokenizer: a resumed run (same directory) reads them back instead of tokenizing
+    cache = os.path.join(config.output_dir, "examples-cache") if config.output_dir else None
+    return load_examples(data, tokenizer, config.max_seq_length, text_field=config.dataset_text_field,
+                         cache_dir=cache, progress=config.progress), None
 
 
 def show_scores(say, label: str, correct: int, records, answers, n_show: int = 3) -> None:

@@ -111,9 +111,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "step dequantizes them on the fly, which costs time on a CPU. Pass "
                         "'--load_in_4bit false' for plain LoRA (default true)")
     g.add_argument("--dataset", default=d["dataset"],
-                   help="'dates' (the bundled task) or a .json/.jsonl file of Alpaca records (instruction, input, "
-                        "output) or chat records ('messages': [{role, content}]). Hugging Face hub names need a "
-                        "download: save the data as JSON first (default %(default)s)")
+                   help="'dates' (the bundled task), or your data: a .json/.jsonl, .parquet, .csv/.tsv file, a folder "
+                        "of Parquet shards, or a folder written by datasets' save_to_disk (Parquet and save_to_disk "
+                        "need `pip install minilora[data]`). Records are Alpaca (instruction, input, output), chat "
+                        "('messages': [{role, content}]), ShareGPT ('conversations': [{from, value}]) or pre-tokenized "
+                        "(input_ids, labels). Hub names need a download: save the data to a file first "
+                        "(default %(default)s)")
+    g.add_argument("--dataset_text_field", default=None,
+                   help="train on a raw text column of --dataset (every token is a target), e.g. 'text'; "
+                        "without it the columns say the format (default: none)")
     g = p.add_argument_group("LoRA")
     g.add_argument("--r", type=positive_int, default=d["r"],
                    help="rank of the update BA: trainable numbers per layer are r*(in+out). 8-64 is usual; a "
@@ -254,6 +260,8 @@ def check_args(args) -> None:
             raise UsageError(f"--raw_text_file {args.raw_text_file!r} does not exist — pass a plain text file")
     else:
         refuse_unused(args, ["chunk_size", "stride"], "without --raw_text_file", "drop {it} or add --raw_text_file")
+    if args.raw_text_file or args.dataset == "dates":
+        refuse_unused(args, ["dataset_text_field"], "without a --dataset file", "drop {it} or pass --dataset FILE")
     if args.raw_text_file or args.dataset != "dates":
         refuse_unused(args, ["eval_examples"], "outside the bundled dates task",
                       "drop {it} (held-out exact match is measured on the dates task only)")
