@@ -93,6 +93,8 @@ def test_a_dataset_object_a_list_and_a_generator_train_the_same(tok):
     # a Dataset after select/shuffle is read in its own order, not the order of the table underneath
     picked = ds.select([2, 0])
     assert as_tuples(load_examples(picked, tok, 64, progress=False)) == [want[2], want[0]]
+    # a streaming IterableDataset is an iterable of dicts that can be read twice (so it can be cached)
+    assert as_tuples(load_examples(ds.to_iterable_dataset(), tok, 64, progress=False)) == want
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "save_to_disk"])
