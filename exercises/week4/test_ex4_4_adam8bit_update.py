@@ -61,8 +61,8 @@ def name_the_mistake(got_param, got_state, before_param, before_state, grad, ste
         same_state = all(torch.equal(got_state[k], state[k]) for k in ("exp_avg_codes", "exp_avg_sq_codes"))
         if torch.allclose(got_param, param, rtol=0, atol=1e-7, equal_nan=True) and same_state:
             found.append(f"{mistake} ({fix})")
-    return ("your step matches a known mistake: " + "; or ".join(found)) if found else \
-        "follow the stub's four steps in order: dequantize, update m and v, update the parameter, requantize"
+    return ("Your step matches a known mistake: " + "; or ".join(found)) if found else \
+        "Follow the stub's four steps in order: dequantize, update m and v, update the parameter, requantize"
 
 
 def _grad(shape, step):
