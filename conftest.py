@@ -6,7 +6,7 @@ TRITON_INTERPRET must be set before Triton is first imported, so it is set here,
 import os
 import pathlib
 
-from minilora.course import marker_of_test_file, markers_selected_only
+from minilora.course import discover_exercises, marker_of_test_file, markers_selected_only
 
 try:
     import torch
@@ -21,6 +21,8 @@ if not _has_cuda:
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (compiled Triton kernels); run on the GPU machine")
     config.addinivalue_line("markers", "slow: loads the real SmolLM2 model or runs a long job")
+    for e in discover_exercises(pathlib.Path(__file__).parent):  # also when tests/ imports an exercise test module
+        config.addinivalue_line("markers", f"{e.marker}: exercise {e.label}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -48,13 +48,14 @@ def run(args) -> harness.Results:
         config, seq, dtype = catalogue_config(name), args.seq, torch.bfloat16
     batch = args.batch or batch
     stages = [int(s) for s in args.stages.split(",") if s != ""]
-    res = harness.Results(f"e2e-{args.shape}", device, notes=(
+    benchmark = getattr(args, "benchmark", None) or f"e2e-{args.shape}"
+    res = harness.Results(benchmark, device, command=getattr(args, "command", None), notes=(
         f"training step, {name} shape{' (smoke: tiny config)' if args.smoke else ''}, random weights, LoRA r16 on "
         f"7 projections, AdamW, B{batch} S{seq}; stacks built in one process, timed in alternation: warm-up "
         f"{args.warmup} step(s) + {args.rounds} rotated rounds x {args.reps} step(s) each. peak_gib = resident "
         f"(weights, adapters, optimizer state, batch: growth of allocated memory across build + first step) + the "
         f"step's peak above it. MFU = 6*N_params*tokens / step time / peak dense bf16."))
-    res.autosave(args.out, harness.result_stem(f"e2e-{args.shape}", device, args.smoke))
+    res.autosave(args.out, harness.result_stem(benchmark, device, args.smoke))
     peak_tflops, peak_source = (None, "not measured (CPU)")
     if device == "cuda":
         peak_tflops, peak_source = harness.matmul_ceiling(res, device) if args.matmul_ceiling \
@@ -93,14 +94,19 @@ def run(args) -> harness.Results:
     return res
 
 
-def print_summary(res: harness.Results) -> None:
-    rows = [r for r in res.rows if "tok_s" in r or r.get("error")]
+def ladder_table(data: dict) -> str:
+    """The ladder beside the anchor as the lessons print it, from a recorded result (or `Results.to_dict()`):
+    per stack the step's median ms [min–max], tokens/s, peak GiB, MFU, and the ratios to the HF anchor."""
+    rows = [r for r in data["rows"] if r.get("tok_s") or r.get("error")]
     anchor = next((r for r in rows if r["impl"].startswith("HF") and r.get("tok_s")), None)
-    print(f"\n{'stack':22s}{'step ms [min–max]':>28s}{'tok/s':>10s}{'peak GiB':>10s}{'MFU':>7s}"
-          f"{'x anchor':>10s}{'mem vs anchor':>15s}")
+    cfg = data.get("config", {})
+    lines = [f"{cfg.get('model')} B{cfg.get('batch')} S{cfg.get('seq')} on {data['card']}, {data['date'][:10]}; "
+             f"MFU against {cfg.get('mfu_peak_tflops') or 0:.0f} TFLOP/s ({cfg.get('mfu_peak_source')})",
+             f"{'stack':22s}{'step ms [min–max]':>28s}{'tok/s':>10s}{'peak GiB':>10s}{'MFU':>7s}"
+             f"{'x anchor':>10s}{'mem vs anchor':>15s}"]
     for r in rows:
         if not r.get("tok_s"):
-            print(f"{r['impl']:22s}  {r.get('error', 'not timed')}")
+            lines.append(f"{r['impl']:22s}  not measured: {r.get('error', 'not timed')}")
             continue
         span = f"{r['median_ms']:.1f} [{r['min_ms']:.1f}–{r['max_ms']:.1f}]"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "—"
@@ -108,7 +114,12 @@ def print_summary(res: harness.Results) -> None:
         vs = f"{r['tok_s'] / anchor['tok_s']:.2f}x" if anchor else "—"
         mem = f"{r['peak_gib'] / anchor['peak_gib'] - 1:+.0%}" if anchor and r["peak_gib"] and anchor["peak_gib"] \
             else "—"
-        print(f"{r['impl']:22s}{span:>28s}{r['tok_s']:>10,.0f}{peak:>10s}{mfu:>7s}{vs:>10s}{mem:>15s}")
+        lines.append(f"{r['impl']:22s}{span:>28s}{r['tok_s']:>10,.0f}{peak:>10s}{mfu:>7s}{vs:>10s}{mem:>15s}")
+    return "\n".join(lines)
+
+
+def print_summary(res: harness.Results) -> None:
+    print("\n" + ladder_table(res.to_dict()))
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ import contextlib
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class _Recorder(TorchFunctionMode):
@@ -45,7 +46,8 @@ def new_tensors_of_shape(calls, *shapes) -> list[str]:
 
 @contextlib.contextmanager
 def no_autograd(why: str):
-    """Make every way into autograd raise AssertionError(why) inside the block."""
+    """Make every way into autograd raise AssertionError(why) inside the block: the entry points by name, and —
+    whatever name they were imported under — any op that records a tensor for a backward pass."""
     def refuse(*args, **kwargs):
         raise AssertionError(why)
     targets = [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
@@ -55,7 +57,46 @@ def no_autograd(why: str):
     try:
         for owner, name in targets:
             setattr(owner, name, refuse)
-        yield
+        with torch.autograd.graph.saved_tensors_hooks(refuse, refuse):  # no graph, no backward: nothing is saved
+            yield
     finally:
         for owner, name, original in saved:
             setattr(owner, name, original)
+
+
+class _Refuse(TorchFunctionMode):
+    """Raises AssertionError(why) when a torch function whose name contains one of `fragments` is called."""
+
+    def __init__(self, fragments, why):
+        super().__init__()
+        self.fragments, self.why = fragments, why
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if any(f in name for f in self.fragments):
+            raise AssertionError(f"{self.why} (called: {name})")
+        return func(*args, **(kwargs or {}))
+
+
+class _RefuseOps(TorchDispatchMode):
+    """The same ban one level lower, on the ATen operators: it also sees a fused kernel that a permitted function
+    (nn.MultiheadAttention, say) reaches from inside, where the function-level ban no longer looks."""
+
+    def __init__(self, fragments, why):
+        super().__init__()
+        self.fragments, self.why = fragments, why
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if any(f in name for f in self.fragments):
+            raise AssertionError(f"{self.why} (called: {name})")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def forbidden_calls(fragments: tuple[str, ...], why: str):
+    """Inside the block, any torch function or ATen operator whose name contains one of `fragments` raises
+    AssertionError(why), whatever name or module the answer reached it through (an alias, `torch.ops.aten...`,
+    a helper module that kept a reference)."""
+    with _Refuse(fragments, why), _RefuseOps(fragments, why):
+        yield

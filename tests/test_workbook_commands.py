@@ -56,7 +56,7 @@ def test_journal_rejects_a_bad_week_and_guesses_the_week_from_the_first_entry(jo
     assert "1-6" in capsys.readouterr().err
     journal_cmd.new_entry(journal, dt.date(2026, 11, 2), None)
     assert journal_cmd.guess_week(journal, dt.date(2026, 11, 17)) == 3
-    assert journal_cmd.guess_week(journal, dt.date(2027, 6, 1)) == 5
+    assert journal_cmd.guess_week(journal, dt.date(2027, 6, 1)) == 6
 
 
 def _workbook(tmp_path: pathlib.Path) -> pathlib.Path:

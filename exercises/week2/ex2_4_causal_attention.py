@@ -4,7 +4,8 @@ Read lessons/week2_attention.py first. Replace the `raise NotImplementedError(..
 `pytest exercises -m ex2_4` until it is green.
 
 Write it from plain tensor operations (matmul, masked_fill, softmax, ...): calling
-`torch.nn.functional.scaled_dot_product_attention` inside is not allowed — the tests compare your result with it.
+`torch.nn.functional.scaled_dot_product_attention` is not allowed — in any branch, under any name, or through a
+function that calls it for you (nn.MultiheadAttention) — the tests compare your result with it.
 """
 import torch
 

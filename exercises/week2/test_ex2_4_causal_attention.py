@@ -6,13 +6,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exercises.checks import forbidden_calls
 from exercises.conftest import exercise
 
 pytestmark = pytest.mark.ex2_4
 ex = exercise("ex2_4_causal_attention")
 
 TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
-_SDPA = F.scaled_dot_product_attention  # the reference, kept before any test hides it from the exercise
+_SDPA = F.scaled_dot_product_attention  # the reference
 
 
 def allowed_positions(T, causal, window):
@@ -165,18 +166,18 @@ def test_gradients_match_sdpa(B, nkv, n_rep, T, hd, dtype, seed, window):
                                    f"numpy, an in-place edit of a tensor autograd saved)?\n{m}")
 
 
-def test_written_by_hand_not_with_sdpa(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("Exercise 2.4 asks for attention by hand: scaled_dot_product_attention was called — "
-                             "write the scores, mask, softmax and weighted sum yourself")
-    for name, value in list(vars(ex).items()):  # also a `from torch.nn.functional import ...` in the module
-        if value is _SDPA:
-            monkeypatch.setattr(ex, name, forbidden)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", forbidden)
-    monkeypatch.setattr(torch._C._nn, "scaled_dot_product_attention", forbidden)
-    q, k, v = draw_qkv(1, 2, 2, 5, 8, torch.float32, seed=3)
-    out = ex.attention(q, k, v, causal=True)
-    torch.testing.assert_close(out, reference(q, k, v, True),
+@pytest.mark.parametrize("causal, window", [(True, None), (False, None), (True, 1), (True, 3)])
+@pytest.mark.parametrize("n_rep", [1, 2])
+def test_written_by_hand_not_with_sdpa(causal, window, n_rep):
+    """Every branch, and SDPA under any name: an alias, torch.ops.aten, a helper module, a fused kernel inside."""
+    q, k, v = draw_qkv(1, 2, n_rep, 5, 8, torch.float32, seed=3)
+    why = ("Exercise 2.4 asks for attention by hand: scaled_dot_product_attention was called "
+           f"(causal={causal}, window={window}) — write the scores, mask, softmax and weighted sum yourself, "
+           "in every branch")
+    with forbidden_calls(("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention",
+                          "multi_head_attention"), why):
+        out = ex.attention(q, k, v, causal=causal, window=window)
+    torch.testing.assert_close(out, reference(q, k, v, causal, window),
                                msg=lambda m: f"with SDPA hidden your attention differs from it (see test_matches_sdpa "
                                f"for a hint):\n{m}")
 

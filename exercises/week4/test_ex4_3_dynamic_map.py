@@ -50,3 +50,24 @@ def test_nearest_is_never_farther_than_bitsandbytes():
 def test_all_zero_block():
     idx, absmax = ex.quantize_block(torch.zeros(7), dynamic_map(True))
     assert float(absmax) == 0.0 and idx.tolist() == [0] * 7
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_value_on_a_midpoint_goes_to_the_lower_level(signed):
+    """A value exactly halfway between two levels (in float32, where the midpoint is exact) is a tie."""
+    code = dynamic_map(signed)
+    lower, upper = code[:-1], code[1:]
+    midpoint = (lower + upper) / 2
+    exact = (lower.double() + upper.double()) / 2 == midpoint.double()  # no rounding in the halving
+    ties = midpoint[exact]
+    block = torch.cat([torch.ones(1), ties])  # absmax 1: the scaled values ARE the midpoints
+    idx, absmax = ex.quantize_block(block, code)
+    assert float(absmax) == 1.0
+    want = torch.arange(255)[exact]  # the index of each midpoint's lower level
+    got = idx[1:].long()
+    if not torch.equal(got, want):
+        i = int((got != want).nonzero()[0])
+        pytest.fail(f"the value {ties[i].item():.9g}, exactly halfway between levels {int(want[i])} and "
+                    f"{int(want[i]) + 1}, went to level {int(got[i])}: a tie goes to the LOWER level, as the stub "
+                    f"says — torch.bucketize(v, midpoints) with right=False counts only the midpoints strictly "
+                    f"below v ({int((got > want).sum())} of {len(want)} ties were rounded up)")

@@ -3,6 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exercises.checks import no_autograd
 from exercises.conftest import exercise
 from minilora.memory import AllocationLog
 
@@ -54,7 +55,17 @@ def test_one_dx_buffer_and_no_BA():
     n_dx = seen.shapes.count((N, C))
     assert n_dx == 1, (f"{n_dx} new (N, C) tensors were created; dx must be ONE buffer: start it once "
                        f"(dx = dq @ Wq) and add every other term in place with dx.addmm_(a, b, alpha=s)")
-    formed = [s for s in seen.shapes if s in {(o, C) for o in outs}]
-    assert not formed, (f"a matrix of shape {formed[0]} (out, C) was formed — that is B A, as big as W; "
+    full_size = {(o, C) for o in outs} | {(C, o) for o in outs}  # B A, or its transpose A^T B^T
+    formed = [s for s in seen.shapes if s in full_size]
+    assert not formed, (f"a matrix of shape {formed[0]} was formed — that is B A (or its transpose), as big as W; "
                         "multiply (dy B) (N, r) by A instead")
     torch.testing.assert_close(dx, autograd_grads(x, projections, d_outs)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_no_autograd():
+    x, projections, d_outs = make(5, 11, (8, 6, 6), 3, seed=9)
+    with no_autograd("Exercise 5.3 asks for the backward written out (plain matmuls, no autograd): derive dx, "
+                     "dA = s (dy B)^T x and dB = s dy^T (x A^T) with the chain rule"):
+        got = ex.qkv_backward(x, projections, d_outs)
+    want_dx, want_dAs, want_dBs = autograd_grads(x, projections, d_outs)
+    torch.testing.assert_close(got[0], want_dx, rtol=1e-10, atol=1e-10)

@@ -17,5 +17,6 @@ def rank_losses(token_losses: list[torch.Tensor]) -> list[torch.Tensor]:
     """The scalar loss each rank backpropagates. DDP AVERAGES the ranks' gradients (sums them, then divides by the
     number of ranks W), and each rank only knows its own tokens plus the all-reduced total count N. Return, for
     rank r, the loss whose gradient, averaged over the W ranks, is the gradient of `global_mean(token_losses)`.
+    Every rank's loss must be a finite number, also on a rank that holds no tokens (it still joins the all-reduce).
     (Hint: what must rank r's tokens be divided by, and what undoes DDP's division by W?)"""
     raise NotImplementedError("Exercise 6.1: rank_losses — see lessons/week6_beyond_one_gpu.py")

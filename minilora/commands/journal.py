@@ -34,13 +34,13 @@ def entries(journal: pathlib.Path) -> list[pathlib.Path]:
 
 
 def guess_week(journal: pathlib.Path, today: dt.date) -> int:
-    """Week of the course: 1 + whole weeks since the first entry (1 when there is none), at most 5 (the bonus
-    week 6 is chosen with --week 6)."""
+    """Week of the course: 1 + whole weeks since the first entry (1 when there is none), at most the last
+    week of the course (6)."""
     existing = entries(journal)
     if not existing:
         return 1
     first = dt.date.fromisoformat(ENTRY.match(existing[0].name)[1])
-    return max(1, min(5, (today - first).days // 7 + 1))
+    return max(1, min(max(WEEKS), (today - first).days // 7 + 1))
 
 
 def render(journal: pathlib.Path, day: dt.date, week: int) -> str:
@@ -58,7 +58,7 @@ def render(journal: pathlib.Path, day: dt.date, week: int) -> str:
 def new_entry(journal: pathlib.Path, day: dt.date, week: int | None) -> pathlib.Path:
     """Create journal/entries/<day>.md; FileExistsError if it is already there (an entry is never overwritten)."""
     if week is not None and week not in WEEKS:
-        raise ValueError(f"--week must be one of 1-6 (the five weeks of the course and the bonus week 6), got {week}")
+        raise ValueError(f"--week must be one of 1-6 (the six weeks of the course), got {week}")
     week = week if week is not None else guess_week(journal, day)
     target = journal / "entries" / f"{day.isoformat()}.md"
     if target.exists():
