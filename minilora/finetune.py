@@ -254,9 +254,8 @@ def build_data(config: FineTuneConfig, tokenizer):
     from .train import Example, build_examples, chunk_text, dates_task
     from .train.data import load_examples
     if config.raw_text_file:
-        with open(config.raw_text_file, encoding="utf-8") as f:
-            text = f.read()
-        return chunk_text(tokenizer, text, config.chunk_size, config.stride), None
+        from .io.records import read_text_file
+        return chunk_text(tokenizer, read_text_file(config.raw_text_file), config.chunk_size, config.stride), None
     data = config.dataset
     if isinstance(data, str) and data == "dates":
         train, held = dates_task.make_splits(n_train=480, n_eval=max(config.eval_examples, 1), seed=0)

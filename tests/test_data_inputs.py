@@ -134,8 +134,6 @@ def test_truncation_is_said_once_and_survives_the_cache(tok, tmp_path):
         assert len(long) == 64 and long.truncated > 2900 and short.truncated == 0
 
 
-@pytest.mark.xfail(strict=True, reason="finetune.build_data still opens --raw_text_file itself; reading it through "
-                                       "minilora.io.records.read_text_file names the file and byte (then drop this)")
 def test_the_command_line_names_a_raw_text_file_that_is_not_utf8(tmp_path, capsys):
     from minilora.cli import main
     from minilora.save import save_pretrained_merged
