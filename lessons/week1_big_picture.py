@@ -45,7 +45,6 @@
 # %%
 import ast
 import csv
-import inspect
 import json
 import pathlib
 import time
@@ -70,6 +69,7 @@ for path in FILES:
 
 # %%
 from minilora.cli import build_parser
+from minilora.show import show
 
 parser = build_parser()
 train_parser = parser._subparsers._group_actions[0].choices["train"]
@@ -162,7 +162,7 @@ for tid, label in list(zip(example.input_ids, example.labels))[-16:]:
 # and train nothing. The source:
 
 # %%
-print(inspect.getsource(mask_prompt))
+show(mask_prompt)
 
 # %% [markdown]
 # ## 4. The loss, by hand
@@ -220,7 +220,7 @@ print(f"tokens per micro-batch {[len(t) for t in tok_losses]}: right {right:.4f}
       f"{mean_of_means:.4f} ({100 * abs(mean_of_means - right) / right:.1f}% off)")
 from minilora.train import Trainer
 
-print(inspect.getsource(Trainer.training_step).split("loss_total = 0.0")[0])
+show(Trainer.training_step, region="accumulate")
 
 # %% [markdown]
 # ## 6. What was saved

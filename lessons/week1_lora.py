@@ -77,6 +77,7 @@ for path in ["minilora/lora.py", "minilora/cli.py", "minilora/kernels/fast_lora.
 # %%
 from minilora.lora import TARGET_MODULES, LoraLinear, get_peft_model
 from minilora.models import catalogue_config, from_catalogue
+from minilora.show import show
 
 WEIGHT_BYTES, GRAD_BYTES = 2, 2
 ADAMW_BYTES = 2 * WEIGHT_BYTES  # exp_avg and exp_avg_sq, each in the parameter's dtype (torch.optim.AdamW)
@@ -307,7 +308,7 @@ plt.show()
 # Here is `LoraLinear.forward` as it is in `minilora/lora.py` right now:
 
 # %%
-print(inspect.getsource(LoraLinear.forward))
+show(LoraLinear.forward)
 
 # %% [markdown]
 # Read it with Unsloth's `matmul_lora` in mind: the base output first, then the thin path `lora_A` (in → r) followed

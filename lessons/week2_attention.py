@@ -39,7 +39,6 @@
 # | `unsloth/models/mistral.py` → `MistralAttention_fast_forward` | the same with a sliding window | `minilora/models/mistral.py` → `MistralForCausalLM.allowed_positions` |
 
 # %%
-import inspect
 import math
 import time
 
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from minilora.kernels.rope import rope_reference
 from minilora.memory import SavedTensorMeter, storage_key
 from minilora.models import LlamaForCausalLM, MistralForCausalLM, ModelConfig, build_model, catalogue_config
+from minilora.show import show
 
 LESSON_START = time.perf_counter()
 torch.manual_seed(0)
@@ -65,7 +65,7 @@ MiB, GiB = 2**20, 2**30
 # %%
 from minilora.models.llama import LlamaAttention
 
-print(inspect.getsource(LlamaAttention.forward))
+show(LlamaAttention.forward)
 
 # %% [markdown]
 # Three projections turn each token's hidden vector into a **query** ("what am I looking for?"), a **key** ("what
@@ -149,9 +149,9 @@ print(f"max |by hand − LlamaAttention| = {(by_hand - library).abs().max():.2e}
 # model decides, and the rule Mistral overrides:
 
 # %%
-print(inspect.getsource(LlamaForCausalLM.allowed_positions))
-print(inspect.getsource(LlamaForCausalLM.attention_mask))
-print(inspect.getsource(MistralForCausalLM))
+show(LlamaForCausalLM.allowed_positions)
+show(LlamaForCausalLM.attention_mask)
+show(MistralForCausalLM)
 
 # %% [markdown]
 # ## 3. The masks, drawn

@@ -39,7 +39,6 @@
 
 # %%
 import ast
-import inspect
 import os
 import pathlib
 
@@ -67,6 +66,7 @@ GiB = 2**30
 # %%
 from minilora.memory import lora_param_count  # noqa: E402
 from minilora.models import catalogue_config  # noqa: E402
+from minilora.show import show
 
 llama8b = catalogue_config("llama-3-8b")
 N, H, V = 4 * 2048, llama8b.hidden_size, llama8b.vocab_size
@@ -97,7 +97,7 @@ from benchmarks.harness import COPY_IMPL, latest, load_results  # noqa: E402
 from minilora.kernels import cross_entropy as ce  # noqa: E402
 from minilora.kernels import fused_linear_ce as flce  # noqa: E402
 
-print(inspect.getsource(ce.cross_entropy_reference))
+show(ce.cross_entropy_reference)
 
 # %% [markdown]
 # We can *measure* what it allocates, even on a CPU: a `TorchDispatchMode` sees every PyTorch op and its outputs,
@@ -107,7 +107,7 @@ print(inspect.getsource(ce.cross_entropy_reference))
 # %%
 from minilora.memory import AllocationLog  # noqa: E402
 
-print(inspect.getsource(AllocationLog))
+show(AllocationLog)
 
 n_small, v_small = 64, 4096
 logits = torch.randn(n_small, v_small, dtype=torch.bfloat16)
@@ -162,7 +162,7 @@ print(f"naive log(sum(exp)) = {naive.item()},  online = {(m + torch.log(s)).item
 # scale and soft-cap $c\tanh(z/c)$ (Gemma-2 style) on the fly, and stores one fp32 number per row:
 
 # %%
-print(inspect.getsource(ce._ce_forward_kernel.fn))
+show(ce._ce_forward_kernel.fn)
 
 # %% [markdown]
 # Two details worth a second look: the running sums are kept **per lane** (a vector of BLOCK partial sums) and
@@ -205,8 +205,8 @@ print(f"V = {v_long}: loss kernel {fast.item():.6f} vs reference {ref.item():.6f
 # a whole accumulated batch makes gradient accumulation exact.
 
 # %%
-print(inspect.getsource(ce._ce_backward_kernel.fn))
-print(inspect.getsource(ce.CrossEntropyFunction.backward))
+show(ce._ce_backward_kernel.fn)
+show(ce.CrossEntropyFunction.backward)
 
 # %% [markdown]
 # One caveat follows: after `loss.backward()` the logits tensor holds gradients. The model therefore lets the
@@ -214,7 +214,9 @@ print(inspect.getsource(ce.CrossEntropyFunction.backward))
 # `LlamaForCausalLM.loss`); `cross_entropy_fast(..., inplace_grad=False)` is the explicit opt-out.
 
 # %%
-print(inspect.getsource(__import__("minilora.models.llama", fromlist=["x"]).LlamaForCausalLM.loss))
+from minilora.models.llama import LlamaForCausalLM  # noqa: E402
+
+show(LlamaForCausalLM.loss)
 
 # %% [markdown]
 # ## 5. Fused linear + cross-entropy: never hold all the logits
@@ -230,7 +232,7 @@ print(inspect.getsource(__import__("minilora.models.llama", fromlist=["x"]).Llam
 # route of section 2–4 (rows "LCE-sweep" in the JSON).
 
 # %%
-print(inspect.getsource(flce.FusedLinearCrossEntropyFunction.forward))
+show(flce.FusedLinearCrossEntropyFunction.forward)
 
 # %% [markdown]
 # Memory is now one chunk of logits plus the gradients you asked for. The default chunk keeps the logits chunk near

@@ -44,7 +44,6 @@
 
 # %%
 import ast
-import inspect
 import os
 import pathlib
 import time
@@ -70,12 +69,7 @@ for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora
 import benchmarks.bench_elementwise as bench_elementwise  # noqa: E402
 from benchmarks.harness import Results, latest, load_results, print_table  # noqa: E402
 from minilora.kernels import rmsnorm, rope, swiglu  # noqa: E402
-
-
-def show(obj):
-    """Print the source of a function; a @triton.jit kernel keeps the Python function it wraps in `.fn`."""
-    print(inspect.getsource(getattr(obj, "fn", obj)))
-
+from minilora.show import show  # noqa: E402 (a @triton.jit kernel shows the Python function it compiles)
 
 show(rope.rotate_half)
 show(rope.rope_reference)

@@ -39,7 +39,6 @@
 # | bitsandbytes `functional.quantize_4bit` / `dequantize_4bit` | the NF4 format itself | `minilora/quant/nf4.py`, `minilora/quant/blockwise.py` |
 
 # %%
-import inspect
 import logging
 import os
 import time
@@ -64,6 +63,7 @@ from minilora.quant import (
     uniform_int4_codebook,
     unpack_nibbles,
 )
+from minilora.show import show
 
 torch.manual_seed(0)
 t_start = time.time()
@@ -80,8 +80,8 @@ for module in (nf4, blockwise, linear4bit):
 # away from 1 (where $\Phi^{-1}$ is infinite). Here is the library's derivation:
 
 # %%
-print(inspect.getsource(nf4.nf4_offset))
-print(inspect.getsource(nf4.derive_nf4_codebook))
+show(nf4.nf4_offset)
+show(nf4.derive_nf4_codebook)
 
 # %%
 derived = derive_nf4_codebook()
@@ -133,8 +133,8 @@ print("first bytes:", " ".join(f"{b:02x}" for b in state.codes[:4].tolist()),
       f"(= indices {indices[:8].tolist()} two per byte)")
 
 # %%
-print(inspect.getsource(blockwise.quantize_nf4))
-print(inspect.getsource(blockwise.pack_nibbles))
+show(blockwise.quantize_nf4)
+show(blockwise.pack_nibbles)
 
 # %% [markdown]
 # bitsandbytes is an independent check: on CPU its `quantize_4bit` produces the same bytes and absmax values
@@ -269,7 +269,7 @@ print(f"loss NF4            {loss_nf4:.4f} (perplexity {torch.tensor(loss_nf4).e
 # %%
 from minilora.kernels import nf4_dequant  # noqa: E402
 
-print(inspect.getsource(nf4_dequant._nf4_dequant_kernel.fn))
+show(nf4_dequant._nf4_dequant_kernel.fn)
 
 # %% [markdown]
 # On a laptop the kernel runs in Triton's interpreter (slow, but exact). It matches the reference:
@@ -341,7 +341,7 @@ plt.show()
 # and dequantizes a second time in backward:
 
 # %%
-print(inspect.getsource(linear4bit._DequantMatmul))
+show(linear4bit._DequantMatmul)
 
 # %%
 layer = Linear4bit.from_linear(torch.nn.Linear(576, 1536, bias=False))

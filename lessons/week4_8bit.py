@@ -38,7 +38,6 @@
 # | — | bytes of 8-bit weights and states | `minilora/memory/estimate.py` |
 
 # %%
-import inspect
 import logging
 import time
 
@@ -57,6 +56,7 @@ from minilora.models import ModelConfig, build_model, catalogue_config
 from minilora.models.registry import init_weights
 from minilora.quant import dequantize_nf4_reference, dynamic8, int8, quantize_nf4
 from minilora.quant.dynamic8 import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
+from minilora.show import show
 from minilora.train import adamw8bit
 from minilora.train.adamw8bit import AdamW8bit, dequantize_states
 
@@ -78,7 +78,7 @@ def same(flag: bool) -> str:
 # decades. The unsigned variant (for v = E[g²] ≥ 0) uses the sign bit as one more fraction bit.
 
 # %%
-print(inspect.getsource(dynamic8.dynamic_map))
+show(dynamic8.dynamic_map)
 
 # %%
 signed, unsigned = dynamic_map(True), dynamic_map(False)
@@ -112,7 +112,7 @@ plt.show()
 # of *that point* up in a table. The library does both (`rounding="nearest"` / `"grid"`):
 
 # %%
-print(inspect.getsource(dynamic8.quantize_blockwise_8bit))
+show(dynamic8.quantize_blockwise_8bit)
 
 # %% [markdown]
 # A tensor whose values spread over several decades, as a moment's do, in 40 blocks of 256 (the last one short):
@@ -152,7 +152,7 @@ print(f"an exact 0 in a block: nearest level {signed[zero_n]:.3g} (index {zero_n
 # 16-bit:
 
 # %%
-print(inspect.getsource(int8.quantize_rowwise_int8))
+show(int8.quantize_rowwise_int8)
 
 # %% [markdown]
 # A real matrix: layer 0's `down_proj` of SmolLM2-135M (the bundled GGUF). int8 against NF4 (blocks of 64, double
@@ -200,8 +200,8 @@ for share in (0.0, 0.01, 0.05):  # thresholds that leave 0%, ~1% and ~5% of the 
 # states (bitsandbytes' `min_8bit_size`).
 
 # %%
-print(inspect.getsource(adamw8bit.AdamW8bit._update))
-print(inspect.getsource(adamw8bit.quantize_states))
+show(adamw8bit.AdamW8bit._update)
+show(adamw8bit.quantize_states)
 
 # %% [markdown]
 # Same parameters, same gradients, 20 steps, minilora's `AdamW8bit` and bitsandbytes' `AdamW8bit`:

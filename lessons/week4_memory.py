@@ -37,7 +37,6 @@
 
 # %%
 import copy
-import inspect
 import pathlib
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from minilora.memory import (
 )
 from minilora.models.registry import build_model, catalogue_config
 from minilora.quant import quantize_nf4
+from minilora.show import show
 
 torch.manual_seed(0)
 print(memory.__doc__)
@@ -81,7 +81,7 @@ print(memory.__doc__)
 # The activation model counts the tensors minilora's Llama saves, per token and layer:
 
 # %%
-print(inspect.getsource(memory.activation_bytes))
+show(memory.activation_bytes)
 
 # %% [markdown]
 # ## 2. The accounting table: SmolLM2-135M and Llama-3-8B
@@ -164,7 +164,7 @@ print(f"double quantization saves {saved * cfg8b.num_hidden_layers / 2**20:.0f} 
 # `torch.autograd.graph.saved_tensors_hooks` — every tensor the forward saved for the backward.
 
 # %%
-print(inspect.getsource(memory.measure_training_bytes))
+show(memory.measure_training_bytes)
 
 # %%
 cfg = catalogue_config("smollm2-135m")
@@ -213,7 +213,7 @@ for method, pile, p, m in rows:
 # machine, each setting in a fresh subprocess (the variable is read once, at CUDA start-up):
 
 # %%
-print(inspect.getsource(bench_alloc.pattern))
+show(bench_alloc.pattern)
 
 # %%
 results_dir = pathlib.Path("benchmarks/results")

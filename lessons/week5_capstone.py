@@ -45,7 +45,6 @@
 
 # %%
 import importlib.util
-import inspect
 import os
 import pathlib
 import time
@@ -66,6 +65,7 @@ from minilora.linear4bit import quantize_model
 from minilora.lora import get_peft_model
 from minilora.memory import measure
 from minilora.models.registry import build_model, catalogue_config, init_weights
+from minilora.show import show
 
 torch.manual_seed(0)
 MiB, GiB = 2 ** 20, 2 ** 30
@@ -80,8 +80,8 @@ print(train_step.__doc__)
 # `minilora_stage` and `Step.__call__` — the whole ablation is these two functions:
 
 # %%
-print(inspect.getsource(train_step.minilora_stage))
-print(inspect.getsource(train_step.Step.__call__))
+show(train_step.minilora_stage)
+show(train_step.Step.__call__)
 
 # %% [markdown]
 # ## 2. Measuring activation memory on a CPU
@@ -95,8 +95,8 @@ print(inspect.getsource(train_step.Step.__call__))
 
 # %%
 print(measure.__doc__)
-print(inspect.getsource(measure.SavedTensorMeter._pack))
-print(inspect.getsource(measure.measure_activations))
+show(measure.SavedTensorMeter._pack)
+show(measure.measure_activations)
 
 # %% [markdown]
 # ## 3. The ladder on your CPU
@@ -212,7 +212,7 @@ for name, model, mode, fused in CPU_STAGES:
 # every stage is timed the same number of times; the table reports the median and the [min–max] range.
 
 # %%
-print(inspect.getsource(harness.time_rotated))
+show(harness.time_rotated)
 
 # %%
 ROUNDS = 3
@@ -316,7 +316,7 @@ plt.show()
 # looks at what is kept when the forward ends.
 
 # %%
-print(inspect.getsource(memory.activation_bytes))
+show(memory.activation_bytes)
 
 # %%
 f32 = 4

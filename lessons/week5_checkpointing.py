@@ -36,7 +36,6 @@
 # | patches applied to transformers / TRL / PEFT at import (fused forwards, fixes such as gradient accumulation) | route the libraries' layers to fast code | none by design: `minilora/ops.py` is the one switch, and minilora's own trainer (`minilora/train/trainer.py`) divides by the step's token count (week 1) |
 
 # %%
-import inspect
 import statistics
 import time
 
@@ -47,6 +46,7 @@ from minilora.lora import get_peft_model
 from minilora.memory import measure_activations
 from minilora.models import build_model, catalogue_config, checkpointing
 from minilora.prose import compare, ratio
+from minilora.show import show
 
 torch.manual_seed(0)
 print(checkpointing.__doc__)
@@ -61,9 +61,9 @@ print(checkpointing.__doc__)
 # pinned memory, so it overlaps the layer's compute) and runs the layer without a graph:
 
 # %%
-print(inspect.getsource(checkpointing.run_layer))
-print(inspect.getsource(checkpointing.OffloadedCheckpoint.forward))
-print(inspect.getsource(checkpointing._Offloaded.__init__))
+show(checkpointing.run_layer)
+show(checkpointing.OffloadedCheckpoint.forward)
+show(checkpointing._Offloaded.__init__)
 
 # %% [markdown]
 # Why not `torch.autograd.graph.save_on_cpu()` around `checkpoint`? `save_on_cpu` moves what autograd *saves*;

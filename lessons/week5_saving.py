@@ -37,7 +37,6 @@
 
 # %%
 import ast
-import inspect
 import json
 import pathlib
 import time
@@ -62,6 +61,7 @@ for path in ["minilora/save.py", "minilora/io/adapters.py", "minilora/io/gguf.py
 
 # %%
 from minilora.lora import LoraLinear
+from minilora.show import show
 
 layer = LoraLinear(torch.nn.Linear(576, 1536, bias=False), r=16, lora_alpha=32)
 torch.nn.init.normal_(layer.lora_B.weight, std=2e-3)  # what a short fine-tune leaves behind, roughly
@@ -75,7 +75,7 @@ for dtype in (torch.float16, torch.bfloat16):
     base = W.to(dtype).float()  # the same base weight, as a 16-bit file of the base model holds it
     err = ((stored - base - dW).norm() / dW.norm()).item()
     print(f"{str(dtype):15s}: the update read back from the file is off by {100 * err:.1f}% of |dW|")
-print(inspect.getsource(inspect.getmodule(LoraLinear).LoraLinear.delta_weight))
+show(LoraLinear.delta_weight)
 
 # %% [markdown]
 # ## 2. Fine-tune something worth saving

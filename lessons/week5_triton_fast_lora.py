@@ -41,7 +41,6 @@
 
 # %%
 import ast
-import inspect
 import os
 import pathlib
 
@@ -99,9 +98,10 @@ print(f"the last program's mask is {[(2 * BLOCK + i) < n for i in range(BLOCK)]}
 
 # %%
 from minilora.kernels import fast_lora  # noqa: E402
+from minilora.show import show
 
-print(inspect.getsource(fast_lora._swiglu_backward_inplace_kernel.fn))
-print(inspect.getsource(fast_lora.swiglu_backward_inplace))
+show(fast_lora._swiglu_backward_inplace_kernel.fn)
+show(fast_lora.swiglu_backward_inplace)
 
 # %% [markdown]
 # A **2-D grid** fits work shaped like rows × columns. The cross-entropy backward (week 3) launches
@@ -126,8 +126,8 @@ for rows, vocab in [(3, 423), (8192, 128_256)]:
 # low-rank term *into* the base output with `addmm_` — no second (N, out) buffer:
 
 # %%
-print(inspect.getsource(fast_lora._lora_forward))
-print(inspect.getsource(fast_lora.base_weight))
+show(fast_lora._lora_forward)
+show(fast_lora.base_weight)
 
 # %% [markdown]
 # `base_weight` is where QLoRA plugs in: a dense 16-bit weight is handed over as it is; the quantization state of a
@@ -150,7 +150,7 @@ print(inspect.getsource(fast_lora.base_weight))
 # dx accumulated in place (`addmm_`) so that Q, K and V — or gate and up — all add into **one** dx buffer:
 
 # %%
-print(inspect.getsource(fast_lora._lora_backward))
+show(fast_lora._lora_backward)
 
 # %% [markdown]
 # Checked against autograd, in float64 so that any difference is a mistake, not rounding:
@@ -187,7 +187,7 @@ for name, mine, theirs in [("dx", dx, x.grad), ("dA", dA, A.grad), ("dB", dB, B.
 # Unsloth's `LoRA_MLP` does the same; here is minilora's:
 
 # %%
-print(inspect.getsource(fast_lora.LoRA_MLP.backward))
+show(fast_lora.LoRA_MLP.backward)
 
 # %% [markdown]
 # Does it equal autograd on the plain composition (what PEFT runs)? Here in float32 with the Triton kernel in the
@@ -244,7 +244,7 @@ for name, a, b in zip(["gate A", "gate B", "up A", "up B", "down A", "down B"], 
 # %%
 from minilora.memory import AllocationLog  # noqa: E402
 
-print(inspect.getsource(AllocationLog))
+show(AllocationLog)
 
 
 def measure(run_forward, layers):
@@ -305,7 +305,7 @@ print(f"saved: {100 * (1 - fast_saved / peft_saved):.0f}% less; "
 # same Function with one projection (`LoRA_O`). The backward, shared by both:
 
 # %%
-print(inspect.getsource(fast_lora._LoRA_Projections.backward))
+show(fast_lora._LoRA_Projections.backward)
 
 # %% [markdown]
 # Checked against autograd in float64 (any difference is a mistake, not rounding), with the shapes of grouped-query

@@ -39,7 +39,6 @@
 
 # %%
 import dataclasses
-import inspect
 import json
 import os
 import pathlib
@@ -55,6 +54,7 @@ import minilora
 from minilora.linear4bit import Linear4bit
 from minilora.memory import STAGES, GiB, estimate_memory_per_rank
 from minilora.models import catalogue_config
+from minilora.show import show
 from minilora.train import distributed, parity
 
 torch.manual_seed(0)
@@ -97,9 +97,8 @@ print(f"mean of the ranks' means : {mean_of_means:.4f}  ({abs(mean_of_means - ri
 # %%
 from minilora.train.trainer import Trainer  # noqa: E402
 
-src = inspect.getsource(Trainer.training_step)
-print(src[:src.index("        self.scaler.unscale_")])
-print(inspect.getsource(distributed.rank_slice))
+show(Trainer.training_step, region="accumulate")
+show(distributed.rank_slice)
 
 # %%
 per_rank = [len(token_losses) * t.sum() / n_global for t in token_losses]  # what each rank backpropagates
@@ -115,7 +114,7 @@ print(f"each rank's loss x W: {[round(float(x), 4) for x in per_rank]}; DDP's av
 # `estimate_memory_per_rank` applies these splits to the week-4 calculator:
 
 # %%
-print(inspect.getsource(estimate_memory_per_rank))
+show(estimate_memory_per_rank)
 
 # %%
 shapes = {"Llama-3-8B": catalogue_config("llama-3-8b"),
@@ -171,7 +170,7 @@ for gpu_gib in (24, 80):
 # skip integer tensors), and viewed back as float32 after the all-gather:
 
 # %%
-print(inspect.getsource(Linear4bit.store_as_bytes))
+show(Linear4bit.store_as_bytes)
 layer = Linear4bit.from_linear(torch.nn.Linear(256, 128))
 before = {n: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in layer.state_dict().items()}
 x = torch.randn(3, 256)

@@ -22,7 +22,8 @@ LAYERS = [
     ("models", ["minilora.models"]),
     ("files and memory", ["minilora.io", "minilora.memory"]),
     ("facade and training", ["minilora.save", "minilora.loader", "minilora.train"]),
-    ("commands", ["minilora.commands", "minilora.cli", "minilora.__main__", "minilora.course", "minilora"]),
+    ("commands", ["minilora.commands", "minilora.cli", "minilora.__main__", "minilora.course", "minilora.prose",
+                  "minilora.show", "minilora"]),
 ]
 
 
