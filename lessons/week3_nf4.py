@@ -52,6 +52,8 @@ if not torch.cuda.is_available():  # no GPU: Triton kernels run in its interpret
 from benchmarks.harness import COPY_IMPL, latest, load_results
 from minilora import FastLanguageModel, linear4bit
 from minilora.linear4bit import Linear4bit, quantize_model
+from minilora.memory import SavedTensorMeter
+from minilora.prose import claim
 from minilora.quant import (
     NF4_CODEBOOK,
     blockwise,
@@ -346,12 +348,13 @@ show(linear4bit._DequantMatmul)
 # %%
 layer = Linear4bit.from_linear(torch.nn.Linear(576, 1536, bias=False))
 x = torch.randn(4, 576, requires_grad=True)
-saved = []
-with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+with SavedTensorMeter(layer) as saved:  # the layer's own codes and scales are not counted
     y = layer(x)
 y.sum().backward()
-print(f"values saved for backward: {sum(saved)} (the dense weight would be {576 * 1536:,}); "
-      f"dX computed: {tuple(x.grad.shape)}")
+dense = 576 * 1536 * 4  # the float32 weight a plain autograd backward would keep
+claim("the layer saves {saved:,} bytes for its backward (the input x), not the {dense:,}-byte dense weight; "
+      "dX still comes out with shape {shape}", saved.bytes < dense and saved.bytes <= x.numel() * 4,
+      saved=saved.bytes, dense=dense, shape=list(x.grad.shape))
 print(f"lesson ran in {time.time() - t_start:.0f} s")
 
 # %% [markdown]

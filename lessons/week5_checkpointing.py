@@ -36,8 +36,6 @@
 # | patches applied to transformers / TRL / PEFT at import (fused forwards, fixes such as gradient accumulation) | route the libraries' layers to fast code | none by design: `minilora/ops.py` is the one switch, and minilora's own trainer (`minilora/train/trainer.py`) divides by the step's token count (week 1) |
 
 # %%
-import statistics
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -45,7 +43,7 @@ import torch
 from minilora.lora import get_peft_model
 from minilora.memory import measure_activations
 from minilora.models import build_model, catalogue_config, checkpointing
-from minilora.prose import compare, ratio
+from minilora.prose import claim, compare
 from minilora.show import show
 
 torch.manual_seed(0)
@@ -150,32 +148,55 @@ print(f"head (logits and final norm), kept in every mode: {(kept['none', 1][0] -
 # Recompute runs every layer's forward twice (once in the forward pass, once in the backward); offload adds a copy
 # of each layer input out and back. On a CPU "host" and "device" are the same memory, so the offload copy is a
 # plain memcpy here; on a GPU it crosses PCIe, overlapped with compute by non-blocking copies from pinned memory.
-# The cell times forward + backward of the 3-layer model in each mode (median of 3 steps after a warm-up).
+# The cell times forward + backward of the 3-layer model in each mode with the benchmarks' harness: one untimed
+# warm-up step each, then 3 rounds of 2 steps with the order of the modes rotated, median and [min–max]. A CPU
+# shared with other programs moves these numbers from run to run, so the cell words them from their sign and
+# draws no conclusion from them; the conclusion comes from the recorded GPU run after it.
 
 # %%
+from benchmarks.harness import summarize, time_rotated
+from benchmarks.schema import latest, load_results, pick
+
 model, _ = small_model(3)
-step_s = {}
-for name, mode in MODES.items():
-    model.gradient_checkpointing = mode
-    times = []
-    for i in range(4):
-        start = time.perf_counter()
+
+
+def step(mode):
+    def run():
+        model.gradient_checkpointing = mode
         model(ids, labels=ids).loss.backward()
         model.zero_grad(set_to_none=True)
-        if i:  # the first step is a warm-up
-            times.append(time.perf_counter() - start)
-    step_s[name] = statistics.median(times)
-    print(f"{name:10s} {1000 * step_s[name]:7.1f} ms per step")
+    return run
+
+
+timed = time_rotated({name: step(mode) for name, mode in MODES.items()}, rounds=3, reps=2, warmup=1)
+cpu = {name: summarize(samples) for name, samples in timed["samples"].items()}
+for name, row in cpu.items():
+    print(f"{name:10s} {row['median_ms']:7.1f} ms per step [{row['min_ms']:.1f}–{row['max_ms']:.1f}]")
 for name in ("recompute", "offload"):
-    print(f"{name} vs none: {compare(1000 * (step_s[name] - step_s['none']), 'ms')} a step, "
-          f"{ratio(step_s[name], step_s['none'], kind='time')}")
+    print(f"{name} vs none on this CPU: {compare(cpu[name]['median_ms'] - cpu['none']['median_ms'], 'ms')} a step")
+
+# %%
+gpu = load_results(latest("benchmarks/results", "gpu-checkpointing"))
+off, rec, offl = (pick(gpu, impl=f"checkpointing {m}") for m in ("off", "recompute", "offload"))
+print(f"recorded: {off['name']}, {gpu['card']}, {gpu['date'][:10]}, torch {gpu['versions']['torch']}")
+for row in (off, rec, offl):
+    print(f"  {row['impl']:24s} {row['median_ms']:6.1f} ms [{row['min_ms']:.1f}–{row['max_ms']:.1f}]  peak "
+          f"{row['peak_gib']:5.2f} GiB")
+claim("on the GPU, recompute costs time: {rec:.1f} ms a step against {off:.1f} ms without checkpointing "
+      "({slower:.2f}x), and saves memory: peak {rec_gib:.1f} GiB against {off_gib:.1f} GiB",
+      rec["median_ms"] > off["median_ms"] and rec["peak_gib"] < off["peak_gib"], rec=rec["median_ms"],
+      off=off["median_ms"], slower=rec["median_ms"] / off["median_ms"], rec_gib=rec["peak_gib"],
+      off_gib=off["peak_gib"])
+claim("offload lowers the peak a further {less:.2f} GiB below recompute's", offl["peak_gib"] < rec["peak_gib"],
+      less=rec["peak_gib"] - offl["peak_gib"])
+print(f"offload vs recompute, time: {compare(offl['median_ms'] - rec['median_ms'], 'ms')} a step (its copies "
+      f"overlap the compute)")
 
 # %% [markdown]
 # The memory saved grows with the number of layers and with B × T (section 2). The time cost is the extra forward
-# of every layer, plus the copies for offload: the cell above measured it here, and on a shared or small CPU step
-# times of a few seconds vary from run to run, so compare only within one run. Fine-tuning recipes switch
-# checkpointing on by default because the memory is what decides whether a run fits at all; Unsloth's offload
-# mode matters on long sequences, where the layer inputs themselves become the largest pile on the GPU.
+# of every layer, plus the copies for offload. Fine-tuning recipes switch checkpointing on by default because the
+# memory is what decides whether a run fits at all; Unsloth's offload mode matters on long sequences, where the
+# layer inputs themselves become the largest pile on the GPU.
 #
 # ## Exercises
 #

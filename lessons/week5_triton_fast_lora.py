@@ -237,32 +237,23 @@ for name, a, b in zip(["gate A", "gate B", "up A", "up B", "down A", "down B"], 
 #
 # Two things decide a training step's memory here: what the forward **saves** for the backward (it lives from the
 # forward until its backward runs — for every layer at once), and what the backward **allocates**. Both can be
-# measured on a CPU: `torch.autograd.graph.saved_tensors_hooks` sees every tensor saved for backward (including
-# those of custom Functions), and a `TorchDispatchMode` sees every new tensor an op returns — the library's
-# `minilora.memory.AllocationLog`:
+# measured on a CPU with the library's meters: `minilora.memory.SavedTensorMeter` sees every tensor saved for
+# backward (through `torch.autograd.graph.saved_tensors_hooks`, so including those of custom Functions), and
+# `minilora.memory.AllocationLog`, a `TorchDispatchMode`, sees every new tensor an op returns:
 
 # %%
-from minilora.memory import AllocationLog  # noqa: E402
+from minilora.memory import AllocationLog, SavedTensorMeter  # noqa: E402
 
-show(AllocationLog)
+show(SavedTensorMeter, AllocationLog)
 
 
 def measure(run_forward, layers):
     """(MiB saved for backward, excluding weights; MiB allocated by the backward)."""
-    weights = {p.untyped_storage().data_ptr() for l in layers for p in l.parameters()}
-    saved = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorMeter(*layers) as saved:
         out = run_forward()
     with AllocationLog() as counter:
         out.backward(torch.ones_like(out))
-    return sum(saved.values()) / 2**20, counter.bytes / 2**20
+    return saved.bytes / 2**20, counter.bytes / 2**20
 
 
 N_tok, C, I = 512, 256, 688  # a scaled-down MLP (Llama-3-8B's ratio I / C = 3.5)
@@ -405,8 +396,11 @@ plt.show()
 
 # %% [markdown]
 # Both versions run the same matmuls, which dominate the time, so the time line above is the smaller of the two
-# effects it could show; the memory line is the point: every layer of a real model keeps its saved tensors alive
-# until its backward runs, so the difference per MLP is multiplied by the number of layers.
+# effects it could show; the memory line is the point. How the per-MLP difference adds up in a whole model depends
+# on checkpointing. Without it, every layer keeps its saved tensors alive until its backward runs, so the
+# difference is paid once per layer. With it — and every recorded end-to-end run uses it — a layer's tensors exist
+# only while that one layer is recomputed and differentiated, so the difference lowers the step's peak once, not
+# once per layer (week 5's checkpointing lesson measures what each layer keeps in each mode).
 #
 # ## Exercises
 #

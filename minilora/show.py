@@ -18,6 +18,7 @@ import inspect
 import re
 import textwrap
 
+SOURCE_METADATA = "minilora_source"  # marks a shown source in an executed notebook (the prose checks read it)
 _START = re.compile(r"^\s*# region (\S+)\s*$")
 _END = re.compile(r"^\s*# endregion\b")
 
@@ -84,6 +85,7 @@ def show(*objs, region: str | None = None) -> None:
         text = source_of(obj, region)
         if in_notebook():
             from IPython.display import Code, display
-            display(Code(text, language="python"))
+            name = getattr(getattr(obj, "fn", obj), "__qualname__", getattr(obj, "__name__", "?"))
+            display(Code(text, language="python"), metadata={SOURCE_METADATA: {"name": name, "region": region}})
         else:
             print(text)
