@@ -53,8 +53,8 @@ import torch
 import minilora
 from minilora.linear4bit import Linear4bit
 from minilora.memory import STAGES, GiB, estimate_memory, estimate_memory_per_rank
-from minilora.prose import claim
 from minilora.models import catalogue_config
+from minilora.prose import claim
 from minilora.show import show
 from minilora.train import distributed, parity
 
