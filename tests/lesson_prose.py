@@ -27,9 +27,10 @@ _UNITS = (r"%|x(?![\w])|×(?!\s*[\d(|])|GiB|MiB|KiB|GB/s|TB/s|GB|MB|KB|tok/s|tok
           r"seconds?|minutes?|min(?![\w])|bits?(?![\w])|bytes(?![\w])")
 # Counted things: a number of them is a measurement or a setting the lesson must show, as digits or as a word.
 COUNT_UNITS = r"(?:steps?|GPUs?|cards?|decades?|layers?|levels?|sequences?|epochs?)(?![\w-])"
+# ("one" is left out: "that one layer", "one layer at a time" name a thing, not a count)
 NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve "
                                            "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
-                                           .split())}
+                                           .split()) if i > 1}
 FIGURE = re.compile(r"(?<![\w.,/])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s?(" + _UNITS + ")")
 COUNT = re.compile(r"(?<![\w.,/-])(\d{1,3}(?:,\d{3})+|\d+|" + "|".join(NUMBER_WORDS) + r")\s+(?:[a-z-]+\s+)?("
                    + COUNT_UNITS + ")", re.I)
@@ -153,30 +154,34 @@ INTERPRETIVE = re.compile(r"(?<![\w-])(?:memori[sz]\w*|ruins?|ruined|needs?|need
                           re.I)
 # Verdicts that need a claim even without a number beside them (the stem a claim must also use).
 VERDICTS = {"memoriz": re.compile(r"memori[sz]", re.I), "ruin": re.compile(r"(?<![\w])ruin", re.I),
-            "cost": re.compile(r"(?<![\w])costs? (?:time|memory)", re.I)}
+            "cost": re.compile(r"(?<![\w])costs? (?:time|memory)", re.I),
+            "the number of": re.compile(r"(?:multipl\w+ by|grows? with|scales? with) the number of", re.I)}
 ATTRIBUTION = re.compile(r"README|paper|claims?\b|publishe|promises|advertis|according to|by definition|cites?\b",
                          re.I)
 _SENTENCE = re.compile(r"[^.!?\n]+(?:\.(?=\d)[^.!?\n]*)*[.!?]?")
 
 
-def _claimed_numbers(claims) -> list[float]:
-    numbers = []
+def _claimed_numbers(claims) -> tuple[dict[str, list[float]], list[float]]:
+    """Figures the claims state (unit -> values, from their sentences) and the raw numbers of their data."""
+    stated: dict[str, list[float]] = {}
+    data = []
     for record in claims:
-        numbers += [v for _, v, _ in _numbers_in(record["text"])]
+        for value, _, unit, _ in _figures(record["text"]):
+            stated.setdefault(unit, []).append(value)
         for value in record.get("data", {}).values():
             for v in value if isinstance(value, list) else [value]:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    numbers.append(float(v))
-    return numbers
+                    data.append(float(v))
+    return stated, data
 
 
-def _numbers_in(text: str):
-    for value, decimals, _, shown in _figures(text):
-        yield shown, value, decimals
-
-
-def _backed(value: float, decimals: int, claimed: list[float]) -> bool:
-    return any(round(c, decimals) == value or round(abs(c), decimals) == value for c in claimed)
+def _backed(value: float, decimals: int, unit: str, claimed) -> bool:
+    """A figure is backed when a claim's sentence states it with the same unit, or (for a figure precise enough
+    not to match by chance: one with decimals) when a claim's data holds it."""
+    stated, data = claimed
+    if any(round(c, decimals) == value for c in stated.get(unit, [])):
+        return True
+    return decimals > 0 and any(round(abs(c), decimals) == value for c in data)
 
 
 def unbacked_interpretations(nb) -> list[str]:
@@ -191,11 +196,8 @@ def unbacked_interpretations(nb) -> list[str]:
             for sentence in _SENTENCE.findall(text):
                 if not INTERPRETIVE.search(sentence) or ANNOTATION.search(sentence) or ATTRIBUTION.search(sentence):
                     continue
-                loose = [shown for shown, value, decimals in _numbers_in(sentence)
-                         if not _backed(value, decimals, claimed)]
-                loose += [m.group(0) for m in INTERPRETIVE.finditer(sentence) if m.group(0)[0].isdigit()
-                          and not _backed(float(re.match(r"\d+(?:\.\d+)?", m.group(0)).group(0)),
-                                          len((re.match(r"\d+(?:\.(\d+))?", m.group(0)).group(1) or "")), claimed)]
+                loose = [shown for value, decimals, unit, shown in _figures(sentence)
+                         if not _backed(value, decimals, unit, claimed)]
                 if loose:
                     problems.append(f"{where}: {', '.join(repr(x) for x in dict.fromkeys(loose))} interpreted "
                                     f"without a claim(): {sentence.strip()[:140]}")
