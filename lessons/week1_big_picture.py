@@ -278,7 +278,7 @@ print(f"{len(tensors)} tensors, {n_adapter:,} numbers: {100 * n_adapter / model.
 # words, to "Finetune … 2x faster with 80% less VRAM"; its table of notebooks gives, per model, figures such as
 # "2x faster | 70% less" (Llama 3.1 8B). Earlier versions of the same README said "2-5x faster". Its benchmark
 # section says what those figures compare: Alpaca, batch 2, gradient accumulation 4, rank 32, **QLoRA** on all
-# seven linear layers, against **"Hugging Face + FA2"** — so the 70% is Unsloth's QLoRA against Hugging Face's QLoRA
+# seven linear projections of each block, against **"Hugging Face + FA2"** — so the 70% is Unsloth's QLoRA against Hugging Face's QLoRA
 # on the same GPU, not QLoRA against full fine-tuning. Two different comparisons hide behind "less memory":
 #
 # 1. **QLoRA vs full fine-tuning**: what LoRA and 4-bit weights remove (gradients and optimizer state of every

@@ -237,7 +237,7 @@ show(flce.FusedLinearCrossEntropyFunction.forward)
 # %% [markdown]
 # Memory is now one chunk of logits plus the gradients you asked for. The default chunk keeps the logits chunk near
 # `CHUNK_BYTES`; the cell computes the peak for a few chunk sizes at Llama-3 shapes, with a trainable lm_head (dW
-# is a (V, H) bf16 tensor, 0.98 GiB, needed anyway) and a frozen one (LoRA: no dW at all).
+# is a (V, H) bf16 tensor, 0.98 GiB, which training the head holds in any case) and a frozen one (LoRA: no dW at all).
 
 # %%
 for C in (flce.default_chunk_size(N, V, 2), 512, 1024, N):

@@ -339,7 +339,7 @@ plt.show()
 # ## 7. `Linear4bit`: dequantize in forward, and again in backward
 #
 # The input gradient needs the weight: $dX = dY\,W$. Keeping the dequantized W from the forward until the
-# backward would cost 16 bits a parameter — the very memory NF4 saves. So the autograd Function saves *nothing*
+# backward would keep 16 bits a parameter alive — the very memory NF4 is there to remove. So the autograd Function saves *nothing*
 # and dequantizes a second time in backward:
 
 # %%

@@ -26,7 +26,7 @@
 #    measured in the same call;
 # 2. say how much faster and leaner each stage of the ladder is than the anchor, and how close to the card's limit
 #    it runs (model-FLOPs utilisation);
-# 3. name the technique behind each change of step time and peak memory — and where a technique costs time.
+# 3. name the technique behind each change of step time and peak memory — and where a technique slows the step down.
 #
 # **Where this lives.** The techniques and their Unsloth counterparts are mapped in part 1's table. The measuring
 # code: `benchmarks/harness.py` (timing and the results schema), `benchmarks/bench_e2e.py` and

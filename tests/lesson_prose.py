@@ -26,7 +26,7 @@ from minilora.show import SOURCE_METADATA
 _UNITS = (r"%|x(?![\w])|×(?!\s*[\d(|])|GiB|MiB|KiB|GB/s|TB/s|GB|MB|KB|tok/s|tokens/s|ms|µs|s(?![\w])|"
           r"seconds?|minutes?|min(?![\w])|bits?(?![\w])|bytes(?![\w])")
 # Counted things: a number of them is a measurement or a setting the lesson must show, as digits or as a word.
-COUNT_UNITS = r"(?:steps?|GPUs?|cards?|decades?|layers?|levels?|sequences?|epochs?)(?![\w-])"
+COUNT_UNITS = r"(?:steps?|GPUs?|cards?|decades?|layers?|sequences?|epochs?)(?![\w-])"
 # ("one" is left out: "that one layer", "one layer at a time" name a thing, not a count)
 NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve "
                                            "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
@@ -158,7 +158,16 @@ VERDICTS = {"memoriz": re.compile(r"memori[sz]", re.I), "ruin": re.compile(r"(?<
             "the number of": re.compile(r"(?:multipl\w+ by|grows? with|scales? with) the number of", re.I)}
 ATTRIBUTION = re.compile(r"README|paper|claims?\b|publishe|promises|advertis|according to|by definition|cites?\b",
                          re.I)
-_SENTENCE = re.compile(r"[^.!?\n]+(?:\.(?=\d)[^.!?\n]*)*[.!?]?")
+# a sentence ends at . ! ? followed by a space or the end (not in "README.md", "e.g.", "0.98"), or at a line break
+_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s\n]))+[.!?]?")
+_QUOTED = re.compile(r"“[^”]*”|\"[^\"\n]*\"")  # a quotation is a citation, not the lesson's own interpretation
+
+
+def _prose(markdown: str) -> str:
+    """A markdown cell as sentences: no code, math or links; wrapped lines joined (list items and table rows stay
+    on their own lines)."""
+    text = _NOT_PROSE.sub(" ", markdown)
+    return re.sub(r"(?<!\n)\n(?!\n|\s*(?:[-*|#>]|\d+\.)\s)", " ", text)
 
 
 def _claimed_numbers(claims) -> tuple[dict[str, list[float]], list[float]]:
@@ -191,7 +200,8 @@ def unbacked_interpretations(nb) -> list[str]:
     claimed = _claimed_numbers(kinds["claims"])
     claim_text = " ".join(record["text"] for record in kinds["claims"])
     problems = []
-    for where, texts in (("markdown", [_NOT_PROSE.sub(" ", md) for md in markdown]), ("output", kinds["printed"])):
+    for where, texts in (("markdown", [_QUOTED.sub(" ", _prose(md)) for md in markdown]),
+                         ("output", kinds["printed"])):
         for text in texts:
             for sentence in _SENTENCE.findall(text):
                 if not INTERPRETIVE.search(sentence) or ANNOTATION.search(sentence) or ATTRIBUTION.search(sentence):
@@ -201,7 +211,7 @@ def unbacked_interpretations(nb) -> list[str]:
                 if loose:
                     problems.append(f"{where}: {', '.join(repr(x) for x in dict.fromkeys(loose))} interpreted "
                                     f"without a claim(): {sentence.strip()[:140]}")
-    for where, texts in (("markdown", [_NOT_PROSE.sub(" ", md) for md in markdown]), ("output", kinds["printed"]),
+    for where, texts in (("markdown", [_prose(md) for md in markdown]), ("output", kinds["printed"]),
                          ("shown source", kinds["source"])):
         for text in texts:
             for sentence in _SENTENCE.findall(text):
