@@ -352,8 +352,8 @@ with SavedTensorMeter(layer) as saved:  # the layer's own codes and scales are n
     y = layer(x)
 y.sum().backward()
 dense = 576 * 1536 * 4  # the float32 weight a plain autograd backward would keep
-claim("the layer saves {saved:,} bytes for its backward (the input x), not the {dense:,}-byte dense weight; "
-      "dX still comes out with shape {shape}", saved.bytes < dense and saved.bytes <= x.numel() * 4,
+claim("the layer saves {saved:,} bytes for its backward (at most its input), never the {dense:,}-byte dense "
+      "weight; dX still comes out with shape {shape}", saved.bytes < dense and saved.bytes <= x.numel() * 4,
       saved=saved.bytes, dense=dense, shape=list(x.grad.shape))
 print(f"lesson ran in {time.time() - t_start:.0f} s")
 

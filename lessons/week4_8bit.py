@@ -243,6 +243,7 @@ print(f"after 20 steps: largest code difference m {dm}, v {dv}; absmax "
 # not, and m / (√v + ε), with ε = 1e-8, is enormous. Three steps each way:
 
 # %%
+zero_v, moves = {}, {}
 for rounding in ("nearest", "grid"):
     p = torch.nn.Parameter(torch.randn(64, 100, generator=torch.Generator().manual_seed(0)) * 0.1)
     opt, largest = AdamW8bit([p], lr=1e-2, rounding=rounding), 0.0
@@ -252,8 +253,13 @@ for rounding in ("nearest", "grid"):
         opt.step()
         largest = max(largest, (p - before).abs().max().item())
     m, v = dequantize_states(opt.state[p], p.device)
-    print(f"rounding={rounding:8s} values with v = 0 but m ≠ 0: {int(((v == 0) & (m != 0)).sum()):4d}; largest "
-          f"parameter move in one step {largest:.3g} (lr = 0.01)")
+    zero_v[rounding], moves[rounding] = int(((v == 0) & (m != 0)).sum()), largest
+    print(f"rounding={rounding:8s} after {step + 1} steps, values with v = 0 but m ≠ 0: {zero_v[rounding]:4d}; "
+          f"largest parameter move in one step {largest:.3g} (lr = 0.01)")
+claim("exact rounding leaves {n} values with v = 0 but m ≠ 0 and moves a parameter by up to {big:.3g} in one step, "
+      "{times:.0f}x the grid's largest move ({small:.3g})", zero_v["nearest"] > zero_v["grid"]
+      and moves["nearest"] > 10 * moves["grid"], n=zero_v["nearest"], big=moves["nearest"],
+      times=moves["nearest"] / moves["grid"], small=moves["grid"])
 
 # %% [markdown]
 # ## 5. A LoRA fine-tune with 8-bit states, and the bytes at Llama-3-8B scale

@@ -102,7 +102,8 @@ for name, kw in setups.items():
                             f"{kw['seq_len']} tokens", **kw))
     estimates[name] = {m: estimate_memory(cfg, m, **kw) for m in METHODS}
     full, qlora = estimates[name]["full"].total, estimates[name]["qlora"].total
-    print(f"QLoRA needs {qlora / full:.1%} of full fine-tuning's memory ({1 - qlora / full:.1%} less)")
+    claim("QLoRA needs {share:.1%} of full fine-tuning's memory ({less:.1%} less)", qlora < full,
+          share=qlora / full, less=1 - qlora / full)
     # the variation: AdamW's two moments in fp32 rather than in the (bf16) parameter's dtype
     full_fp32_moments = full + n["total"] * 2 * (4 - 2)  # every parameter: 2 moments, 4 bytes instead of 2
     print(f"variation, moments in fp32: full fine-tuning {full_fp32_moments / GiB:.2f} GiB instead of "
@@ -135,9 +136,10 @@ plt.show()
 q8b, c8b = estimates["llama-3-8b"]["qlora"], param_counts(catalogue_config("llama-3-8b"))
 dense16 = (c8b["total"] - c8b["block_linear"]) * 2
 nf4_linears = q8b.weights - dense16 + q8b.quant_state
-print(f"Llama-3-8B QLoRA weights: block linears in NF4 {nf4_linears / GiB:.2f} GiB "
-      f"({8 * nf4_linears / c8b['block_linear']:.3f} bits per parameter), "
-      f"16-bit embedding + head + norms {dense16 / GiB:.2f} GiB, adapters {q8b.adapter / GiB:.3f} GiB")
+bits = 8 * nf4_linears / c8b["block_linear"]
+claim("Llama-3-8B QLoRA weights: block linears in NF4 {nf4:.2f} GiB ({bits:.3f} bits per parameter: about 4 bits "
+      "instead of 16), 16-bit embedding + head + norms {dense:.2f} GiB, adapters {adapters:.3f} GiB", 4 <= bits < 4.5,
+      nf4=nf4_linears / GiB, bits=bits, dense=dense16 / GiB, adapters=q8b.adapter / GiB)
 
 # %% [markdown]
 # ## 3. What NF4 really costs per parameter
@@ -155,7 +157,8 @@ for bs in (32, 64, 128, 256):
           f"{4 + quant_state_bits_per_param(bs, True):23.4f} {dq.bits_per_param():22.4f}")
 cfg8b = catalogue_config("llama-3-8b")
 saved = sum(32 * (o * i) // 64 // 8 - nf4_bytes(o * i)["state"] for o, i in memory.block_linear_shapes(cfg8b).values())
-print(f"double quantization saves {saved * cfg8b.num_hidden_layers / 2**20:.0f} MiB on Llama-3-8B's block linears")
+claim("double quantization saves {mib:.0f} MiB on Llama-3-8B's block linears", saved > 0,
+      mib=saved * cfg8b.num_hidden_layers / 2**20)
 
 # %% [markdown]
 # ## 4. Predicted vs measured, with real tensors on the CPU

@@ -129,7 +129,7 @@ plt.show()
 # %% [markdown]
 # Read the per-layer column against the size of one layer input printed above: with recompute a layer keeps its
 # input and nothing else, with offload that input moves to host memory and the device keeps none of it. What
-# stays on the device whatever the mode (the value at 1 layer minus one layer's share) is the model's head: the
+# stays on the device whatever the mode (the one-layer column minus one layer's share) is the model's head: the
 # final norm and the logits the loss needs, (B·T × V) — the part week 3's fused loss removes.
 
 # %%
@@ -149,8 +149,9 @@ print(f"head (logits and final norm), kept in every mode: {(kept['none', 1][0] -
 # Recompute runs every layer's forward twice (once in the forward pass, once in the backward); offload adds a copy
 # of each layer input out and back. On a CPU "host" and "device" are the same memory, so the offload copy is a
 # plain memcpy here; on a GPU it crosses PCIe, overlapped with compute by non-blocking copies from pinned memory.
-# The cell times forward + backward of the 3-layer model in each mode with the benchmarks' harness: one untimed
-# warm-up step each, then 3 rounds of 2 steps with the order of the modes rotated, median and [min–max]. A CPU
+# The cell times forward + backward of the 3-layer model in each mode with the benchmarks' harness: untimed
+# warm-up steps first, then rounds of timed steps with the order of the modes rotated (the cell prints how many),
+# median and [min–max]. A CPU
 # shared with other programs moves these numbers from run to run, so the cell words them from their sign and
 # draws no conclusion from them; the conclusion comes from the recorded GPU run after it.
 
@@ -169,7 +170,9 @@ def step(mode):
     return run
 
 
-timed = time_rotated({name: step(mode) for name, mode in MODES.items()}, rounds=3, reps=2, warmup=1)
+ROUNDS, REPS, WARMUP = 3, 2, 1
+timed = time_rotated({name: step(mode) for name, mode in MODES.items()}, rounds=ROUNDS, reps=REPS, warmup=WARMUP)
+print(f"{WARMUP} warm-up step per mode, then {ROUNDS} rounds of {REPS} steps each, order rotated: {timed['orders']}")
 cpu = {name: summarize(samples) for name, samples in timed["samples"].items()}
 for name, row in cpu.items():
     print(f"{name:10s} {row['median_ms']:7.1f} ms per step [{row['min_ms']:.1f}–{row['max_ms']:.1f}]")

@@ -273,8 +273,8 @@ claim("frozen bytes held per rank: {fsdp} with FSDP, {ddp} with DDP — FSDP kee
 #
 # ## 5. Measured on GPUs
 #
-# `python -m benchmarks.gpu_distributed` measures tokens/s and peak memory per GPU for 1, 2 and 4 GPUs with DDP and FSDP
-# at the Llama-3-8B shape. Its recorded results, if any, are plotted here.
+# `python -m benchmarks.gpu_distributed` measures tokens/s and peak memory per GPU, with DDP and FSDP, for each GPU
+# count up to the machine's, at the Llama-3-8B shape. Its recorded results, if any, are plotted here.
 
 # %%
 from benchmarks.harness import latest, load_results  # noqa: E402  (the results schema's reader)

@@ -32,7 +32,7 @@ NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six sev
                                            "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
                                            .split()) if i > 1}
 FIGURE = re.compile(r"(?<![\w.,/])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s?(" + _UNITS + ")")
-COUNT = re.compile(r"(?<![\w.,/-])(\d{1,3}(?:,\d{3})+|\d+|" + "|".join(NUMBER_WORDS) + r")\s+(?:[a-z-]+\s+)?("
+COUNT = re.compile(r"(?<![\w.,/-])(\d{1,3}(?:,\d{3})+|\d+|" + "|".join(NUMBER_WORDS) + r")\s+(?-i:[a-z][a-z-]*\s+)?("
                    + COUNT_UNITS + ")", re.I)
 _NOT_PROSE = re.compile(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$|\]\([^)]*\)|https?://\S+", re.S)
 SIGNED = re.compile(r"(?<![\w.])([+\-−])(\d[\d,]*(?:\.\d+)?)\s?(" + "|".join(re.escape(u) for u in sorted(
