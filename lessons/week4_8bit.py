@@ -296,7 +296,7 @@ claim("both runs end below chance (ln {V} = {chance:.3f}): {fp32:.3f} with fp32 
       "they learn something of the {n} sequences, far from memorizing them (that would take the loss near 0)",
       bool(a[-1] < chance and b[-1] < chance and min(a[-1], b[-1]) > 0.5), V=cfg.vocab_size, chance=chance,
       fp32=float(a[-1]), q8=float(b[-1]), n=ids.shape[0])
-claim("the 8-bit curve stays within {gap:.2f}% of the first loss of the fp32 curve",
+claim("the 8-bit curve never strays from the fp32 curve by more than {gap:.2f}% of the first loss",
       bool(100 * (a - b).abs().max() / a[0] < 5), gap=float(100 * (a - b).abs().max() / a[0]))
 fig, ax = plt.subplots(figsize=(7, 3))
 for name, c in curves.items():

@@ -107,7 +107,15 @@ def _number(value) -> object:
     raise TypeError(f"claim() data must be numbers, strings or lists of them; got {type(value).__name__}")
 
 
-def claim(text: str, condition, **data) -> str:
+class CheckedSentence(str):
+    """The sentence a claim() checked. It is a plain str for reuse in later prose; as a cell's last value it shows
+    nothing, because claim() has already shown it with its numbers."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def claim(text: str, condition, **data) -> CheckedSentence:
     """Print `text` (formatted with `data`) and the numbers it rests on; raise ClaimFailed when `condition` is false.
 
     ``claim("the loss falls from {first:.3f} to {last:.3f}, below chance ({chance:.3f})",
@@ -130,7 +138,7 @@ def claim(text: str, condition, **data) -> str:
         raise ClaimFailed(f"the lesson says: {sentence!r}, but its numbers do not support it ({shown or 'no data'}). "
                           "Reword the sentence from the new numbers or find what changed them.")
     _emit(line, {"text": sentence, "data": values})
-    return sentence
+    return CheckedSentence(sentence)
 
 
 def _emit(line: str, record: dict) -> None:
