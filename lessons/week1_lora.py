@@ -110,9 +110,10 @@ for name, method, trainable, b in rows:
           f"{b['AdamW state'] / GiB:>8.2f}G {sum(b.values()) / GiB:>8.2f}G")
 for name in ("smollm2-135m", "llama-3-8b"):
     (_, _, n_full, full), (_, _, n_lora, lora) = [row for row in rows if row[0] == name]
-    print(f"{name}: LoRA trains {100 * n_lora / n_full:.2f}% of the parameters and needs "
-          f"{sum(lora.values()) / sum(full.values()):.1%} of full fine-tuning's bytes "
-          f"(saving {(sum(full.values()) - sum(lora.values())) / GiB:.2f} GiB)")
+    full_b, lora_b = sum(full.values()), sum(lora.values())
+    claim("{name}: LoRA trains {share:.2f}% of the parameters and needs {bytes_share:.1%} of full fine-tuning's "
+          "bytes (saving {saved:.2f} GiB)", n_lora < n_full and lora_b < full_b, name=name,
+          share=100 * n_lora / n_full, bytes_share=lora_b / full_b, saved=(full_b - lora_b) / GiB)
 for name in ("smollm2-135m", "llama-3-8b"):
     (_, _, n_full, full), (_, _, n_lora, lora) = [row for row in rows if row[0] == name]
     extra = (ADAMW_FP32_BYTES - ADAMW_BYTES)
