@@ -16,7 +16,7 @@
 # The last layer of a language model turns every token's hidden state into one score per vocabulary entry. With
 # Llama-3's 128,256-entry vocabulary those scores — the *logits* — are the largest tensor of a fine-tuning step, and
 # the textbook way of turning them into a loss copies them twice more. This lesson measures why, then builds the
-# cure in three steps: a one-pass **running log-sum-exp**, **chunking** a long row over several programs, and the
+# cure in three parts: a one-pass **running log-sum-exp**, **chunking** a long row over several programs, and the
 # **fused linear + cross-entropy** that never holds all the logits at once.
 #
 # **Goals.** By the end you can
@@ -66,6 +66,7 @@ GiB = 2**30
 # %%
 from minilora.memory import lora_param_count  # noqa: E402
 from minilora.models import catalogue_config  # noqa: E402
+from minilora.prose import compare
 from minilora.show import show
 
 llama8b = catalogue_config("llama-3-8b")
@@ -214,7 +215,7 @@ show(ce.CrossEntropyFunction.backward)
 # `LlamaForCausalLM.loss`); `cross_entropy_fast(..., inplace_grad=False)` is the explicit opt-out.
 
 # %%
-from minilora.models.llama import LlamaForCausalLM  # noqa: E402
+from minilora.models.llama import LlamaForCausalLM
 
 show(LlamaForCausalLM.loss)
 
@@ -321,13 +322,12 @@ plt.show()
 # each group, and minilora against each alternative), rather than trusting prose written before the run.
 
 # %%
-def compare(group, mine, other):
+def against(group, mine, other):
+    """minilora against one alternative, each word picked from the sign of its difference (minilora.prose)."""
     dt, dm = mine["median_ms"] - other["median_ms"], mine["peak_gib"] - other["peak_gib"]
-    speed = "faster" if dt < 0 else "slower" if dt > 0 else "as fast"
-    mem = "less" if dm < 0 else "more" if dm > 0 else "the same"
-    return (f"{group}: {mine['impl']} is {abs(dt):.2f} ms {speed} than {other['impl']} "
-            f"({mine['median_ms']:.2f} vs {other['median_ms']:.2f} ms) and needs {abs(dm):.3f} GiB {mem} "
-            f"({mine['peak_gib']:.3f} vs {other['peak_gib']:.3f} GiB)")
+    return (f"{group}: {mine['impl']} against {other['impl']} ({mine['median_ms']:.2f} vs "
+            f"{other['median_ms']:.2f} ms; {mine['peak_gib']:.3f} vs {other['peak_gib']:.3f} GiB): "
+            f"{compare(dt, 'ms', fmt='.2f')}; {compare(dm, 'GiB', fmt='.3f')}")
 
 
 for group in GROUPS:
@@ -341,7 +341,7 @@ for group in GROUPS:
                 None)
     for other in (r for r in sel if not r["impl"].startswith("minilora")):
         if mine:
-            print("    " + compare(group, mine, other))
+            print("    " + against(group, mine, other))
 
 # %% [markdown]
 # Read the numbers above with section 5's memory formula in mind: with a trainable head, each chunk

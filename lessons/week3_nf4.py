@@ -115,7 +115,7 @@ plt.show()
 # ## 2. A real weight becomes bytes
 #
 # Load SmolLM2-135M (the bundled GGUF) and take one block of 64 values from layer 0's `q_proj`. Quantizing it
-# takes three steps: the block's absmax, each value divided by it, the index of the nearest level (a value goes
+# works in three parts: the block's absmax, each value divided by it, the index of the nearest level (a value goes
 # to level $i$ when it lies between the midpoints around $i$). Two indices share a byte, the first in the high
 # nibble — the order bitsandbytes uses, so the bytes can be compared with its own.
 

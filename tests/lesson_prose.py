@@ -88,6 +88,8 @@ def _figures(text: str, counts: bool = True):
     if counts:
         for m in COUNT.finditer(text):
             number = m.group(1).lower()
+            if number in NUMBER_WORDS and m.group(2).lower().startswith("step"):
+                continue  # "in three steps" names the parts of a procedure; a run's steps are written in digits
             value = NUMBER_WORDS[number] if number in NUMBER_WORDS else float(number.replace(",", ""))
             yield float(value), 0, m.group(2).lower().rstrip("s"), m.group(0)
 
