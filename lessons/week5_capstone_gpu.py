@@ -45,6 +45,7 @@ from benchmarks import harness
 from benchmarks.train_step import STAGES
 from minilora import memory
 from minilora.models.registry import catalogue_config
+from minilora.prose import compare
 
 GiB = 2 ** 30
 RESULTS = pathlib.Path(os.environ.get("MINILORA_RESULTS_DIR", "benchmarks/results"))
@@ -255,11 +256,12 @@ if ctx is not None:
 
 # %%
 def ms_change(delta):
-    return f"saves {-delta:.1f} ms" if delta < 0 else f"costs {delta:.1f} ms" if delta > 0 else "changes nothing"
+    """'139.9 ms slower (Δ +139.9 ms)': the word from the sign (minilora.prose.compare, checked by the prose test)."""
+    return compare(delta, "ms")
 
 
 def gib_change(delta):
-    return f"{-delta:.2f} GiB less" if delta < 0 else f"{delta:.2f} GiB more" if delta > 0 else "no change in"
+    return compare(delta, "GiB", fmt=".2f")
 
 
 lines = []
