@@ -310,12 +310,14 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Why the two curves cross, read from the same rows: at short context the step's peak is mostly the resident
-# weights and optimizer state, the same 4-bit base on both sides, so no kernel can remove much of it; the time is
-# mostly matmuls around small kernels, which is where the hand-written backward and the fused kernels win. At long
-# context the activations are the peak (minilora offloads them and never builds the full logits), while attention,
-# the same SDPA call on both sides and quadratic in length, takes a growing share of the time that neither side
-# makes faster.
+# Why the two curves cross. The memory side can be read from the same rows (the cell below): at short context
+# the peak is mostly what stays resident — the 4-bit base, the adapters and their optimizer state, the same on both
+# sides — so no technique can remove much of it; at long context the activations are the peak, and those are what
+# minilora offloads (and its fused loss never builds the full logits). The time side is an explanation these rows
+# cannot prove (that takes a profile of each step): the speed-up comes from the work around the matmuls, where the
+# ladder further down shows '+ triton' saving the most, while attention — the same SDPA call on both sides and
+# quadratic in length — grows into a larger share of both steps, and time both sides spend alike pulls the ratio
+# toward 1.
 
 # %%
 res_short = 100 * short["hf"]["resident_gib"] / short["hf"]["peak_gib"]
