@@ -149,7 +149,7 @@ claim("today's default is {default} steps; the recorded 4-bit run with that many
       bool(same_steps), default=default_steps, runs=", ".join(same_steps) or "missing")
 qlora_tps = [tps for n, tps, four_bit in recorded.values() if four_bit]
 lora_tps = [tps for n, tps, four_bit in recorded.values() if not four_bit]
-claim("dequantizing costs time on this CPU: the 4-bit runs train {slow:.0f}–{fast:.0f} tokens/s, the 16-bit LoRA "
+claim("dequantizing costs time on the recorded 2-core CPU: the 4-bit runs train {slow:.0f}–{fast:.0f} tokens/s, the 16-bit LoRA "
       "run {lora:.0f} tokens/s", max(qlora_tps) < min(lora_tps), slow=min(qlora_tps), fast=max(qlora_tps),
       lora=min(lora_tps))
 
@@ -217,7 +217,8 @@ loss_base, _, _ = losses()
 for layer, s in scalings:
     layer.scaling = s
 print(f"model's loss {loss_tuned:.4f}, by hand {by_hand:.4f} over {n_trained} trained tokens")
-print(f"same example without the adapter: {loss_base:.4f}  (the fine-tune lowered it {loss_base / loss_tuned:.1f}x)")
+claim("same example without the adapter: {base:.4f} — the fine-tune lowered it {times:.1f}x", loss_tuned < loss_base,
+      base=loss_base, times=loss_base / loss_tuned)
 
 # %% [markdown]
 # ## 5. Gradient accumulation: divide by the tokens of the whole step
