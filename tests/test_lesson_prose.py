@@ -151,3 +151,18 @@ def test_claim_refuses_a_condition_that_is_not_a_comparison():
     assert claim("smaller", torch.tensor(1.0) < 2) == "smaller"  # a 0-d tensor comparison is read with .item()
     with pytest.raises(KeyError, match="no such keyword"):
         claim("{missing} GPUs", True)
+
+
+def test_in_a_notebook_a_claim_is_marked_for_the_prose_check(monkeypatch):
+    """The metadata claim() attaches in a kernel is what lets check 3 tell a checked sentence from a printed one."""
+    import IPython.display
+
+    import minilora.show
+    from minilora.prose import CLAIM_METADATA
+    shown = []
+    monkeypatch.setattr(minilora.show, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **kw: shown.append((a, kw)))
+    claim("{n} decades", True, n=7)
+    (args, kwargs), = shown
+    assert args[0] == {"text/plain": "7 decades  [n=7]"} and kwargs["raw"] is True
+    assert kwargs["metadata"][CLAIM_METADATA] == {"text": "7 decades", "data": {"n": 7}}
