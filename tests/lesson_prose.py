@@ -151,8 +151,9 @@ def wrong_directions(nb) -> list[str]:
 
 
 # Words that turn a number into a verdict about it. A comparative ("4x smaller") counts when a ratio precedes it.
-INTERPRETIVE = re.compile(r"(?<![\w-])(?:memori[sz]\w*|ruins?|ruined|needs?|needed|costs?|pays?|saves?|wins?|beats?|"
-                          r"fits?|\d+(?:\.\d+)?\s?[x×]\s+(?:smaller|larger|faster|slower|less|more|cheaper))(?![\w-])",
+# (third person only: "save the adapter", "you need" are instructions, "X saves 3 GiB" is a verdict)
+INTERPRETIVE = re.compile(r"(?<![\w-])(?:memori[sz]\w*|ruins|ruined|needs|needed|costs|pays|saves|wins|beats|"
+                          r"fits|\d+(?:\.\d+)?\s?[x×]\s+(?:smaller|larger|faster|slower|less|more|cheaper))(?![\w-])",
                           re.I)
 # Verdicts that need a claim even without a number beside them (the stem a claim must also use).
 VERDICTS = {"memoriz": re.compile(r"memori[sz]", re.I), "ruin": re.compile(r"(?<![\w])ruin", re.I),
