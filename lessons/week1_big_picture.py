@@ -13,7 +13,8 @@
 # %% [markdown]
 # # Week 1 — The big picture: one fine-tune, end to end
 #
-# The learning plan starts with `unsloth-cli.py`: one file that loads a model, adds LoRA adapters, formats a
+# This is the first of the course's six weeks (the sixth, beyond one GPU, is a bonus). The learning plan starts
+# with `unsloth-cli.py`: one file that loads a model, adds LoRA adapters, formats a
 # dataset, trains and saves. minilora's `minilora train` is the same script, rebuilt so every step can be opened
 # and read. In this lesson we run it (small enough for a laptop: the cell prints how long it took), read every one
 # of its parameters, and then follow one example all the way: text → tokens → masked labels → loss → saved adapter.
@@ -45,7 +46,6 @@
 # %%
 import ast
 import csv
-import inspect
 import json
 import pathlib
 import time
@@ -70,6 +70,7 @@ for path in FILES:
 
 # %%
 from minilora.cli import build_parser
+from minilora.show import show
 
 parser = build_parser()
 train_parser = parser._subparsers._group_actions[0].choices["train"]
@@ -86,7 +87,8 @@ print(f"\n{n_args} arguments in all")
 # ## 2. Run it (small)
 #
 # The real job (`minilora train` with no arguments) QLoRA-fine-tunes SmolLM2-135M-Instruct on the bundled dates
-# task for 40 steps (its recorded times on two CPU cores are at the end of this section). Here we run the same
+# task for `--max_steps` steps (its default is in the list above; recorded runs on two CPU cores are at the end of
+# this section). Here we run the same
 # command with plain LoRA (no 4-bit; the recorded runs compare the two on a CPU), 8 steps and 20 held-out dates, and
 # save the adapter. Watch three things in its output: the held-out exact-match before, the loss falling, and after.
 
@@ -124,14 +126,32 @@ print(f"loss {float(log[0]['loss']):.3f} -> {float(log[-1]['loss']):.3f}; "
 # %% [markdown]
 # The full default job was measured on a 2-core CPU (pinned with `taskset`, on the GPU machine's host, which
 # has more memory bandwidth than a laptop) for several settings; the cell below loads those recorded runs from
-# `benchmarks/results/train-default/`. QLoRA pays for dequantizing every weight in every step: compare the
-# tokens/s of the 4-bit runs with the `--load_in_4bit false` run.
+# `benchmarks/results/train-default/`. Each file's name says what was changed from the defaults of the day it was
+# recorded; the cell reads the step count and the tokens/s of each and says what QLoRA's 4-bit base does to the
+# speed (it dequantizes every weight in every step) by comparing the 4-bit runs with the `--load_in_4bit false` run.
 
 # %%
+import re
+
+from minilora.prose import claim
+
+recorded = {}
 for path in sorted(pathlib.Path("benchmarks/results/train-default").glob("train-*.txt")):
     lines = path.read_text().splitlines()
     pick = [l.strip() for l in lines if l.startswith(("before", "trained", "after", "done"))]
     print(f"{path.stem}:\n   " + "\n   ".join(pick))
+    trained = re.search(r"trained (\d+) steps in [\d.]+ s \((\d+) tokens/s\)", "\n".join(lines))
+    four_bit = "load_in_4bit=True" in lines[0]
+    recorded[path.stem] = (int(trained[1]), int(trained[2]), four_bit)
+default_steps = train_parser.get_default("max_steps")
+same_steps = [name for name, (n, _, four_bit) in recorded.items() if n == default_steps and four_bit]
+claim("today's default is {default} steps; the recorded 4-bit run with that many steps is {runs}",
+      bool(same_steps), default=default_steps, runs=", ".join(same_steps) or "missing")
+qlora_tps = [tps for n, tps, four_bit in recorded.values() if four_bit]
+lora_tps = [tps for n, tps, four_bit in recorded.values() if not four_bit]
+claim("dequantizing costs time on the recorded 2-core CPU: the 4-bit runs train {slow:.0f}–{fast:.0f} tokens/s, the 16-bit LoRA "
+      "run {lora:.0f} tokens/s", max(qlora_tps) < min(lora_tps), slow=min(qlora_tps), fast=max(qlora_tps),
+      lora=min(lora_tps))
 
 # %% [markdown]
 # ## 3. Follow one example: text → tokens → masked labels
@@ -162,7 +182,7 @@ for tid, label in list(zip(example.input_ids, example.labels))[-16:]:
 # and train nothing. The source:
 
 # %%
-print(inspect.getsource(mask_prompt))
+show(mask_prompt)
 
 # %% [markdown]
 # ## 4. The loss, by hand
@@ -197,7 +217,8 @@ loss_base, _, _ = losses()
 for layer, s in scalings:
     layer.scaling = s
 print(f"model's loss {loss_tuned:.4f}, by hand {by_hand:.4f} over {n_trained} trained tokens")
-print(f"same example without the adapter: {loss_base:.4f}  (the fine-tune lowered it {loss_base / loss_tuned:.1f}x)")
+claim("same example without the adapter: {base:.4f} — the fine-tune lowered it {times:.1f}x", loss_tuned < loss_base,
+      base=loss_base, times=loss_base / loss_tuned)
 
 # %% [markdown]
 # ## 5. Gradient accumulation: divide by the tokens of the whole step
@@ -205,22 +226,30 @@ print(f"same example without the adapter: {loss_base:.4f}  (the fine-tune lowere
 # With `--gradient_accumulation_steps k` the trainer runs k micro-batches before one optimizer step. The loss we
 # want is the sum of every trained token's loss divided by the number of trained tokens N of the *whole step*.
 # Averaging each micro-batch's mean instead ("a mean of means") gives a token in a short micro-batch more weight.
-# The next cell measures the difference on two micro-batches of 12 and 2 answer tokens.
+# How much depends on how unequal the micro-batches are, so the next cell chooses a case that shows it plainly: one
+# micro-batch of 40 answer tokens the model already gets right (a long, easy answer) and one of a single token it
+# gets wrong (a short, hard one).
 
 # %%
-torch.manual_seed(0)
 V = 11
-logits = [torch.randn(1, 13, V), torch.randn(1, 3, V)]
-targets = [torch.randint(0, V, (1, 13)), torch.randint(0, V, (1, 3))]
+easy_logits = torch.full((1, 41, V), -4.0)  # each position: the next token's logit 4, every other -4
+easy_targets = torch.arange(41).remainder(V).view(1, 41)
+easy_logits[0, torch.arange(40), easy_targets[0, 1:]] = 4.0
+hard_logits = torch.zeros(1, 2, V)
+hard_logits[0, 0, 3] = 4.0  # confident in token 3; the answer is token 7
+hard_targets = torch.tensor([[0, 7]])
+logits, targets = [easy_logits, hard_logits], [easy_targets, hard_targets]
 tok_losses = [torch.nn.functional.cross_entropy(lg[0, :-1], tg[0, 1:], reduction="none")
               for lg, tg in zip(logits, targets)]
 right = torch.cat(tok_losses).mean()
 mean_of_means = sum(t.mean() for t in tok_losses) / 2
-print(f"tokens per micro-batch {[len(t) for t in tok_losses]}: right {right:.4f}, mean of means "
-      f"{mean_of_means:.4f} ({100 * abs(mean_of_means - right) / right:.1f}% off)")
+print(f"tokens per micro-batch {[len(t) for t in tok_losses]}: per-token mean {right:.4f}, mean of means "
+      f"{mean_of_means:.4f}")
+claim("the mean of means weighs the single hard token as much as the 40 easy ones: it is {times:.1f}x the loss "
+      "per token", float(mean_of_means / right) > 2, times=float(mean_of_means / right))
 from minilora.train import Trainer
 
-print(inspect.getsource(Trainer.training_step).split("loss_total = 0.0")[0])
+show(Trainer.training_step, region="accumulate")
 
 # %% [markdown]
 # ## 6. What was saved
@@ -250,7 +279,7 @@ print(f"{len(tensors)} tensors, {n_adapter:,} numbers: {100 * n_adapter / model.
 # words, to "Finetune … 2x faster with 80% less VRAM"; its table of notebooks gives, per model, figures such as
 # "2x faster | 70% less" (Llama 3.1 8B). Earlier versions of the same README said "2-5x faster". Its benchmark
 # section says what those figures compare: Alpaca, batch 2, gradient accumulation 4, rank 32, **QLoRA** on all
-# seven linear layers, against **"Hugging Face + FA2"** — so the 70% is Unsloth's QLoRA against Hugging Face's QLoRA
+# seven linear projections of each block, against **"Hugging Face + FA2"** — so the 70% is Unsloth's QLoRA against Hugging Face's QLoRA
 # on the same GPU, not QLoRA against full fine-tuning. Two different comparisons hide behind "less memory":
 #
 # 1. **QLoRA vs full fine-tuning**: what LoRA and 4-bit weights remove (gradients and optimizer state of every
@@ -301,6 +330,12 @@ for name in ("e2e-1b", "e2e-8b"):
           f"step vs HF+PEFT+bnb {hf['median_ms']:.0f} ms: {ratio(ours['median_ms'], hf['median_ms'], kind='time')}; "
           f"peak {ours['peak_gib']:.2f} vs {hf['peak_gib']:.2f} GiB: minilora needs "
           f"{compare(100 * (ours['peak_gib'] / hf['peak_gib'] - 1), '%', kind='memory')}")
+    speed, less = hf["median_ms"] / ours["median_ms"], 100 * (1 - ours["peak_gib"] / hf["peak_gib"])
+    claim("  at this shape minilora is faster ({speed:.2f}x) and leaner ({less:.0f}% less peak memory) than HF; that "
+          "is {speed_word} Unsloth's 2x and {memory_word} its 70% (week 4 shows both move with the context length)",
+          speed > 1 and less > 0, speed=speed, less=less,
+          speed_word="at or beyond" if speed >= 2 else "short of", memory_word="at or beyond" if less >= 70 else
+          "short of")
 
 # %% [markdown]
 # ## 8. Your own data: a Parquet file

@@ -77,6 +77,8 @@ for path in ["minilora/lora.py", "minilora/cli.py", "minilora/kernels/fast_lora.
 # %%
 from minilora.lora import TARGET_MODULES, LoraLinear, get_peft_model
 from minilora.models import catalogue_config, from_catalogue
+from minilora.prose import claim
+from minilora.show import show
 
 WEIGHT_BYTES, GRAD_BYTES = 2, 2
 ADAMW_BYTES = 2 * WEIGHT_BYTES  # exp_avg and exp_avg_sq, each in the parameter's dtype (torch.optim.AdamW)
@@ -108,9 +110,10 @@ for name, method, trainable, b in rows:
           f"{b['AdamW state'] / GiB:>8.2f}G {sum(b.values()) / GiB:>8.2f}G")
 for name in ("smollm2-135m", "llama-3-8b"):
     (_, _, n_full, full), (_, _, n_lora, lora) = [row for row in rows if row[0] == name]
-    print(f"{name}: LoRA trains {100 * n_lora / n_full:.2f}% of the parameters and needs "
-          f"{sum(lora.values()) / sum(full.values()):.1%} of full fine-tuning's bytes "
-          f"(saving {(sum(full.values()) - sum(lora.values())) / GiB:.2f} GiB)")
+    full_b, lora_b = sum(full.values()), sum(lora.values())
+    claim("{name}: LoRA trains {share:.2f}% of the parameters and needs {bytes_share:.1%} of full fine-tuning's "
+          "bytes (saving {saved:.2f} GiB)", n_lora < n_full and lora_b < full_b, name=name,
+          share=100 * n_lora / n_full, bytes_share=lora_b / full_b, saved=(full_b - lora_b) / GiB)
 for name in ("smollm2-135m", "llama-3-8b"):
     (_, _, n_full, full), (_, _, n_lora, lora) = [row for row in rows if row[0] == name]
     extra = (ADAMW_FP32_BYTES - ADAMW_BYTES)
@@ -250,6 +253,11 @@ print(f"rank of ΔW = {torch.linalg.matrix_rank(W_merged - W_before).item()} (r 
 #   entries have a fixed size: it is a sum of r independent contributions. Dividing by r then makes the update
 #   *shrink* like $1/\sqrt{r}$ as r grows, so a bigger rank learns more slowly; dividing by $\sqrt r$ (rsLoRA,
 #   "rank-stabilized" LoRA, Kalajdzievski 2023) keeps it steady.
+#
+#   This is a **heuristic**: it looks at one moment, with B's entries held at a fixed size, while training moves
+#   them. The paper's own argument is about learning itself: it asks that the adapter's outputs and their gradients
+#   stay of order 1 as r grows, at every step of training, and shows that only a scale proportional to
+#   $1/\sqrt{r}$ does that (with $\alpha/r$ the gradients collapse at large rank and learning stalls).
 
 # %%
 lin = torch.nn.Linear(256, 256, bias=False)
@@ -263,6 +271,9 @@ for alpha in (8, 16, 32):
         deltas.append(ll(x) - lin(x))
 print(f"alpha 16 vs 8 : update ratio {(deltas[1].norm() / deltas[0].norm()).item():.4f}")
 print(f"alpha 32 vs 8 : update ratio {(deltas[2].norm() / deltas[0].norm()).item():.4f}")
+r16, r32 = ((d.norm() / deltas[0].norm()).item() for d in deltas[1:])
+claim("the LoRA contribution is linear in α: doubling α gives {r16:.4f}x the update, quadrupling it {r32:.4f}x",
+      abs(r16 - 2) < 1e-3 and abs(r32 - 4) < 1e-3, r16=r16, r32=r32)
 
 
 # %%
@@ -286,6 +297,9 @@ for r, a, b in zip(ranks, plain, rs):
     print(f"r={r:4d}  LoRA (α/r) {a:8.4f}   rsLoRA (α/√r) {b:8.4f}")
 slope = math.log(plain[-1] / plain[0]) / math.log(ranks[-1] / ranks[0])
 print(f"LoRA: update norm ∝ r^{slope:.2f};  rsLoRA: r=256 / r=1 = {rs[-1] / rs[0]:.2f}")
+claim("plain LoRA's update shrinks like r^{slope:.2f} (close to −½), while rsLoRA's changes by a factor {flat:.2f} "
+      "from r = 1 to r = 256 (flat)", -0.6 < slope < -0.4 and 0.7 < rs[-1] / rs[0] < 1.4, slope=slope,
+      flat=rs[-1] / rs[0])
 
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.loglog(ranks, plain, "o-", label="LoRA, s = α / r")
@@ -297,8 +311,7 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# The fitted exponent printed above is close to −½ for plain LoRA, while the rsLoRA curve stays flat (its ratio
-# between the largest and the smallest rank is printed too). In practice: with plain LoRA, people raise α together
+# The checked sentence above sums up the plot. In practice: with plain LoRA, people raise α together
 # with r (α = r or α = 2r are common recipes) to compensate; with rsLoRA (`use_rslora=True`, an option of both
 # Unsloth's CLI and minilora's `get_peft_model`) you can change r without retuning α.
 #
@@ -307,7 +320,7 @@ plt.show()
 # Here is `LoraLinear.forward` as it is in `minilora/lora.py` right now:
 
 # %%
-print(inspect.getsource(LoraLinear.forward))
+show(LoraLinear.forward)
 
 # %% [markdown]
 # Read it with Unsloth's `matmul_lora` in mind: the base output first, then the thin path `lora_A` (in → r) followed

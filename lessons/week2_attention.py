@@ -39,7 +39,6 @@
 # | `unsloth/models/mistral.py` → `MistralAttention_fast_forward` | the same with a sliding window | `minilora/models/mistral.py` → `MistralForCausalLM.allowed_positions` |
 
 # %%
-import inspect
 import math
 import time
 
@@ -51,6 +50,8 @@ import torch.nn.functional as F
 from minilora.kernels.rope import rope_reference
 from minilora.memory import SavedTensorMeter, storage_key
 from minilora.models import LlamaForCausalLM, MistralForCausalLM, ModelConfig, build_model, catalogue_config
+from minilora.prose import claim
+from minilora.show import show
 
 LESSON_START = time.perf_counter()
 torch.manual_seed(0)
@@ -65,7 +66,7 @@ MiB, GiB = 2**20, 2**30
 # %%
 from minilora.models.llama import LlamaAttention
 
-print(inspect.getsource(LlamaAttention.forward))
+show(LlamaAttention.forward)
 
 # %% [markdown]
 # Three projections turn each token's hidden vector into a **query** ("what am I looking for?"), a **key** ("what
@@ -149,9 +150,9 @@ print(f"max |by hand − LlamaAttention| = {(by_hand - library).abs().max():.2e}
 # model decides, and the rule Mistral overrides:
 
 # %%
-print(inspect.getsource(LlamaForCausalLM.allowed_positions))
-print(inspect.getsource(LlamaForCausalLM.attention_mask))
-print(inspect.getsource(MistralForCausalLM))
+show(LlamaForCausalLM.allowed_positions)
+show(LlamaForCausalLM.attention_mask)
+show(MistralForCausalLM)
 
 # %% [markdown]
 # ## 3. The masks, drawn
@@ -243,9 +244,9 @@ gqa = kv_bytes_per_token(l3, l3.num_key_value_heads)
 print(f"Llama-3-8B: {l3.num_attention_heads} query heads, {l3.num_key_value_heads} KV heads, hd {l3.head_dim}, "
       f"{l3.num_hidden_layers} layers")
 print(f"KV cache per token: {full_mha / 1024:.0f} KiB if every head had its own K/V, {gqa / 1024:.0f} KiB with GQA")
-print(f"at its {context:,}-token context, one sequence: {full_mha * context / GiB:.2f} GiB vs {gqa * context / GiB:.2f} GiB"
-      f" — GQA {'saves' if gqa < full_mha else 'adds'} {abs(full_mha - gqa) * context / GiB:.2f} GiB "
-      f"({max(full_mha, gqa) / min(full_mha, gqa):.0f}x {'smaller' if gqa < full_mha else 'larger'})")
+claim("at its {context:,}-token context, one sequence: {mha:.2f} GiB vs {gqa:.2f} GiB — GQA saves {saved:.2f} GiB "
+      "({times:.0f}x smaller)", gqa < full_mha, context=context, mha=full_mha * context / GiB,
+      gqa=gqa * context / GiB, saved=(full_mha - gqa) * context / GiB, times=full_mha / gqa)
 
 # %% [markdown]
 # ## 5. Why memory is O(T²) on the naive path and O(T) in SDPA — measured
@@ -311,8 +312,8 @@ n_last, s_last = measured["naive"][-1], measured["SDPA"][-1]
 ratio = n_last / s_last
 print(f"On log axes a line of slope p means bytes ∝ T^p. Fitted over the last three lengths: naive p = "
       f"{slope['naive']:.2f}, SDPA p = {slope['SDPA']:.2f}.")
-print(f"At T = {lengths[-1]:,} the naive path keeps {n_last / MiB:.1f} MiB and SDPA {s_last / MiB:.2f} MiB: "
-      + (f"SDPA keeps {ratio:.0f}x less." if ratio > 1 else f"SDPA keeps {1 / ratio:.1f}x more."))
+claim("At T = {T:,} the naive path keeps {naive:.1f} MiB and SDPA {sdpa:.2f} MiB: SDPA keeps {times:.0f}x less",
+      ratio > 1, T=lengths[-1], naive=n_last / MiB, sdpa=s_last / MiB, times=ratio)
 doubling = measured["naive"][-1] / measured["naive"][-2], measured["SDPA"][-1] / measured["SDPA"][-2]
 print(f"Doubling T from {lengths[-2]:,} to {lengths[-1]:,} multiplied the naive bytes by {doubling[0]:.2f} and "
       f"SDPA's by {doubling[1]:.2f}.")

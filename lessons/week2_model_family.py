@@ -59,6 +59,7 @@ from minilora.models import (
     model_class,
     search_catalogue,
 )
+from minilora.show import show
 
 torch.manual_seed(0)
 
@@ -101,8 +102,8 @@ print("Method resolution order of Qwen2:", " -> ".join(c.__name__ for c in model
 # %%
 from minilora.models import MistralForCausalLM, Qwen2ForCausalLM
 
-print(inspect.getsource(MistralForCausalLM.allowed_positions))
-print(inspect.getsource(Qwen2ForCausalLM.__init__))
+show(MistralForCausalLM.allowed_positions)
+show(Qwen2ForCausalLM.__init__)
 
 # %% [markdown]
 # Unsloth's tree has the same idea: `FastMistralModel` and `FastQwen2Model` derive from `FastLlamaModel` (there,
@@ -126,7 +127,7 @@ print(toy)
 from minilora.kernels.rmsnorm import rms_norm_reference
 from minilora.kernels.rope import rope_reference, rotate_half
 
-print(inspect.getsource(rms_norm_reference))
+show(rms_norm_reference)
 x = torch.randn(2, 8) * torch.tensor([[1.0], [100.0]])  # two rows of very different size
 y = rms_norm_reference(x, torch.ones(8), 1e-5)
 print(f"RMS of each row before: {x.pow(2).mean(-1).sqrt().tolist()}")
@@ -139,8 +140,8 @@ print(f"RMS of each row after : {y.pow(2).mean(-1).sqrt().tolist()}")
 # the complex number (x_i, x_{i+hd/2}):
 
 # %%
-print(inspect.getsource(rotate_half))
-print(inspect.getsource(rope_reference))
+show(rotate_half)
+show(rope_reference)
 
 # %% [markdown]
 # ## 2. The registry and the catalogue
@@ -155,7 +156,7 @@ try:
     model_class("gemma")
 except ValueError as err:
     print(f"ValueError: {err}")
-print(inspect.getsource(minilora.models.registry.register_model))
+show(minilora.models.registry.register_model)
 
 # %% [markdown]
 # Unsloth's `registry/` plays a different role: it lists model *names* (organisation, size, instruct or base, which
@@ -231,7 +232,7 @@ for t in reader.tensors[:4]:
 # `FastMistralModel`, … by the config's `model_type`:
 
 # %%
-print(inspect.getsource(FastLanguageModel.from_pretrained))
+show(FastLanguageModel.from_pretrained)
 
 # %% [markdown]
 # The GGUF half: read the metadata, turn it into a config, dequantize each tensor, rename it, and fix the q/k
@@ -240,7 +241,7 @@ print(inspect.getsource(FastLanguageModel.from_pretrained))
 # %%
 from minilora.io import gguf as gguf_io
 
-print(inspect.getsource(gguf_io.load_gguf))
+show(gguf_io.load_gguf)
 
 # %% [markdown]
 # ### Why the q and k rows are permuted: two layouts of RoPE

@@ -16,7 +16,7 @@
 # The last layer of a language model turns every token's hidden state into one score per vocabulary entry. With
 # Llama-3's 128,256-entry vocabulary those scores — the *logits* — are the largest tensor of a fine-tuning step, and
 # the textbook way of turning them into a loss copies them twice more. This lesson measures why, then builds the
-# cure in three steps: a one-pass **running log-sum-exp**, **chunking** a long row over several programs, and the
+# cure in three parts: a one-pass **running log-sum-exp**, **chunking** a long row over several programs, and the
 # **fused linear + cross-entropy** that never holds all the logits at once.
 #
 # **Goals.** By the end you can
@@ -39,7 +39,6 @@
 
 # %%
 import ast
-import inspect
 import os
 import pathlib
 
@@ -67,6 +66,8 @@ GiB = 2**30
 # %%
 from minilora.memory import lora_param_count
 from minilora.models import catalogue_config
+from minilora.prose import compare
+from minilora.show import show
 
 llama8b = catalogue_config("llama-3-8b")
 N, H, V = 4 * 2048, llama8b.hidden_size, llama8b.vocab_size
@@ -97,7 +98,7 @@ from benchmarks.harness import COPY_IMPL, latest, load_results
 from minilora.kernels import cross_entropy as ce
 from minilora.kernels import fused_linear_ce as flce
 
-print(inspect.getsource(ce.cross_entropy_reference))
+show(ce.cross_entropy_reference)
 
 # %% [markdown]
 # We can *measure* what it allocates, even on a CPU: a `TorchDispatchMode` sees every PyTorch op and its outputs,
@@ -107,7 +108,7 @@ print(inspect.getsource(ce.cross_entropy_reference))
 # %%
 from minilora.memory import AllocationLog
 
-print(inspect.getsource(AllocationLog))
+show(AllocationLog)
 
 n_small, v_small = 64, 4096
 logits = torch.randn(n_small, v_small, dtype=torch.bfloat16)
@@ -162,7 +163,7 @@ print(f"naive log(sum(exp)) = {naive.item()},  online = {(m + torch.log(s)).item
 # scale and soft-cap $c\tanh(z/c)$ (Gemma-2 style) on the fly, and stores one fp32 number per row:
 
 # %%
-print(inspect.getsource(ce._ce_forward_kernel.fn))
+show(ce._ce_forward_kernel.fn)
 
 # %% [markdown]
 # Two details worth a second look: the running sums are kept **per lane** (a vector of BLOCK partial sums) and
@@ -205,8 +206,8 @@ print(f"V = {v_long}: loss kernel {fast.item():.6f} vs reference {ref.item():.6f
 # a whole accumulated batch makes gradient accumulation exact.
 
 # %%
-print(inspect.getsource(ce._ce_backward_kernel.fn))
-print(inspect.getsource(ce.CrossEntropyFunction.backward))
+show(ce._ce_backward_kernel.fn)
+show(ce.CrossEntropyFunction.backward)
 
 # %% [markdown]
 # One caveat follows: after `loss.backward()` the logits tensor holds gradients. The model therefore lets the
@@ -214,7 +215,9 @@ print(inspect.getsource(ce.CrossEntropyFunction.backward))
 # `LlamaForCausalLM.loss`); `cross_entropy_fast(..., inplace_grad=False)` is the explicit opt-out.
 
 # %%
-print(inspect.getsource(__import__("minilora.models.llama", fromlist=["x"]).LlamaForCausalLM.loss))
+from minilora.models.llama import LlamaForCausalLM
+
+show(LlamaForCausalLM.loss)
 
 # %% [markdown]
 # ## 5. Fused linear + cross-entropy: never hold all the logits
@@ -230,12 +233,12 @@ print(inspect.getsource(__import__("minilora.models.llama", fromlist=["x"]).Llam
 # route of section 2–4 (rows "LCE-sweep" in the JSON).
 
 # %%
-print(inspect.getsource(flce.FusedLinearCrossEntropyFunction.forward))
+show(flce.FusedLinearCrossEntropyFunction.forward)
 
 # %% [markdown]
 # Memory is now one chunk of logits plus the gradients you asked for. The default chunk keeps the logits chunk near
 # `CHUNK_BYTES`; the cell computes the peak for a few chunk sizes at Llama-3 shapes, with a trainable lm_head (dW
-# is a (V, H) bf16 tensor, 0.98 GiB, needed anyway) and a frozen one (LoRA: no dW at all).
+# is a (V, H) bf16 tensor, 0.98 GiB, which training the head holds in any case) and a frozen one (LoRA: no dW at all).
 
 # %%
 for C in (flce.default_chunk_size(N, V, 2), 512, 1024, N):
@@ -319,13 +322,12 @@ plt.show()
 # each group, and minilora against each alternative), rather than trusting prose written before the run.
 
 # %%
-def compare(group, mine, other):
+def against(group, mine, other):
+    """minilora against one alternative, each word picked from the sign of its difference (minilora.prose)."""
     dt, dm = mine["median_ms"] - other["median_ms"], mine["peak_gib"] - other["peak_gib"]
-    speed = "faster" if dt < 0 else "slower" if dt > 0 else "as fast"
-    mem = "less" if dm < 0 else "more" if dm > 0 else "the same"
-    return (f"{group}: {mine['impl']} is {abs(dt):.2f} ms {speed} than {other['impl']} "
-            f"({mine['median_ms']:.2f} vs {other['median_ms']:.2f} ms) and needs {abs(dm):.3f} GiB {mem} "
-            f"({mine['peak_gib']:.3f} vs {other['peak_gib']:.3f} GiB)")
+    return (f"{group}: {mine['impl']} against {other['impl']} ({mine['median_ms']:.2f} vs "
+            f"{other['median_ms']:.2f} ms; {mine['peak_gib']:.3f} vs {other['peak_gib']:.3f} GiB): "
+            f"{compare(dt, 'ms', fmt='.2f')}; {compare(dm, 'GiB', fmt='.3f')}")
 
 
 for group in GROUPS:
@@ -339,7 +341,7 @@ for group in GROUPS:
                 None)
     for other in (r for r in sel if not r["impl"].startswith("minilora")):
         if mine:
-            print("    " + compare(group, mine, other))
+            print("    " + against(group, mine, other))
 
 # %% [markdown]
 # Read the numbers above with section 5's memory formula in mind: with a trainable head, each chunk

@@ -44,7 +44,6 @@
 
 # %%
 import ast
-import inspect
 import os
 import pathlib
 import time
@@ -70,12 +69,7 @@ for path in ["minilora/kernels/rope.py", "minilora/kernels/swiglu.py", "minilora
 import benchmarks.bench_elementwise as bench_elementwise
 from benchmarks.harness import Results, latest, load_results, print_table
 from minilora.kernels import rmsnorm, rope, swiglu
-
-
-def show(obj):
-    """Print the source of a function; a @triton.jit kernel keeps the Python function it wraps in `.fn`."""
-    print(inspect.getsource(getattr(obj, "fn", obj)))
-
+from minilora.show import show  # a @triton.jit kernel shows the Python function it compiles
 
 show(rope.rotate_half)
 show(rope.rope_reference)
@@ -186,7 +180,8 @@ one_buffer = 16384 * 14336 * 2
 print(f"one (16384 x 14336) bf16 tensor: {one_buffer / 2**30:.3f} GiB — the SwiGLU backward writes dg and du into "
       f"two of them, so the backward's peak is {2 * one_buffer / 2**30:.3f} GiB lower. Once, not per layer: the "
       f"layers' backwards run one after another, so only one layer's dg and du would be alive at a time")
-print(f"RMSNorm saves r: {16384 * 4 / 2**10:.0f} KiB for 16384 rows, versus x_hat: {16384 * 4096 * 2 / 2**20:.0f} MiB")
+print(f"RMSNorm keeps r for the backward: {16384 * 4 / 2**10:.0f} KiB for 16384 rows, instead of x_hat: "
+      f"{16384 * 4096 * 2 / 2**20:.0f} MiB")
 
 # %% [markdown]
 # ## 3. The kernels

@@ -39,7 +39,6 @@
 # | bitsandbytes `functional.quantize_4bit` / `dequantize_4bit` | the NF4 format itself | `minilora/quant/nf4.py`, `minilora/quant/blockwise.py` |
 
 # %%
-import inspect
 import logging
 import os
 import time
@@ -53,6 +52,8 @@ if not torch.cuda.is_available():  # no GPU: Triton kernels run in its interpret
 from benchmarks.harness import COPY_IMPL, latest, load_results
 from minilora import FastLanguageModel, linear4bit
 from minilora.linear4bit import Linear4bit, quantize_model
+from minilora.memory import SavedTensorMeter
+from minilora.prose import claim
 from minilora.quant import (
     NF4_CODEBOOK,
     blockwise,
@@ -64,6 +65,7 @@ from minilora.quant import (
     uniform_int4_codebook,
     unpack_nibbles,
 )
+from minilora.show import show
 
 torch.manual_seed(0)
 t_start = time.time()
@@ -80,8 +82,8 @@ for module in (nf4, blockwise, linear4bit):
 # away from 1 (where $\Phi^{-1}$ is infinite). Here is the library's derivation:
 
 # %%
-print(inspect.getsource(nf4.nf4_offset))
-print(inspect.getsource(nf4.derive_nf4_codebook))
+show(nf4.nf4_offset)
+show(nf4.derive_nf4_codebook)
 
 # %%
 derived = derive_nf4_codebook()
@@ -113,7 +115,7 @@ plt.show()
 # ## 2. A real weight becomes bytes
 #
 # Load SmolLM2-135M (the bundled GGUF) and take one block of 64 values from layer 0's `q_proj`. Quantizing it
-# takes three steps: the block's absmax, each value divided by it, the index of the nearest level (a value goes
+# works in three parts: the block's absmax, each value divided by it, the index of the nearest level (a value goes
 # to level $i$ when it lies between the midpoints around $i$). Two indices share a byte, the first in the high
 # nibble — the order bitsandbytes uses, so the bytes can be compared with its own.
 
@@ -133,8 +135,8 @@ print("first bytes:", " ".join(f"{b:02x}" for b in state.codes[:4].tolist()),
       f"(= indices {indices[:8].tolist()} two per byte)")
 
 # %%
-print(inspect.getsource(blockwise.quantize_nf4))
-print(inspect.getsource(blockwise.pack_nibbles))
+show(blockwise.quantize_nf4)
+show(blockwise.pack_nibbles)
 
 # %% [markdown]
 # bitsandbytes is an independent check: on CPU its `quantize_4bit` produces the same bytes and absmax values
@@ -269,7 +271,7 @@ print(f"loss NF4            {loss_nf4:.4f} (perplexity {torch.tensor(loss_nf4).e
 # %%
 from minilora.kernels import nf4_dequant
 
-print(inspect.getsource(nf4_dequant._nf4_dequant_kernel.fn))
+show(nf4_dequant._nf4_dequant_kernel.fn)
 
 # %% [markdown]
 # On a laptop the kernel runs in Triton's interpreter (slow, but exact). It matches the reference:
@@ -337,21 +339,22 @@ plt.show()
 # ## 7. `Linear4bit`: dequantize in forward, and again in backward
 #
 # The input gradient needs the weight: $dX = dY\,W$. Keeping the dequantized W from the forward until the
-# backward would cost 16 bits a parameter — the very memory NF4 saves. So the autograd Function saves *nothing*
+# backward would keep 16 bits a parameter alive — the very memory NF4 is there to remove. So the autograd Function saves *nothing*
 # and dequantizes a second time in backward:
 
 # %%
-print(inspect.getsource(linear4bit._DequantMatmul))
+show(linear4bit._DequantMatmul)
 
 # %%
 layer = Linear4bit.from_linear(torch.nn.Linear(576, 1536, bias=False))
 x = torch.randn(4, 576, requires_grad=True)
-saved = []
-with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+with SavedTensorMeter(layer) as saved:  # the layer's own codes and scales are not counted
     y = layer(x)
 y.sum().backward()
-print(f"values saved for backward: {sum(saved)} (the dense weight would be {576 * 1536:,}); "
-      f"dX computed: {tuple(x.grad.shape)}")
+dense = 576 * 1536 * 4  # the float32 weight a plain autograd backward would keep
+claim("the layer saves {saved:,} bytes for its backward (at most its input), never the {dense:,}-byte dense "
+      "weight; dX still comes out with shape {shape}", saved.bytes < dense and saved.bytes <= x.numel() * 4,
+      saved=saved.bytes, dense=dense, shape=list(x.grad.shape))
 print(f"lesson ran in {time.time() - t_start:.0f} s")
 
 # %% [markdown]

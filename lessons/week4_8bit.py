@@ -20,7 +20,7 @@
 #
 # **Goals.** By the end of this lesson you can
 #
-# 1. build the 8-bit dynamic map (signed and unsigned) and say why its levels are spread over six decades;
+# 1. build the 8-bit dynamic map (signed and unsigned) and say why its levels are spread over many decades;
 # 2. quantize a tensor blockwise with it, byte for byte as bitsandbytes' CPU kernel does, and say where that kernel
 #    differs from the exact nearest level;
 # 3. quantize a weight matrix row-wise to int8 with outlier columns, and compare its size and error with NF4;
@@ -38,8 +38,8 @@
 # | — | bytes of 8-bit weights and states | `minilora/memory/estimate.py` |
 
 # %%
-import inspect
 import logging
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -55,8 +55,10 @@ from minilora.lora import get_peft_model
 from minilora.memory import int8_weight_bytes, optimizer_state_bytes, trainable_tensor_sizes
 from minilora.models import ModelConfig, build_model, catalogue_config
 from minilora.models.registry import init_weights
+from minilora.prose import claim
 from minilora.quant import dequantize_nf4_reference, dynamic8, int8, quantize_nf4
 from minilora.quant.dynamic8 import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
+from minilora.show import show
 from minilora.train import adamw8bit
 from minilora.train.adamw8bit import AdamW8bit, dequantize_states
 
@@ -78,7 +80,7 @@ def same(flag: bool) -> str:
 # decades. The unsigned variant (for v = E[g²] ≥ 0) uses the sign bit as one more fraction bit.
 
 # %%
-print(inspect.getsource(dynamic8.dynamic_map))
+show(dynamic8.dynamic_map)
 
 # %%
 signed, unsigned = dynamic_map(True), dynamic_map(False)
@@ -92,6 +94,11 @@ for i in range(7):
     n_s = int(((signed > lo) & (signed <= hi)).sum())
     n_u = int(((unsigned > lo) & (unsigned <= hi)).sum())
     print(f"  ({lo:.0e}, {hi:.0e}] {n_s:12d} {n_u:9d}")
+decades = [i for i in range(7) if ((signed > 10.0 ** (i - 7)) & (signed <= 10.0 ** (i - 6))).any()]
+claim("the signed map has levels in {n} decades of this table, and more of them in each larger decade",
+      len(decades) >= 5 and all(int(((signed > 10.0 ** (i - 7)) & (signed <= 10.0 ** (i - 6))).sum())
+                                 <= int(((signed > 10.0 ** (i - 6)) & (signed <= 10.0 ** (i - 5))).sum())
+                                 for i in range(6)), n=len(decades))
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 2.6))
@@ -112,7 +119,7 @@ plt.show()
 # of *that point* up in a table. The library does both (`rounding="nearest"` / `"grid"`):
 
 # %%
-print(inspect.getsource(dynamic8.quantize_blockwise_8bit))
+show(dynamic8.quantize_blockwise_8bit)
 
 # %% [markdown]
 # A tensor whose values spread over several decades, as a moment's do, in 40 blocks of 256 (the last one short):
@@ -147,12 +154,16 @@ print(f"an exact 0 in a block: nearest level {signed[zero_n]:.3g} (index {zero_n
 # ## 3. Int8 weights: one scale per row, outlier columns aside
 #
 # For a frozen weight (out, in) LLM.int8 keeps one absmax per output row and rounds w · 127 / absmax to an integer
-# in [-127, 127]. A single large value would squeeze its whole row onto a few levels; LLM.int8 found such outliers
-# concentrated in a few input features, so columns with any |value| ≥ a threshold leave the int8 part and stay in
-# 16-bit:
+# in [-127, 127]. LLM.int8's outliers are not in the weights but in the **activations**: in large models a few
+# hidden-state features (the same few columns of X for almost every token) grow to magnitudes of 6 and more, and
+# quantizing X row by row would squeeze every other feature of those rows onto a few levels. bitsandbytes finds
+# those columns of X at run time and multiplies them, with the matching input columns of W, in 16-bit; the rest of
+# the product runs in int8. A weight on its own has no activations to look at, so minilora's `Linear8bit` picks the
+# 16-bit input columns when the layer is built, by the size of the weight's own entries — a weight-side stand-in
+# for LLM.int8's rule, which the cells below measure on a real matrix:
 
 # %%
-print(inspect.getsource(int8.quantize_rowwise_int8))
+show(int8.quantize_rowwise_int8)
 
 # %% [markdown]
 # A real matrix: layer 0's `down_proj` of SmolLM2-135M (the bundled GGUF). int8 against NF4 (blocks of 64, double
@@ -191,7 +202,7 @@ for share in (0.0, 0.01, 0.05):  # thresholds that leave 0%, ~1% and ~5% of the 
 # %% [markdown]
 # `Linear8bit` stores exactly these tensors and, like `Linear4bit`, dequantizes just in time in forward *and*
 # backward, so no dense copy of W outlives a matmul. (bitsandbytes' `Linear8bitLt` also quantizes the activations
-# and picks outlier columns from them at run time, |x| ≥ 6; minilora fixes the columns when the layer is built.)
+# and picks the outlier columns from them at run time, |x| ≥ 6; minilora fixes them from W when the layer is built.)
 #
 # ## 4. 8-bit AdamW: dequantize, update, requantize
 #
@@ -200,8 +211,8 @@ for share in (0.0, 0.01, 0.05):  # thresholds that leave 0%, ~1% and ~5% of the 
 # states (bitsandbytes' `min_8bit_size`).
 
 # %%
-print(inspect.getsource(adamw8bit.AdamW8bit._update))
-print(inspect.getsource(adamw8bit.quantize_states))
+show(adamw8bit.AdamW8bit._update)
+show(adamw8bit.quantize_states)
 
 # %% [markdown]
 # Same parameters, same gradients, 20 steps, minilora's `AdamW8bit` and bitsandbytes' `AdamW8bit`:
@@ -232,6 +243,7 @@ print(f"after 20 steps: largest code difference m {dm}, v {dv}; absmax "
 # not, and m / (√v + ε), with ε = 1e-8, is enormous. Three steps each way:
 
 # %%
+zero_v, moves = {}, {}
 for rounding in ("nearest", "grid"):
     p = torch.nn.Parameter(torch.randn(64, 100, generator=torch.Generator().manual_seed(0)) * 0.1)
     opt, largest = AdamW8bit([p], lr=1e-2, rounding=rounding), 0.0
@@ -241,14 +253,21 @@ for rounding in ("nearest", "grid"):
         opt.step()
         largest = max(largest, (p - before).abs().max().item())
     m, v = dequantize_states(opt.state[p], p.device)
-    print(f"rounding={rounding:8s} values with v = 0 but m ≠ 0: {int(((v == 0) & (m != 0)).sum()):4d}; largest "
-          f"parameter move in one step {largest:.3g} (lr = 0.01)")
+    zero_v[rounding], moves[rounding] = int(((v == 0) & (m != 0)).sum()), largest
+    print(f"rounding={rounding:8s} after {step + 1} steps, values with v = 0 but m ≠ 0: {zero_v[rounding]:4d}; "
+          f"largest parameter move in one step {largest:.3g} (lr = 0.01)")
+claim("exact rounding leaves {n} values with v = 0 but m ≠ 0 and moves a parameter by up to {big:.3g} in one step, "
+      "{times:.0f}x the grid's largest move ({small:.3g})", zero_v["nearest"] > zero_v["grid"]
+      and moves["nearest"] > 10 * moves["grid"], n=zero_v["nearest"], big=moves["nearest"],
+      times=moves["nearest"] / moves["grid"], small=moves["grid"])
 
 # %% [markdown]
 # ## 5. A LoRA fine-tune with 8-bit states, and the bytes at Llama-3-8B scale
 #
-# A tiny Llama with LoRA on every linear layer memorizes four random sequences, once with `torch.optim.AdamW` and
-# once with `AdamW8bit` (`min_8bit_size=256`, so that every LoRA matrix gets 8-bit states):
+# A tiny Llama with LoRA on every linear layer trains on a batch of random sequences, once with `torch.optim.AdamW`
+# and once with `AdamW8bit` (`min_8bit_size=256`, so that every LoRA matrix gets 8-bit states). The question is
+# whether the 8-bit states follow the same curve; the cell also says how far the loss got against chance (a model
+# that guesses uniformly scores ln V):
 
 # %%
 cfg = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -272,6 +291,13 @@ for name in ("AdamW (fp32 states)", "AdamW8bit"):
 a, b = (torch.tensor(c) for c in curves.values())
 print(f"loss {a[0]:.3f} → {a[-1]:.3f} (fp32 states) and {b[0]:.3f} → {b[-1]:.3f} (8-bit states); largest gap "
       f"between the curves {(a - b).abs().max():.4f} ({100 * (a - b).abs().max() / a[0]:.2f}% of the first loss)")
+chance = math.log(cfg.vocab_size)
+claim("both runs end below chance (ln {V} = {chance:.3f}): {fp32:.3f} with fp32 states, {q8:.3f} with 8-bit ones — "
+      "they learn something of the {n} sequences, far from memorizing them (that would take the loss near 0)",
+      bool(a[-1] < chance and b[-1] < chance and min(a[-1], b[-1]) > 0.5), V=cfg.vocab_size, chance=chance,
+      fp32=float(a[-1]), q8=float(b[-1]), n=ids.shape[0])
+claim("the 8-bit curve never strays from the fp32 curve by more than {gap:.2f}% of the first loss",
+      bool(100 * (a - b).abs().max() / a[0] < 5), gap=float(100 * (a - b).abs().max() / a[0]))
 fig, ax = plt.subplots(figsize=(7, 3))
 for name, c in curves.items():
     ax.plot(c, label=name)
@@ -290,8 +316,8 @@ for method in ("lora", "full"):
     q8 = optimizer_state_bytes(sizes, "adamw_8bit")
     print(f"Llama-3-8B {method:4s} ({sum(sizes):,} trainable): AdamW states fp32 {fp32 / GiB:7.3f} GiB, "
           f"bf16 {bf16 / GiB:7.3f} GiB, 8-bit {q8 / GiB:7.3f} GiB ({q8 / fp32:.3f} of fp32)")
-    print(f"   8-bit states {'save' if q8 < fp32 else 'cost'} {abs(fp32 - q8) / GiB:.3f} GiB against fp32 states, "
-          f"{abs(bf16 - q8) / GiB:.3f} GiB {'less' if q8 < bf16 else 'more'} than bf16 states")
+    claim("   8-bit states save {vs_fp32:.3f} GiB against fp32 states and {vs_bf16:.3f} GiB against bf16 states",
+          q8 < bf16 < fp32, vs_fp32=(fp32 - q8) / GiB, vs_bf16=(bf16 - q8) / GiB)
 print(f"lesson ran in {time.time() - t_start:.0f} s")
 
 # %% [markdown]

@@ -45,7 +45,6 @@
 
 # %%
 import importlib.util
-import inspect
 import os
 import pathlib
 import time
@@ -66,6 +65,8 @@ from minilora.linear4bit import quantize_model
 from minilora.lora import get_peft_model
 from minilora.memory import measure
 from minilora.models.registry import build_model, catalogue_config, init_weights
+from minilora.prose import claim, compare
+from minilora.show import show
 
 torch.manual_seed(0)
 MiB, GiB = 2 ** 20, 2 ** 30
@@ -80,8 +81,8 @@ print(train_step.__doc__)
 # `minilora_stage` and `Step.__call__` — the whole ablation is these two functions:
 
 # %%
-print(inspect.getsource(train_step.minilora_stage))
-print(inspect.getsource(train_step.Step.__call__))
+show(train_step.minilora_stage)
+show(train_step.Step.__call__)
 
 # %% [markdown]
 # ## 2. Measuring activation memory on a CPU
@@ -95,8 +96,8 @@ print(inspect.getsource(train_step.Step.__call__))
 
 # %%
 print(measure.__doc__)
-print(inspect.getsource(measure.SavedTensorMeter._pack))
-print(inspect.getsource(measure.measure_activations))
+show(measure.SavedTensorMeter._pack)
+show(measure.measure_activations)
 
 # %% [markdown]
 # ## 3. The ladder on your CPU
@@ -212,7 +213,7 @@ for name, model, mode, fused in CPU_STAGES:
 # every stage is timed the same number of times; the table reports the median and the [min–max] range.
 
 # %%
-print(inspect.getsource(harness.time_rotated))
+show(harness.time_rotated)
 
 # %%
 ROUNDS = 3
@@ -264,14 +265,20 @@ print(f"NF4 stores the frozen block linears in {cpu['+ nf4']['frozen weights'] +
 
 
 def change(new, old):
-    """'adds 12%' / 'saves 5%' / 'leaves it unchanged': a step-time change worded from its sign."""
-    rel = new / old - 1
-    return f"adds {rel:.0%}" if rel > 0 else f"saves {-rel:.0%}" if rel < 0 else "leaves it unchanged"
+    """A step-time change as a percentage, its word picked from its sign (minilora.prose.compare)."""
+    return compare(100 * (new / old - 1), "%", kind="time")
 
 
-print(f"on this CPU (medians), recompute {change(cpu['+ recompute']['step_s'], cpu['lora']['step_s'])} of step "
-      f"time; NF4 with plain-PyTorch dequantization {change(cpu['+ nf4']['step_s'], cpu['+ recompute']['step_s'])}; "
-      f"offload (a copy within the same RAM here) {change(cpu['+ offload']['step_s'], cpu['+ nf4']['step_s'])}")
+print(f"on this CPU (medians), recompute: {change(cpu['+ recompute']['step_s'], cpu['lora']['step_s'])}; NF4 with "
+      f"plain-PyTorch dequantization: {change(cpu['+ nf4']['step_s'], cpu['+ recompute']['step_s'])}; offload (a "
+      f"copy within the same RAM here): {change(cpu['+ offload']['step_s'], cpu['+ nf4']['step_s'])}")
+if "+ fused-ce" in cpu:
+    stages = list(cpu)
+    drops = {after: cpu[before]["activations (device)"] - cpu[after]["activations (device)"]
+             for before, after in zip(stages, stages[1:])}
+    claim("the fused loss removes the largest slice of the device activations of any stage: {mib:.2f} MiB "
+          "(the logits and what the loss keeps of them)", max(drops, key=drops.get) == "+ fused-ce",
+          mib=drops["+ fused-ce"] / MiB)
 
 # %%
 fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
@@ -316,7 +323,7 @@ plt.show()
 # looks at what is kept when the forward ends.
 
 # %%
-print(inspect.getsource(memory.activation_bytes))
+show(memory.activation_bytes)
 
 # %%
 f32 = 4
@@ -364,6 +371,15 @@ lines = [f"Where the memory goes (CPU, measured): the dense LoRA step holds {fir
          f"('{list(cpu)[-1]}') left {last['activations (device)'] / MiB:.2f} MiB on the device. LoRA's trainable "
          f"piles (A, B, gradients, AdamW) are only "
          f"{(last['LoRA A, B'] + last['gradients'] + last['AdamW state']) / MiB:.2f} MiB."]
+# the paragraph's verbs (less, cut, moved) hold only if the numbers go that way: check them where they were measured
+claim(lines[0].replace("{", "{{").replace("}", "}}"),
+      last["device_total"] < first["device_total"]
+      and cpu["+ nf4"]["frozen weights"] + cpu["+ nf4"]["quant state"] < cpu["+ recompute"]["frozen weights"]
+      and cpu["+ recompute"]["activations (device)"] < cpu["lora"]["activations (device)"]
+      and cpu["+ offload"]["activations (host)"] > 0
+      and last["activations (device)"] <= cpu["+ offload"]["activations (device)"],
+      first_mib=first["device_total"] / MiB, last_mib=last["device_total"] / MiB)
+lines = lines[1:]
 shares = {n: memory.param_counts(catalogue_config(n)) for n in ("smollm2-135m", "llama-3.2-1b", "llama-3-8b")}
 shares = {n: c["block_linear"] / c["total"] for n, c in shares.items()}
 toy = memory.param_counts(cfg)

@@ -26,7 +26,7 @@
 #    measured in the same call;
 # 2. say how much faster and leaner each stage of the ladder is than the anchor, and how close to the card's limit
 #    it runs (model-FLOPs utilisation);
-# 3. name the technique behind each change of step time and peak memory — and where a technique costs time.
+# 3. name the technique behind each change of step time and peak memory — and where a technique slows the step down.
 #
 # **Where this lives.** The techniques and their Unsloth counterparts are mapped in part 1's table. The measuring
 # code: `benchmarks/harness.py` (timing and the results schema), `benchmarks/bench_e2e.py` and
@@ -45,6 +45,7 @@ from benchmarks import harness
 from benchmarks.train_step import STAGES
 from minilora import memory
 from minilora.models.registry import catalogue_config
+from minilora.prose import compare
 
 GiB = 2 ** 30
 RESULTS = pathlib.Path(os.environ.get("MINILORA_RESULTS_DIR", "benchmarks/results"))
@@ -255,11 +256,12 @@ if ctx is not None:
 
 # %%
 def ms_change(delta):
-    return f"saves {-delta:.1f} ms" if delta < 0 else f"costs {delta:.1f} ms" if delta > 0 else "changes nothing"
+    """'139.9 ms slower (Δ +139.9 ms)': the word from the sign (minilora.prose.compare, checked by the prose test)."""
+    return compare(delta, "ms")
 
 
 def gib_change(delta):
-    return f"{-delta:.2f} GiB less" if delta < 0 else f"{delta:.2f} GiB more" if delta > 0 else "no change in"
+    return compare(delta, "GiB", fmt=".2f")
 
 
 lines = []

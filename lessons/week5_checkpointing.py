@@ -36,9 +36,6 @@
 # | patches applied to transformers / TRL / PEFT at import (fused forwards, fixes such as gradient accumulation) | route the libraries' layers to fast code | none by design: `minilora/ops.py` is the one switch, and minilora's own trainer (`minilora/train/trainer.py`) divides by the step's token count (week 1) |
 
 # %%
-import inspect
-import statistics
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -46,7 +43,8 @@ import torch
 from minilora.lora import get_peft_model
 from minilora.memory import measure_activations
 from minilora.models import build_model, catalogue_config, checkpointing
-from minilora.prose import compare, ratio
+from minilora.prose import claim, compare
+from minilora.show import show
 
 torch.manual_seed(0)
 print(checkpointing.__doc__)
@@ -61,9 +59,9 @@ print(checkpointing.__doc__)
 # pinned memory, so it overlaps the layer's compute) and runs the layer without a graph:
 
 # %%
-print(inspect.getsource(checkpointing.run_layer))
-print(inspect.getsource(checkpointing.OffloadedCheckpoint.forward))
-print(inspect.getsource(checkpointing._Offloaded.__init__))
+show(checkpointing.run_layer)
+show(checkpointing.OffloadedCheckpoint.forward)
+show(checkpointing._Offloaded.__init__)
 
 # %% [markdown]
 # Why not `torch.autograd.graph.save_on_cpu()` around `checkpoint`? `save_on_cpu` moves what autograd *saves*;
@@ -131,13 +129,14 @@ plt.show()
 # %% [markdown]
 # Read the per-layer column against the size of one layer input printed above: with recompute a layer keeps its
 # input and nothing else, with offload that input moves to host memory and the device keeps none of it. What
-# stays on the device whatever the mode (the value at 1 layer minus one layer's share) is the model's head: the
+# stays on the device whatever the mode (the one-layer column minus one layer's share) is the model's head: the
 # final norm and the logits the loss needs, (B·T × V) — the part week 3's fused loss removes.
 
 # %%
 none_l, rec_l, off_l = (per_layer[m] for m in MODES)
-print(f"recompute keeps {rec_l[0] / MiB:.3f} MiB per layer on the device, {rec_l[0] / layer_input:.2f} layer "
-      f"inputs; no checkpointing keeps {none_l[0] / rec_l[0]:.1f}x that")
+claim("recompute keeps {rec:.3f} MiB per layer on the device ({inputs:.2f} layer inputs), no checkpointing "
+      "{times:.1f}x that: the memory saved grows with the number of layers", none_l[0] > rec_l[0] > 0,
+      rec=rec_l[0] / MiB, inputs=rec_l[0] / layer_input, times=none_l[0] / rec_l[0])
 rng_bytes = torch.get_rng_state().numel()  # each checkpoint keeps the CPU generator's state to replay dropout
 print(f"offload keeps {off_l[0] / MiB:.3f} MiB per layer on the device and {off_l[1] / MiB:.3f} MiB in host memory "
       f"({off_l[1] / layer_input:.2f} layer inputs; one input + the {rng_bytes:,}-byte random state = "
@@ -150,32 +149,61 @@ print(f"head (logits and final norm), kept in every mode: {(kept['none', 1][0] -
 # Recompute runs every layer's forward twice (once in the forward pass, once in the backward); offload adds a copy
 # of each layer input out and back. On a CPU "host" and "device" are the same memory, so the offload copy is a
 # plain memcpy here; on a GPU it crosses PCIe, overlapped with compute by non-blocking copies from pinned memory.
-# The cell times forward + backward of the 3-layer model in each mode (median of 3 steps after a warm-up).
+# The cell times forward + backward of the 3-layer model in each mode with the benchmarks' harness: untimed
+# warm-up steps first, then rounds of timed steps with the order of the modes rotated (the cell prints how many),
+# median and [min–max]. A CPU
+# shared with other programs moves these numbers from run to run, so the cell words them from their sign and
+# draws no conclusion from them; the conclusion comes from the recorded GPU run after it.
 
 # %%
+from benchmarks.harness import summarize, time_rotated
+from benchmarks.schema import latest, load_results, pick
+
 model, _ = small_model(3)
-step_s = {}
-for name, mode in MODES.items():
-    model.gradient_checkpointing = mode
-    times = []
-    for i in range(4):
-        start = time.perf_counter()
+
+
+def step(mode):
+    def run():
+        model.gradient_checkpointing = mode
         model(ids, labels=ids).loss.backward()
         model.zero_grad(set_to_none=True)
-        if i:  # the first step is a warm-up
-            times.append(time.perf_counter() - start)
-    step_s[name] = statistics.median(times)
-    print(f"{name:10s} {1000 * step_s[name]:7.1f} ms per step")
+    return run
+
+
+ROUNDS, REPS, WARMUP = 3, 2, 1
+timed = time_rotated({name: step(mode) for name, mode in MODES.items()}, rounds=ROUNDS, reps=REPS, warmup=WARMUP)
+print(f"{WARMUP} warm-up step per mode, then {ROUNDS} rounds of {REPS} steps each, order rotated: {timed['orders']}")
+cpu = {name: summarize(samples) for name, samples in timed["samples"].items()}
+for name, row in cpu.items():
+    print(f"{name:10s} {row['median_ms']:7.1f} ms per step [{row['min_ms']:.1f}–{row['max_ms']:.1f}]")
 for name in ("recompute", "offload"):
-    print(f"{name} vs none: {compare(1000 * (step_s[name] - step_s['none']), 'ms')} a step, "
-          f"{ratio(step_s[name], step_s['none'], kind='time')}")
+    a, b = cpu[name], cpu["none"]
+    overlap = a["min_ms"] <= b["max_ms"] and b["min_ms"] <= a["max_ms"]
+    print(f"{name} vs none on this CPU: {compare(a['median_ms'] - b['median_ms'], 'ms')} a step"
+          + (" — but the [min–max] ranges overlap, so this run cannot tell the two apart" if overlap else ""))
+
+# %%
+gpu = load_results(latest("benchmarks/results", "gpu-checkpointing"))
+off, rec, offl = (pick(gpu, impl=f"checkpointing {m}") for m in ("off", "recompute", "offload"))
+print(f"recorded: {off['name']}, {gpu['card']}, {gpu['date'][:10]}, torch {gpu['versions']['torch']}")
+for row in (off, rec, offl):
+    print(f"  {row['impl']:24s} {row['median_ms']:6.1f} ms [{row['min_ms']:.1f}–{row['max_ms']:.1f}]  peak "
+          f"{row['peak_gib']:5.2f} GiB")
+claim("on the GPU, recompute costs time: {rec:.1f} ms a step against {off:.1f} ms without checkpointing "
+      "({slower:.2f}x), and saves memory: peak {rec_gib:.1f} GiB against {off_gib:.1f} GiB",
+      rec["median_ms"] > off["median_ms"] and rec["peak_gib"] < off["peak_gib"], rec=rec["median_ms"],
+      off=off["median_ms"], slower=rec["median_ms"] / off["median_ms"], rec_gib=rec["peak_gib"],
+      off_gib=off["peak_gib"])
+claim("offload lowers the peak a further {less:.2f} GiB below recompute's", offl["peak_gib"] < rec["peak_gib"],
+      less=rec["peak_gib"] - offl["peak_gib"])
+print(f"offload vs recompute, time: {compare(offl['median_ms'] - rec['median_ms'], 'ms')} a step (its copies "
+      f"overlap the compute)")
 
 # %% [markdown]
 # The memory saved grows with the number of layers and with B × T (section 2). The time cost is the extra forward
-# of every layer, plus the copies for offload: the cell above measured it here, and on a shared or small CPU step
-# times of a few seconds vary from run to run, so compare only within one run. Fine-tuning recipes switch
-# checkpointing on by default because the memory is what decides whether a run fits at all; Unsloth's offload
-# mode matters on long sequences, where the layer inputs themselves become the largest pile on the GPU.
+# of every layer, plus the copies for offload. Fine-tuning recipes switch checkpointing on by default because the
+# memory is what decides whether a run fits at all; Unsloth's offload mode matters on long sequences, where the
+# layer inputs themselves become the largest pile on the GPU.
 #
 # ## Exercises
 #

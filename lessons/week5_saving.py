@@ -37,7 +37,6 @@
 
 # %%
 import ast
-import inspect
 import json
 import pathlib
 import time
@@ -62,6 +61,7 @@ for path in ["minilora/save.py", "minilora/io/adapters.py", "minilora/io/gguf.py
 
 # %%
 from minilora.lora import LoraLinear
+from minilora.show import show
 
 layer = LoraLinear(torch.nn.Linear(576, 1536, bias=False), r=16, lora_alpha=32)
 torch.nn.init.normal_(layer.lora_B.weight, std=2e-3)  # what a short fine-tune leaves behind, roughly
@@ -75,14 +75,14 @@ for dtype in (torch.float16, torch.bfloat16):
     base = W.to(dtype).float()  # the same base weight, as a 16-bit file of the base model holds it
     err = ((stored - base - dW).norm() / dW.norm()).item()
     print(f"{str(dtype):15s}: the update read back from the file is off by {100 * err:.1f}% of |dW|")
-print(inspect.getsource(inspect.getmodule(LoraLinear).LoraLinear.delta_weight))
+show(LoraLinear.delta_weight)
 
 # %% [markdown]
 # ## 2. Fine-tune something worth saving
 #
 # We need a real adapter to measure what saving does to it. The next cell fine-tunes SmolLM2-135M-Instruct with
-# LoRA on the bundled dates task for 8 steps (the cell prints how long that took here) and scores 20 held-out
-# dates.
+# LoRA on the bundled dates task for a few steps (the cell prints how many, and how long they took here) and
+# scores 20 held-out dates.
 
 # %%
 from minilora import FastLanguageModel
@@ -91,14 +91,15 @@ from minilora.train import Trainer, TrainingArguments, build_examples, dates_tas
 model, tokenizer = FastLanguageModel.from_pretrained("smollm2", device="cpu")
 train_records, held = dates_task.make_splits(480, 20, seed=0)
 model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, use_gradient_checkpointing=False)
+STEPS = 8
 started = time.perf_counter()
 Trainer(model, TrainingArguments(output_dir="runs/week5/out", overwrite_output_dir=True,  # re-runs replace the run
-                                 per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=8,
+                                 per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=STEPS,
                                  warmup_steps=2, learning_rate=1e-3, progress_bar=False),
         build_examples(train_records, tokenizer, 128), pad_token_id=tokenizer.pad_token_id).train()
 model.eval()
 score = {"LoRA (fp32 base + adapter)": dates_task.exact_match(model, tokenizer, held)[0]}
-print(f"trained in {time.perf_counter() - started:.0f} s; held-out exact match {score}")
+print(f"trained {STEPS} steps in {time.perf_counter() - started:.0f} s; held-out exact match {score}")
 
 # %% [markdown]
 # ## 3. Three ways to save, and what each computes

@@ -41,7 +41,6 @@
 
 # %%
 import ast
-import inspect
 import os
 import pathlib
 
@@ -99,9 +98,10 @@ print(f"the last program's mask is {[(2 * BLOCK + i) < n for i in range(BLOCK)]}
 
 # %%
 from minilora.kernels import fast_lora
+from minilora.show import show
 
-print(inspect.getsource(fast_lora._swiglu_backward_inplace_kernel.fn))
-print(inspect.getsource(fast_lora.swiglu_backward_inplace))
+show(fast_lora._swiglu_backward_inplace_kernel.fn)
+show(fast_lora.swiglu_backward_inplace)
 
 # %% [markdown]
 # A **2-D grid** fits work shaped like rows × columns. The cross-entropy backward (week 3) launches
@@ -126,8 +126,8 @@ for rows, vocab in [(3, 423), (8192, 128_256)]:
 # low-rank term *into* the base output with `addmm_` — no second (N, out) buffer:
 
 # %%
-print(inspect.getsource(fast_lora._lora_forward))
-print(inspect.getsource(fast_lora.base_weight))
+show(fast_lora._lora_forward)
+show(fast_lora.base_weight)
 
 # %% [markdown]
 # `base_weight` is where QLoRA plugs in: a dense 16-bit weight is handed over as it is; the quantization state of a
@@ -150,7 +150,7 @@ print(inspect.getsource(fast_lora.base_weight))
 # dx accumulated in place (`addmm_`) so that Q, K and V — or gate and up — all add into **one** dx buffer:
 
 # %%
-print(inspect.getsource(fast_lora._lora_backward))
+show(fast_lora._lora_backward)
 
 # %% [markdown]
 # Checked against autograd, in float64 so that any difference is a mistake, not rounding:
@@ -187,7 +187,7 @@ for name, mine, theirs in [("dx", dx, x.grad), ("dA", dA, A.grad), ("dB", dB, B.
 # Unsloth's `LoRA_MLP` does the same; here is minilora's:
 
 # %%
-print(inspect.getsource(fast_lora.LoRA_MLP.backward))
+show(fast_lora.LoRA_MLP.backward)
 
 # %% [markdown]
 # Does it equal autograd on the plain composition (what PEFT runs)? Here in float32 with the Triton kernel in the
@@ -237,32 +237,23 @@ for name, a, b in zip(["gate A", "gate B", "up A", "up B", "down A", "down B"], 
 #
 # Two things decide a training step's memory here: what the forward **saves** for the backward (it lives from the
 # forward until its backward runs — for every layer at once), and what the backward **allocates**. Both can be
-# measured on a CPU: `torch.autograd.graph.saved_tensors_hooks` sees every tensor saved for backward (including
-# those of custom Functions), and a `TorchDispatchMode` sees every new tensor an op returns — the library's
-# `minilora.memory.AllocationLog`:
+# measured on a CPU with the library's meters: `minilora.memory.SavedTensorMeter` sees every tensor saved for
+# backward (through `torch.autograd.graph.saved_tensors_hooks`, so including those of custom Functions), and
+# `minilora.memory.AllocationLog`, a `TorchDispatchMode`, sees every new tensor an op returns:
 
 # %%
-from minilora.memory import AllocationLog
+from minilora.memory import AllocationLog, SavedTensorMeter
 
-print(inspect.getsource(AllocationLog))
+show(SavedTensorMeter, AllocationLog)
 
 
 def measure(run_forward, layers):
     """(MiB saved for backward, excluding weights; MiB allocated by the backward)."""
-    weights = {p.untyped_storage().data_ptr() for l in layers for p in l.parameters()}
-    saved = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorMeter(*layers) as saved:
         out = run_forward()
     with AllocationLog() as counter:
         out.backward(torch.ones_like(out))
-    return sum(saved.values()) / 2**20, counter.bytes / 2**20
+    return saved.bytes / 2**20, counter.bytes / 2**20
 
 
 N_tok, C, I = 512, 256, 688  # a scaled-down MLP (Llama-3-8B's ratio I / C = 3.5)
@@ -305,7 +296,7 @@ print(f"saved: {100 * (1 - fast_saved / peft_saved):.0f}% less; "
 # same Function with one projection (`LoRA_O`). The backward, shared by both:
 
 # %%
-print(inspect.getsource(fast_lora._LoRA_Projections.backward))
+show(fast_lora._LoRA_Projections.backward)
 
 # %% [markdown]
 # Checked against autograd in float64 (any difference is a mistake, not rounding), with the shapes of grouped-query
@@ -405,8 +396,11 @@ plt.show()
 
 # %% [markdown]
 # Both versions run the same matmuls, which dominate the time, so the time line above is the smaller of the two
-# effects it could show; the memory line is the point: every layer of a real model keeps its saved tensors alive
-# until its backward runs, so the difference per MLP is multiplied by the number of layers.
+# effects it could show; the memory line is the point. How the per-MLP difference adds up in a whole model depends
+# on checkpointing. Without it, every layer keeps its saved tensors alive until its backward runs, so the
+# difference is paid once per layer. With it — and every recorded end-to-end run uses it — a layer's tensors exist
+# only while that one layer is recomputed and differentiated, so the difference lowers the step's peak once, not
+# once per layer (week 5's checkpointing lesson measures what each layer keeps in each mode).
 #
 # ## Exercises
 #

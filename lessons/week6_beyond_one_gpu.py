@@ -39,7 +39,6 @@
 
 # %%
 import dataclasses
-import inspect
 import json
 import os
 import pathlib
@@ -54,8 +53,10 @@ import torch
 import minilora
 from minilora import parity
 from minilora.linear4bit import Linear4bit
-from minilora.memory import STAGES, GiB, estimate_memory_per_rank
+from minilora.memory import STAGES, GiB, estimate_memory, estimate_memory_per_rank
 from minilora.models import catalogue_config
+from minilora.prose import claim
+from minilora.show import show
 from minilora.train import distributed
 
 torch.manual_seed(0)
@@ -98,9 +99,8 @@ print(f"mean of the ranks' means : {mean_of_means:.4f}  ({abs(mean_of_means - ri
 # %%
 from minilora.train.trainer import Trainer
 
-src = inspect.getsource(Trainer.training_step)
-print(src[:src.index("        self.scaler.unscale_")])
-print(inspect.getsource(distributed.rank_slice))
+show(Trainer.training_step, region="accumulate")
+show(distributed.rank_slice)
 
 # %%
 per_rank = [len(token_losses) * t.sum() / n_global for t in token_losses]  # what each rank backpropagates
@@ -116,7 +116,7 @@ print(f"each rank's loss x W: {[round(float(x), 4) for x in per_rank]}; DDP's av
 # `estimate_memory_per_rank` applies these splits to the week-4 calculator:
 
 # %%
-print(inspect.getsource(estimate_memory_per_rank))
+show(estimate_memory_per_rank)
 
 # %%
 shapes = {"Llama-3-8B": catalogue_config("llama-3-8b"),
@@ -150,16 +150,33 @@ for name in shapes:
 # %% [markdown]
 # With LoRA the optimizer state and the gradients belong to the small adapters only, so ZeRO-1 and 2 change little;
 # what dominates is the frozen base, and only ZeRO-3 splits it. That is why QLoRA and FSDP go together: the 4-bit
-# base is already ~4x smaller than 16-bit, and FSDP divides it again by the number of GPUs.
+# base is already smaller than the 16-bit one (by the factor the next cell computes — less than the 16/4 of the
+# codes alone, because embeddings, head and norms stay 16-bit and the block scales add bytes), and FSDP divides it
+# again by the number of GPUs.
+
+# %%
+for name, cfg in shapes.items():
+    b16 = estimate_memory(cfg, "lora", **kw)
+    b4 = estimate_memory(cfg, "qlora", **kw)
+    base16, base4 = b16.weights / GiB, (b4.weights + b4.quant_state) / GiB
+    claim("{name}: the 4-bit base is {times:.1f}x smaller than the 16-bit one ({base4:.1f} GiB against "
+          "{base16:.1f} GiB)", 1 < base16 / base4 < 4, name=name, times=base16 / base4, base4=base4, base16=base16)
 
 # %%
 for gpu_gib in (24, 80):
     for name, cfg in shapes.items():
-        fits = {s: next((n for n in ns if per_gpu[(name, "qlora", s)][n - 1] <= gpu_gib), None)
-                for s in ("ddp", "zero3")}
-        words = {s: (f"{n} GPU(s)" if n else "more than 8 GPUs") for s, n in fits.items()}
-        print(f"{name} QLoRA on {gpu_gib} GB cards: DDP needs {words['ddp']}, ZeRO-3 needs {words['zero3']} "
-              "(predicted; a real run also needs room for one all-gathered layer and the allocator's slack)")
+        ddp = per_gpu[(name, "qlora", "ddp")]
+        z3 = per_gpu[(name, "qlora", "zero3")]
+        z3_fits = next((n for n in ns if z3[n - 1] <= gpu_gib), None)
+        # DDP copies everything to every GPU: its per-GPU memory is the same on 1 GPU as on 8
+        ddp_words = "fits on one card" if ddp[0] <= gpu_gib else "fits on no number of them"
+        claim("{name} QLoRA on {card} GB cards: DDP holds {ddp:.1f} GiB on every GPU whatever their number, so it "
+              "{ddp_words}", max(ddp) - min(ddp) < 1e-9 and (ddp[0] <= gpu_gib) == (ddp_words == "fits on one card"),
+              name=name, card=gpu_gib, ddp=ddp[0], ddp_words=ddp_words)
+        z3_words = (f"fits from {z3_fits} GPU(s) on ({z3[z3_fits - 1]:.1f} GiB each)" if z3_fits else
+                    f"still needs {z3[-1]:.1f} GiB per GPU at {ns[-1]}, the most this plot tries")
+        claim("   ZeRO-3 {z3_words}", z3_fits is None or z3[z3_fits - 1] <= gpu_gib, z3_words=z3_words)
+print("(predicted; a real run also needs room for one all-gathered layer and the allocator's slack)")
 
 # %% [markdown]
 # ## 3. Why sharding a 4-bit base needed care
@@ -172,7 +189,7 @@ for gpu_gib in (24, 80):
 # skip integer tensors), and viewed back as float32 after the all-gather:
 
 # %%
-print(inspect.getsource(Linear4bit.store_as_bytes))
+show(Linear4bit.store_as_bytes)
 layer = Linear4bit.from_linear(torch.nn.Linear(256, 128))
 before = {n: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in layer.state_dict().items()}
 x = torch.randn(3, 256)
@@ -188,13 +205,18 @@ print(f"largest output difference after the change: {(layer(x) - y_before).abs()
 # through bf16, and compare with the exact weight.
 
 # %%
-state = Linear4bit.from_linear(torch.nn.Linear(256, 128)).quant_state
+dense = torch.nn.Linear(256, 128)
+layer_w = dense.weight.detach()
+state = Linear4bit.from_linear(dense).quant_state
 exact = minilora.ops.dequantize_nf4(state, torch.float32)
 dq = state.double_quant
 rounded = dataclasses.replace(state, double_quant=dataclasses.replace(
     dq, scales=dq.scales.bfloat16().float(), offset=dq.offset.bfloat16().float()))
 err = (minilora.ops.dequantize_nf4(rounded, torch.float32) - exact).abs().max() / exact.abs().max()
-print(f"weights dequantized with bf16-rounded scales: largest error {err:.2e} of the largest weight")
+nf4_err = (exact - layer_w).abs().max() / layer_w.abs().max()
+claim("dequantized with bf16-rounded scales the weights move by at most {err:.1e} of the largest weight — small "
+      "next to NF4's own rounding ({nf4:.1e}), but no longer the values that were quantized", 0 < err < nf4_err,
+      err=float(err), nf4=float(nf4_err))
 
 # %% [markdown]
 # ## 4. Two real processes on this CPU
@@ -234,21 +256,26 @@ def rel_diff(a: dict, b: dict) -> float:
 
 
 for mode in ("ddp", "fsdp"):
-    print(f"{mode}: first-step gradients differ from one process's by at most "
-          f"{rel_diff(two[mode]['first_grads'], one['first_grads']):.1e} (relative), the final adapter by "
-          f"{rel_diff(two[mode]['adapter'], one['adapter']):.1e}")
+    grads, adapter = rel_diff(two[mode]["first_grads"], one["first_grads"]), rel_diff(two[mode]["adapter"],
+                                                                                       one["adapter"])
+    claim("{mode}: first-step gradients within {grads:.1e} of one process's (relative), the final adapter within "
+          "{adapter:.1e}: rounding, not a different training", max(grads, adapter) < 1e-4, mode=mode, grads=grads,
+          adapter=adapter)
 frozen = [h["frozen"] for h in two["fsdp"]["held_bytes"]]
-print(f"frozen bytes held per rank with FSDP: {frozen}; with DDP: {[h['frozen'] for h in two['ddp']['held_bytes']]}")
+frozen_ddp = [h["frozen"] for h in two["ddp"]["held_bytes"]]
+claim("frozen bytes held per rank: {fsdp} with FSDP, {ddp} with DDP — FSDP keeps a share of the base on each rank",
+      max(frozen) < min(frozen_ddp), fsdp=frozen, ddp=frozen_ddp)
 
 # %% [markdown]
 # The differences are rounding: the two ranks add their partial sums in another order than one process does.
-# On a CPU the processes share the same cores, so two of them are no faster here; the point is that they compute
-# the same training, which is what lets the same code scale out on GPUs.
+# On a CPU the processes share the same cores, and the timing above includes torchrun's start-up and two runs, so it
+# says nothing about speed; the point is that they compute the same training, which is what lets the same code scale
+# out on GPUs.
 #
 # ## 5. Measured on GPUs
 #
-# `python -m benchmarks.gpu_distributed` measures tokens/s and peak memory per GPU for 1, 2 and 4 GPUs with DDP and FSDP
-# at the Llama-3-8B shape. Its recorded results, if any, are plotted here.
+# `python -m benchmarks.gpu_distributed` measures tokens/s and peak memory per GPU, with DDP and FSDP, for each GPU
+# count up to the machine's, at the Llama-3-8B shape. Its recorded results, if any, are plotted here.
 
 # %%
 from benchmarks.harness import latest, load_results  # the results schema's reader

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="minilora",
         description="minilora: fine-tune small Llama-family models with LoRA/QLoRA, and work through the "
-                    "six-week workbook. Run `minilora <command> --help` for each command.")
+                    "six-week workbook (the sixth a bonus). Run `minilora <command> --help` for each command.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails "
                                                               "(same as MINILORA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)

@@ -166,10 +166,11 @@ class Linear4bit(QuantizedLinear):
         For sharding (FSDP2's ``fully_shard``, see minilora/train/distributed.py): fully_shard splits PARAMETERS
         along dim 0 across ranks and all-gathers them before the module runs, but leaves BUFFERS whole on every
         rank, refuses 0-dim parameters, and its mixed-precision policy casts every floating-point parameter to
-        ``param_dtype`` (bf16 would ruin the float32 block scales). As 1-D uint8 bytes, the absmax codes, the
-        float32 scales and the float32 offset shard like the codes (each rank ~1/N), are never cast (casts skip
-        integer tensors), and the full tensors are viewed back as float32 after the all-gather. Outputs and
-        gradients are unchanged; call it on the model's layers before fully_shard.
+        ``param_dtype`` (bf16 keeps 8 significant bits of the float32 block scales: the weights would no longer
+        be the ones quantized). As 1-D uint8 bytes, the absmax codes, the float32 scales and the float32 offset
+        shard like the codes (each rank ~1/N), are never cast (casts skip integer tensors), and the full tensors
+        are viewed back as float32 after the all-gather. Outputs and gradients are unchanged; call it on the
+        model's layers before fully_shard.
         """
         for name in _STATE_NAMES:
             t = self._buffers.get(name)

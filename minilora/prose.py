@@ -9,6 +9,10 @@ Every direction word belongs to a *kind* of quantity, because the same sign mean
 
 `cite` formats a constant taken from somewhere else (a paper, a README) with its source, so that a figure the
 lesson did not compute is never mistaken for one it did.
+
+`claim` is how a lesson says what a measurement means ("the loss falls below chance", "recompute costs time"): the
+sentence is printed with the numbers it rests on, and a false one stops the lesson (and so CI) with both in the
+message. tests/lesson_prose.py finds the claims in an executed notebook by the metadata `claim` attaches.
 """
 from __future__ import annotations
 
@@ -81,6 +85,70 @@ def ratio(new: float, old: float, *, kind: str, more: str | None = None, less: s
     times = r if r >= 1 else 1 / r
     text = compare(100 * (r - 1), "%", kind=kind, more=more, less=less)
     return text if text.startswith("no different") else f"{times:{fmt}}x {text.split(' ', 1)[1]}"
+
+
+class ClaimFailed(AssertionError):
+    """A lesson's sentence is contradicted by the numbers it was computed from."""
+
+
+CLAIM_METADATA = "minilora_claim"  # the key of a claim's display metadata in an executed notebook
+
+
+def _number(value) -> object:
+    """A plain Python value for printing and for the notebook's JSON metadata (tensors and numpy scalars too)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        return [_number(v) for v in value]
+    raise TypeError(f"claim() data must be numbers, strings or lists of them; got {type(value).__name__}")
+
+
+class CheckedSentence(str):
+    """The sentence a claim() checked. It is a plain str for reuse in later prose; as a cell's last value it shows
+    nothing, because claim() has already shown it with its numbers."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def claim(text: str, condition, **data) -> CheckedSentence:
+    """Print `text` (formatted with `data`) and the numbers it rests on; raise ClaimFailed when `condition` is false.
+
+    ``claim("the loss falls from {first:.3f} to {last:.3f}, below chance ({chance:.3f})",
+    last < chance, first=l0, last=l1, chance=math.log(V))``. `condition` must be a bool (a 0-d tensor or numpy
+    bool is read with .item()): a number there would silently mean "nonzero". Returns the formatted sentence, so a
+    later cell can reuse the wording the check backed."""
+    if hasattr(condition, "item") and getattr(condition, "ndim", 0) == 0:
+        condition = condition.item()
+    if not isinstance(condition, bool):
+        raise TypeError(f"claim() needs a bool condition (a comparison of the measured numbers), got "
+                        f"{type(condition).__name__} {condition!r}")
+    values = {k: _number(v) for k, v in data.items()}
+    try:
+        sentence = text.format(**data)
+    except (KeyError, IndexError) as exc:
+        raise KeyError(f"claim() text {text!r} names {exc} but no such keyword was given: pass it as {exc}=value")
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    line = f"{sentence}  [{shown}]" if shown else sentence
+    if not condition:
+        raise ClaimFailed(f"the lesson says: {sentence!r}, but its numbers do not support it ({shown or 'no data'}). "
+                          "Reword the sentence from the new numbers or find what changed them.")
+    _emit(line, {"text": sentence, "data": values})
+    return CheckedSentence(sentence)
+
+
+def _emit(line: str, record: dict) -> None:
+    """In a notebook, a display output whose metadata marks it as a claim; in a script, a printed line."""
+    from minilora.show import in_notebook
+    if in_notebook():
+        from IPython.display import display
+        display({"text/plain": line}, raw=True, metadata={CLAIM_METADATA: record})
+    else:
+        print(line)
 
 
 def cite(text: str, source: str) -> str:

@@ -43,7 +43,7 @@ LAYERS = [
     ("run", ["minilora.finetune", "minilora.parity"]),
     ("commands", ["minilora", "minilora.__main__", "minilora.cli", "minilora.commands", "minilora.commands.arguments",
                   "minilora.commands.chat", "minilora.commands.exercises", "minilora.commands.journal",
-                  "minilora.commands.train", "minilora.course", "minilora.prose"]),
+                  "minilora.commands.train", "minilora.course", "minilora.prose", "minilora.show"]),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 

@@ -1,5 +1,6 @@
-"""The prose of every executed lesson follows its data (see tests/lesson_prose.py for the two checks), and the
-checks really catch what they look for: a planted wrong-direction sentence and a planted uncomputed figure fail."""
+"""The prose of every executed lesson follows its data (see tests/lesson_prose.py for the three checks), and the
+checks really catch what they look for: planted wrong directions, uncomputed figures and unchecked interpretations
+(the nine sentences of tests/lesson_prose_planted.py) fail; their corrected versions pass."""
 import json
 import pathlib
 import sys
@@ -7,10 +8,11 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from lesson_prose import uncomputed_figures, wrong_directions
+from lesson_prose import unbacked_interpretations, uncomputed_figures, wrong_directions
+from lesson_prose_planted import CASES
 from lesson_runner import execute_lesson, lesson_files
 
-from minilora.prose import cite, compare, ratio
+from minilora.prose import ClaimFailed, cite, claim, compare, ratio
 
 # Figures a lesson's prose may state without computing them: each a constant with its source.
 CITED = {
@@ -32,14 +34,13 @@ CITED = {
         "0.5 bits": "32 bits of float32 absmax / 64 values per block: the definition of the format",
         "0.127 bits": "8/64 + 32/(64·256): QLoRA paper (Dettmers et al. 2023, section 3, Double Quantization)",
     },
-    "week4_memory": {
-        "80 GiB": "the memory of an 80 GB A100/H100, the card size the allocator example talks about",
-    },
     "week5_saving": {
         "34 bytes": "GGUF's Q8_0 block layout (ggml block_q8_0): 32 int8 codes + one fp16 scale, by definition",
     },
-    "week6_beyond_one_gpu": {
-        "4x": "16 bits / 4 bits: the storage ratio of NF4 codes to 16-bit weights, by definition",
+    "week4_memory": {
+        "80 GiB": "the memory of an 80 GB A100/H100, the card size the allocator example talks about",
+        "2x": "Unsloth README: “2x faster” (github.com/unslothai/unsloth, README.md)",
+        "70%": "Unsloth README: “70% less memory” (github.com/unslothai/unsloth, README.md)",
     },
     "week5_capstone": {
         "2x": "Unsloth README: “2x faster” (github.com/unslothai/unsloth, README.md)",
@@ -58,8 +59,19 @@ def _notebook(path):
 def test_lesson_prose_follows_its_data(path):
     nb = _notebook(path)
     allowed = {**CITED["*"], **CITED.get(path.stem, {})}
-    problems = uncomputed_figures(nb, allowed) + wrong_directions(nb)
+    problems = uncomputed_figures(nb, allowed) + wrong_directions(nb) + unbacked_interpretations(nb)
     assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+def _all_checks(nb, allowed) -> list[str]:
+    return uncomputed_figures(nb, allowed) + wrong_directions(nb) + unbacked_interpretations(nb)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_planted_sentence_is_flagged_and_its_fix_is_not(name):
+    wrong, fixed, allowed = CASES[name]
+    assert _all_checks(wrong, allowed), f"the planted sentence of {name!r} passed the checks"
+    assert _all_checks(fixed, allowed) == [], f"the corrected {name!r} was flagged"
 
 
 # --- the checks catch what they look for ---------------------------------------------------------------------------
@@ -118,3 +130,39 @@ def test_compare_refuses_what_it_cannot_check():
         compare(1.0, "ms", more="faster")  # +ms is never faster
     with pytest.raises(TypeError):
         compare(float("nan"), "ms")
+
+
+# --- claims that run ---------------------------------------------------------------------------------------------
+def test_claim_prints_the_sentence_with_its_numbers(capsys):
+    text = claim("the loss falls from {first:.3f} to {last:.3f}", True, first=4.5583, last=3.4171)
+    assert text == "the loss falls from 4.558 to 3.417"
+    assert capsys.readouterr().out == "the loss falls from 4.558 to 3.417  [first=4.558, last=3.417]\n"
+
+
+def test_a_false_claim_stops_the_lesson_with_its_numbers():
+    with pytest.raises(ClaimFailed, match=r"memorizes.*last=3.417"):
+        claim("the model memorizes the sequences (loss {last:.3f})", 3.417 < 0.1, last=3.417)
+
+
+def test_claim_refuses_a_condition_that_is_not_a_comparison():
+    import torch
+    with pytest.raises(TypeError, match="bool condition"):
+        claim("faster", 1.7)  # a number would silently mean "nonzero"
+    assert claim("smaller", torch.tensor(1.0) < 2) == "smaller"  # a 0-d tensor comparison is read with .item()
+    with pytest.raises(KeyError, match="no such keyword"):
+        claim("{missing} GPUs", True)
+
+
+def test_in_a_notebook_a_claim_is_marked_for_the_prose_check(monkeypatch):
+    """The metadata claim() attaches in a kernel is what lets check 3 tell a checked sentence from a printed one."""
+    import IPython.display
+
+    import minilora.show
+    from minilora.prose import CLAIM_METADATA
+    shown = []
+    monkeypatch.setattr(minilora.show, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **kw: shown.append((a, kw)))
+    claim("{n} decades", True, n=7)
+    (args, kwargs), = shown
+    assert args[0] == {"text/plain": "7 decades  [n=7]"} and kwargs["raw"] is True
+    assert kwargs["metadata"][CLAIM_METADATA] == {"text": "7 decades", "data": {"n": 7}}

@@ -135,6 +135,7 @@ class Trainer:
     def training_step(self) -> dict:
         a, model = self.args, self.model
         model.train()
+        # region accumulate
         k = a.gradient_accumulation_steps
         host = [self.micro_batch(self.step * k + j, torch.device("cpu")) for j in range(k)]
         check_batch_ids(host, model, self.step + 1)  # on the host: no GPU wait, and before anything runs
@@ -166,6 +167,7 @@ class Trainer:
             loss_total = loss if loss_total is None else loss_total + loss
         if self.dist.enabled:  # the step's loss over all ranks (the same on every rank: they stop together on NaN)
             torch.distributed.all_reduce(loss_total)
+        # endregion
         self.scaler.unscale_(self.optimizer)
         params = list(self.params.values())
         if a.max_grad_norm and a.max_grad_norm > 0:
