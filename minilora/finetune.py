@@ -169,7 +169,7 @@ def finetune(config: FineTuneConfig, *, model=None, tokenizer=None, on_trainer=N
             model, tokenizer = FastLanguageModel.from_pretrained(
                 config.model_name, max_seq_length=config.max_seq_length, dtype=config.dtype,
                 load_in_4bit=config.load_in_4bit)
-        examples, held_out = build_data(config, tokenizer)
+        examples, held_out = build_data(config, tokenizer, progress=config.progress and ctx.is_main)
         n_tokens = sum(len(e) for e in examples)
         say(f"data: {len(examples)} training examples, {n_tokens} tokens (longest {max(len(e) for e in examples)})")
 
@@ -249,7 +249,7 @@ def compute_dtype(model):
     return torch.float32
 
 
-def build_data(config: FineTuneConfig, tokenizer):
+def build_data(config: FineTuneConfig, tokenizer, progress: bool = True):
     """(training examples, held-out records for exact match or None)."""
     from .train import Example, build_examples, chunk_text, dates_task
     from .train.data import load_examples
@@ -267,7 +267,7 @@ def build_data(config: FineTuneConfig, tokenizer):
     # tokenized once per data + tokenizer: a resumed run (same directory) reads them back instead of tokenizing
     cache = os.path.join(config.output_dir, "examples-cache") if config.output_dir else None
     return load_examples(data, tokenizer, config.max_seq_length, text_field=config.dataset_text_field,
-                         cache_dir=cache, progress=config.progress), None
+                         cache_dir=cache, progress=progress), None
 
 
 def show_scores(say, label: str, correct: int, records, answers, n_show: int = 3) -> None:
