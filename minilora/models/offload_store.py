@@ -399,3 +399,21 @@ def default_store() -> OffloadStore:
     if _STORE is None:
         _STORE = OffloadStore(**_SETTINGS)
     return _STORE
+
+
+class using_store:
+    """``with using_store(store): ...`` makes `store` the process's offload store inside the block (benchmarks
+    compare stores this way; tests give one a small budget)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        global _STORE
+        self.previous, _STORE = _STORE, self.store
+        return self.store
+
+    def __exit__(self, *exc):
+        global _STORE
+        _STORE = self.previous
+        return False
