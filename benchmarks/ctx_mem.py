@@ -199,6 +199,17 @@ def run(args) -> harness.Results:
                     f"the call: ran the longest multiple of 16384 predicted to fit")
             res.log(note)
             seq_long = fitted
+        peaks = sorted((r["seq"], r["peak_gib"]) for r in res.rows if r["impl"] == name and r["reps"]
+                       and r.get("peak_gib") is not None)[-2:]
+        if device == "cuda" and len(peaks) == 2 and i == len(longs) - 1:
+            (t1, p1), (t2, p2) = peaks
+            room = torch.cuda.get_device_properties(0).total_memory / harness.GiB * 0.97
+            if p2 + (p2 - p1) / (t2 - t1) * (seq_long - t2) > room:
+                fitted = int(t2 + (room - p2) / ((p2 - p1) / (t2 - t1))) // 16384 * 16384
+                note = (note + "; " if note else "") + (f"{seq_long} tokens predicted past the card's memory: ran "
+                                                        f"{fitted}, the longest multiple of 16384 predicted to fit")
+                res.log(note)
+                seq_long = min(seq_long, fitted)
         step.set_batch(1, seq_long)
         clock = harness.default_clock(device)
         host_before = host_available_gib()
