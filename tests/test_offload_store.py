@@ -118,3 +118,20 @@ def test_cuda_round_trip_through_pinned_chunks_and_disk_on_the_side_stream(budge
         if i:
             held[i - 1].prefetch()
         assert torch.equal(held[i].fetch(), want[i])
+
+
+def test_the_memory_meter_counts_what_an_offloaded_input_holds_not_the_slab_it_sits_in():
+    """The stored layer inputs share 1 GiB slabs: the meter must count each input's bytes, once."""
+    from minilora.lora import get_peft_model
+    from minilora.memory import measure_activations
+    from minilora.models import build_model
+    from minilora.models.config import ModelConfig
+    cfg = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = get_peft_model(build_model(cfg, dtype=torch.float32), r=4, verbose=False).train()
+    model.gradient_checkpointing = "offload"
+    ids = torch.randint(0, 128, (2, 16))
+    report = measure_activations(model, lambda: model(ids, labels=ids))
+    inputs = cfg.num_hidden_layers * 2 * 16 * 64 * 4  # one (B, T, C) float32 input per layer
+    held = report.held["OffloadedCheckpointBackward"]
+    assert inputs <= held < inputs + 32 * 1024  # + the RNG states and RoPE tables each Function keeps

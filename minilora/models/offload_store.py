@@ -198,6 +198,10 @@ class StoredTensor:
         self.writes: list[Future] = []
         self.back = None  # (device tensor, reads future or None, event or None)
 
+    def offloaded_bytes(self) -> int:
+        """The bytes this tensor holds off the device (pool chunks and spill slots, tails not counted)."""
+        return sum(n for _, n, _, _ in self.pieces)
+
     def __del__(self):
         try:
             if self.pieces:
