@@ -48,7 +48,8 @@ def test_offloaded_tiled_layers_give_the_untiled_loss_and_gradients(batch, seq, 
 
 @pytest.mark.parametrize("kernels", ["reference", "triton"])
 def test_tiles_match_the_whole_layer_on_both_op_paths(kernels):
-    """One layer's MLP half, float32: tile by tile (forward, and recompute + backward) against autograd on the whole."""
+    """One layer's MLP half, float32: tile by tile (forward, and recompute + backward) against autograd on the whole;
+    the weights' gradients come back summed over the tiles, not accumulated tile by tile."""
     m = tiny_model(seed=3, vocab_size=64)
     get_peft_model(m, r=4, lora_alpha=8, verbose=False, random_state=3)
     randomize_lora(m, seed=3)
@@ -63,10 +64,11 @@ def test_tiles_match_the_whole_layer_on_both_op_paths(kernels):
         layer.zero_grad()
         with torch.no_grad():
             out = tiled_forward(layer.mlp_half, h, 5)
-        grad_h = tiled_backward(layer.mlp_half, h, g, 5)
+        grad_h, sums = tiled_backward(layer.mlp_half, h, g, 5, params=list(layer.parameters()))
     torch.testing.assert_close(out, whole.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_h, whole_in.grad, rtol=1e-5, atol=1e-6)
-    got = {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
+    assert all(p.grad is None for p in layer.parameters())  # summed here, handed to autograd once by the caller
+    got = {n: sums[p] for n, p in layer.named_parameters() if p in sums}
     assert got.keys() == want.keys() and want
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -88,3 +90,15 @@ def test_a_tile_must_be_a_positive_number_of_tokens():
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="positive integer"):
             set_tile_tokens(m, bad)
+
+
+def test_each_weight_gets_one_gradient_per_backward_however_many_tiles():
+    """DDP's reducer marks a weight ready when its gradient lands: a second landing in one step is an error there."""
+    m = lora_model()
+    landed = {}
+    for name, p in m.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p, name=name: landed.__setitem__(name, landed.get(name, 0) + 1))
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(0))
+    loss_and_grads(m, ids, "offload", 3)  # 22 tokens: 8 tiles a layer
+    assert landed and set(landed.values()) == {1}, landed

@@ -86,6 +86,8 @@ class OffloadedCheckpoint(torch.autograd.Function):
         # a layer may recompute and backpropagate in one pass (the tiled MLP: minilora.models.tiled); gradients for
         # the layer's trainable parameters accumulate into .grad right here either way
         recompute_backward = getattr(ctx.layer, "recompute_backward", None)
+        if ctx.layer._forward_pre_hooks or ctx.layer._forward_hooks:
+            recompute_backward = None  # a wrapper (FSDP's unshard/reshard) expects the layer to be called
         try:
             enabled, dtype = ctx.autocast
             with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):

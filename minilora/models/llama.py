@@ -130,7 +130,10 @@ class LlamaDecoderLayer(nn.Module):
         if self.tile_tokens is None or h.numel() // h.shape[-1] <= self.tile_tokens:
             torch.autograd.backward(self.mlp_half(h), grad_out)
             return
-        torch.autograd.backward(h, tiled_backward(self.mlp_half, h, grad_out, self.tile_tokens))
+        grad_h, param_grads = tiled_backward(self.mlp_half, h, grad_out, self.tile_tokens,
+                                             params=[*self.mlp.parameters(), *self.post_attention_layernorm.parameters()])
+        # one backward call: through the attention half from h, and into each MLP weight's .grad once
+        torch.autograd.backward([h, *param_grads], [grad_h, *param_grads.values()])
 
 
 class LlamaModel(nn.Module):

@@ -12,7 +12,8 @@ Two places use it:
 - the offloaded checkpoint's backward, where the gradient of the layer's output is already known: `tiled_backward`
   recomputes one tile with grad on and backpropagates it at once, so no tile's intermediates outlive it and the
   MLP runs no more often than without tiles (a generic "save the input, recompute per tile in backward" Function
-  would run it a third time). The trainable weights' gradients accumulate into ``.grad`` tile by tile.
+  would run it a third time). The trainable weights' gradients are summed over the tiles and handed to autograd
+  once, together with the gradient of the MLP half's input.
 """
 from __future__ import annotations
 
@@ -44,20 +45,27 @@ def tiled_forward(fn, h: torch.Tensor, tile: int | None) -> torch.Tensor:
     return out.view(*h.shape[:-1], out.shape[-1])
 
 
-def tiled_backward(fn, h: torch.Tensor, grad_out: torch.Tensor, tile: int | None) -> torch.Tensor:
-    """The gradient of sum(fn(h) * grad_out) with respect to h, recomputing fn one tile at a time; the gradients of
-    fn's trainable parameters accumulate into their ``.grad``. h (..., C), grad_out (..., C_out)."""
+def tiled_backward(fn, h: torch.Tensor, grad_out: torch.Tensor, tile: int | None, params=()) -> tuple:
+    """Gradients of sum(fn(h) * grad_out), recomputing fn one tile at a time: returns (grad of h, {param: grad}) for
+    the trainable `params` fn uses. The parameter gradients are summed over the tiles here and handed to autograd
+    once by the caller, so hooks that expect one gradient per parameter and step (DDP's) see one.
+    h (..., C), grad_out (..., C_out)."""
     flat = h.detach().reshape(-1, h.shape[-1])  # (N, C)
     grad_flat = grad_out.reshape(-1, grad_out.shape[-1])  # (N, C_out)
     grad_h = torch.empty_like(flat)
+    params = [p for p in params if p.requires_grad]
+    sums: dict = {}
     step = flat.shape[0] if tile is None else tile
     for start in _tile_starts(flat.shape[0], step):
         part = flat[start:start + step].detach().requires_grad_(True)
         with torch.enable_grad():
             out = fn(part)
-        torch.autograd.backward(out, grad_flat[start:start + step])
-        grad_h[start:start + step] = part.grad
-    return grad_h.view(h.shape)
+        grads = torch.autograd.grad(out, [part, *params], grad_flat[start:start + step], allow_unused=True)
+        grad_h[start:start + step] = grads[0]
+        for p, g in zip(params, grads[1:]):
+            if g is not None:
+                sums[p] = g if p not in sums else sums[p].add_(g)
+    return grad_h.view(h.shape), sums
 
 
 def set_tile_tokens(model: nn.Module, tile: int | None) -> nn.Module:
