@@ -59,13 +59,14 @@ def before_this_change(model):
     @contextlib.contextmanager
     def context():
         set_tile_tokens(model, None)
+        previous = ops.sdpa_preference()
         ops.prefer_sdpa("pytorch")
         try:
             with using_store(store) if store is not None else contextlib.nullcontext():
                 yield
         finally:
             set_tile_tokens(model, DEFAULT_TILE_TOKENS)
-            ops.prefer_sdpa("auto")
+            ops.prefer_sdpa(previous)
     return context
 
 
@@ -129,9 +130,10 @@ def run(args) -> harness.Results:
     if device == "cuda" and args.attention:
         from benchmarks.long_context_parts import attention_backends
         from minilora import ops
-        if not attention_backends(res):
-            ops.prefer_sdpa("pytorch")
-            res.log("cuDNN-first attention disagreed with SDPA's order: the rest of the run uses SDPA's order")
+        if attention_backends(res):
+            ops.prefer_sdpa("cudnn-first")
+            res.log("cuDNN-first attention agreed with SDPA's order and was faster: minilora uses it from here on")
+        res.extra["minilora_attention"] = ops.sdpa_preference()
     for s in stages:
         steps[STAGES[s]] = minilora_stage(config, s, 1, first, device, dtype)
     if args.baseline:

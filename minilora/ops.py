@@ -73,16 +73,21 @@ def use_triton(x: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Attention: PyTorch's SDPA, with cuDNN's kernels tried first on Hopper
+# Attention: PyTorch's SDPA, optionally with cuDNN's kernels tried first on Hopper
 # ---------------------------------------------------------------------------------------------------------------
-SDPA_PREFERENCES = ("auto", "pytorch")
-_sdpa_preference = os.environ.get("MINILORA_SDPA", "auto")
+SDPA_PREFERENCES = ("pytorch", "cudnn-first")
+_sdpa_preference = os.environ.get("MINILORA_SDPA", "pytorch")
+
+
+def sdpa_preference() -> str:
+    return _sdpa_preference
 
 
 def prefer_sdpa(preference: str) -> None:
-    """"auto": on a Hopper GPU (compute capability 9.x) SDPA tries cuDNN's attention before FlashAttention-2 (on
-    these cards it runs the long causal attention of training markedly faster: docs/benchmarks.md); "pytorch":
-    SDPA's own order everywhere. Either way a shape one kernel cannot serve falls back to the next."""
+    """"pytorch" (the default): SDPA's own order (FlashAttention-2 first on a GPU). "cudnn-first": on a Hopper GPU
+    (compute capability 9.x) SDPA tries cuDNN's attention first; others report it markedly faster there for
+    training shapes, and `python -m benchmarks.ctx_mem --attention` measures both on the card at hand. Either way a
+    shape one kernel cannot serve falls back to the next."""
     global _sdpa_preference
     if preference not in SDPA_PREFERENCES:
         raise ValueError(f"unknown attention preference {preference!r}: choose one of {', '.join(SDPA_PREFERENCES)} "
@@ -94,7 +99,7 @@ prefer_sdpa(_sdpa_preference)
 
 
 def _cudnn_first(q: torch.Tensor) -> bool:
-    return _sdpa_preference == "auto" and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
+    return _sdpa_preference == "cudnn-first" and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
 
 
 def attention(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False) -> torch.Tensor:
