@@ -42,7 +42,7 @@ import torch
 
 from minilora.lora import get_peft_model
 from minilora.memory import measure_activations
-from minilora.models import build_model, catalogue_config, checkpointing
+from minilora.models import build_model, catalogue_config, checkpointing, offload_store
 from minilora.prose import claim, compare
 from minilora.show import show
 
@@ -55,13 +55,13 @@ print(checkpointing.__doc__)
 # Each decoder layer runs through `run_layer`. With no checkpointing it is a plain call, and autograd keeps every
 # intermediate of the layer (norm outputs, q/k/v, attention output, gate/up/SwiGLU...). With recompute,
 # `torch.utils.checkpoint` replaces them by placeholders and keeps only the layer's input. With offload,
-# `OffloadedCheckpoint` keeps that input in CPU memory (`_Offloaded`: on a GPU the copy runs on a side stream into
+# `OffloadedCheckpoint` keeps that input in CPU memory (`OffloadStore.put`: on a GPU the copy runs on a side stream into
 # pinned memory, so it overlaps the layer's compute) and runs the layer without a graph:
 
 # %%
 show(checkpointing.run_layer)
 show(checkpointing.OffloadedCheckpoint.forward)
-show(checkpointing._Offloaded.__init__)
+show(offload_store.OffloadStore.put)
 
 # %% [markdown]
 # Why not `torch.autograd.graph.save_on_cpu()` around `checkpoint`? `save_on_cpu` moves what autograd *saves*;

@@ -15,6 +15,7 @@ import contextlib
 import os
 
 import torch
+import torch.nn.functional as F
 
 from .kernels import IGNORE_INDEX
 from .kernels._triton import host_checks, interpreter_on
@@ -76,6 +77,47 @@ def use_triton(x: torch.Tensor) -> bool:
         raise RuntimeError("kernel mode 'triton' on a CPU tensor needs the Triton interpreter: set "
                            "TRITON_INTERPRET=1 before importing minilora, or use kernel mode 'auto'/'reference'")
     return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention: PyTorch's SDPA, optionally with cuDNN's kernels tried first on Hopper
+# ---------------------------------------------------------------------------------------------------------------
+SDPA_PREFERENCES = ("pytorch", "cudnn-first")
+_sdpa_preference = os.environ.get("MINILORA_SDPA", "pytorch")
+
+
+def sdpa_preference() -> str:
+    return _sdpa_preference
+
+
+def prefer_sdpa(preference: str) -> None:
+    """"pytorch" (the default): SDPA's own order (FlashAttention-2 first on a GPU). "cudnn-first": on a Hopper GPU
+    (compute capability 9.x) SDPA tries cuDNN's attention first; others report it markedly faster there for
+    training shapes, and `python -m benchmarks.ctx_mem --attention` measures both on the card at hand. Either way a
+    shape one kernel cannot serve falls back to the next."""
+    global _sdpa_preference
+    if preference not in SDPA_PREFERENCES:
+        raise ValueError(f"unknown attention preference {preference!r}: choose one of {', '.join(SDPA_PREFERENCES)} "
+                         "(set MINILORA_SDPA or call minilora.ops.prefer_sdpa)")
+    _sdpa_preference = preference
+
+
+prefer_sdpa(_sdpa_preference)
+
+
+def _cudnn_first(q: torch.Tensor) -> bool:
+    return _sdpa_preference == "cudnn-first" and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
+
+
+def attention(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False) -> torch.Tensor:
+    """scaled_dot_product_attention(q, k, v): q (B, nh, T, hd), k and v (B, nkv, S, hd) → (B, nh, T, hd)."""
+    extra = {"enable_gqa": True} if enable_gqa else {}
+    if not _cudnn_first(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **extra)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **extra)
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

@@ -239,7 +239,10 @@ def test_offload_keeps_the_layer_input_off_the_autograd_graph():
         out = run_layer(layer, "offload", x, cos, sin, None, True, None)
     assert saved == []  # autograd saved nothing: the only copy is the Function's own CPU tensor
     node = out.grad_fn
-    assert node.saved.cpu.device.type == "cpu" and node.saved.cpu.shape == x.shape
+    stored = node.saved  # the offload store's handle: host chunks holding x's bytes
+    assert stored.shape == tuple(x.shape) and stored.pieces
+    assert all(chunk.device.type == "cpu" for _, _, chunk, _ in stored.pieces)
+    assert sum(n for _, n, _, _ in stored.pieces) == x.numel() * x.element_size()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run_layer(layer, False, x, cos, sin, None, True, None)
     assert len(saved) > 10  # without checkpointing every intermediate activation is kept

@@ -141,6 +141,12 @@ def function_held_bytes(output: torch.Tensor, exclude: set | None = None) -> dic
         attrs = getattr(node, "__dict__", None)  # only Python-defined Functions carry a __dict__
         if attrs:
             for value in attrs.values():
+                if hasattr(value, "offloaded_bytes"):  # an offload store's handle: its pieces sit in shared slabs
+                    if ("handle", id(value)) not in seen_keys:  # (the next layer's Function refers to it too)
+                        seen_keys.add(("handle", id(value)))
+                        name = type(node).__name__
+                        held[name] = held.get(name, 0) + value.offloaded_bytes()
+                    continue
                 for t in _tensors_in(value):
                     key = storage_key(t)
                     if key not in seen_keys:

@@ -10,8 +10,9 @@ nothing. `OffloadedCheckpoint` below stores the one tensor that matters, the lay
 runs the layer without building a graph, and in backward copies the input back, re-runs the layer with the same
 random state (dropout draws the same mask) and backpropagates through that fresh graph.
 
-On a GPU the copies must not stall the computation: both directions run on a side stream (`_CopyStream`), so the
-device-to-host copy of layer i's input overlaps layer i's forward, and the backward of layer i starts bringing
+Where the input lives on the host (a bounded pool of pinned chunks, then a spill file on disk) is
+`minilora.models.offload_store`'s business. On a GPU the copies must not stall the computation: both directions run
+on a side stream, so the device-to-host copy of layer i's input overlaps layer i's forward, and the backward of layer i starts bringing
 back layer i-1's input (a prefetch, `OffloadChain`) while layer i is recomputed. The price is one extra layer
 input on the device during the backward.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from .offload_store import StoredTensor, default_store
 
 MODES = (False, True, "recompute", "offload")
 
@@ -50,82 +53,11 @@ class _RngState:
         return ctx
 
 
-class _CopyStream:
-    """One side stream per device for the offload copies, created on first use."""
-    _streams: dict = {}
-
-    @classmethod
-    def get(cls, device: torch.device):
-        key = device.index if device.index is not None else torch.cuda.current_device()
-        if key not in cls._streams:
-            cls._streams[key] = torch.cuda.Stream(device=key)
-        return cls._streams[key]
-
-
-class _PinnedPool:
-    """Pinned CPU buffers, reused from step to step instead of allocated anew (a fresh pinned allocation can make
-    the host wait for the device). A buffer is handed back once its copy to the device is queued: every copy runs
-    on the one side stream in the order it was queued, so the next step's copy into it starts only after."""
-    _free: dict = {}
-
-    @classmethod
-    def take(cls, shape, dtype) -> torch.Tensor:
-        free = cls._free.get((tuple(shape), dtype))
-        return free.pop() if free else torch.empty(shape, dtype=dtype, device="cpu", pin_memory=True)
-
-    @classmethod
-    def give_back(cls, buffer: torch.Tensor) -> None:
-        cls._free.setdefault((tuple(buffer.shape), buffer.dtype), []).append(buffer)
-
-
-class _Offloaded:
-    """A layer input held in CPU memory, and (after a prefetch) its copy on the way back to the device."""
-
-    def __init__(self, x: torch.Tensor):
-        self.device = x.device
-        if not x.is_cuda:
-            self.cpu = x.detach().clone()  # on CPU "offloading" is a copy: same code path, testable anywhere
-            self.back = None
-            return
-        compute, copy = torch.cuda.current_stream(x.device), _CopyStream.get(x.device)
-        copy.wait_stream(compute)  # x is complete before it is read
-        with torch.cuda.stream(copy):
-            self.cpu = _PinnedPool.take(x.shape, x.dtype)
-            self.cpu.copy_(x, non_blocking=True)
-        x.record_stream(copy)  # x's memory is not reused before the copy has read it
-        self.back = None  # (device tensor, event) once prefetched
-
-    def prefetch(self) -> None:
-        """Start the host-to-device copy on the side stream (no-op on CPU or when already started)."""
-        if self.back is not None or self.device.type != "cuda" or self.cpu is None:
-            return
-        copy = _CopyStream.get(self.device)
-        with torch.cuda.stream(copy):
-            x = self.cpu.to(self.device, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(copy)
-        _PinnedPool.give_back(self.cpu)
-        self.back = (x, done)
-
-    def fetch(self) -> torch.Tensor:
-        """The input on its device, ready for the current stream; frees the CPU copy."""
-        if self.device.type != "cuda":
-            x, self.cpu = self.cpu.to(self.device), None
-            return x
-        self.prefetch()
-        x, done = self.back
-        compute = torch.cuda.current_stream(self.device)
-        compute.wait_event(done)
-        x.record_stream(compute)  # allocated on the copy stream, used on this one
-        self.cpu, self.back = None, None
-        return x
-
-
 class OffloadChain:
     """The offloaded inputs of one forward pass, in layer order, so each backward can prefetch the one before."""
 
     def __init__(self):
-        self.last: _Offloaded | None = None
+        self.last: StoredTensor | None = None
 
 
 class OffloadedCheckpoint(torch.autograd.Function):
@@ -137,7 +69,7 @@ class OffloadedCheckpoint(torch.autograd.Function):
         ctx.layer, ctx.args = layer, args
         ctx.rng = _RngState(x.device)
         ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
-        ctx.saved = _Offloaded(x)
+        ctx.saved = default_store().put(x)
         ctx.previous = chain.last if chain is not None else None  # the layer before: prefetched in backward
         if chain is not None:
             chain.last = ctx.saved
@@ -151,14 +83,22 @@ class OffloadedCheckpoint(torch.autograd.Function):
             ctx.previous.prefetch()  # the next layer to be recomputed: its copy overlaps this layer's work
         ctx.saved = ctx.previous = None
         rng = ctx.rng.fork_and_restore()
+        # a layer may recompute and backpropagate in one pass (the tiled MLP: minilora.models.tiled); gradients for
+        # the layer's trainable parameters accumulate into .grad right here either way
+        recompute_backward = getattr(ctx.layer, "recompute_backward", None)
+        if ctx.layer._forward_pre_hooks or ctx.layer._forward_hooks:
+            recompute_backward = None  # a wrapper (FSDP's unshard/reshard) expects the layer to be called
         try:
             enabled, dtype = ctx.autocast
             with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
-                out = ctx.layer(x, *ctx.args)
+                if recompute_backward is not None:
+                    recompute_backward(x, grad_out, *ctx.args)
+                else:
+                    out = ctx.layer(x, *ctx.args)
         finally:
             rng.__exit__(None, None, None)
-        # gradients for the layer's trainable parameters accumulate into .grad right here
-        torch.autograd.backward(out, grad_out)
+        if recompute_backward is None:
+            torch.autograd.backward(out, grad_out)
         return (x.grad, None, None) + (None,) * len(ctx.args)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -19,6 +18,7 @@ from .checkpointing import run_layers
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .rotary import RotaryEmbedding
+from .tiled import DEFAULT_TILE_TOKENS, tiled_backward, tiled_forward
 
 # SDPA takes K/V with fewer heads than Q itself (enable_gqa=True) from torch 2.5 on
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -72,12 +72,12 @@ class LlamaAttention(nn.Module):
         if isinstance(mask, ops.PackedSegments):  # packed rows: every example attends only within itself
             y = ops.segment_attention(q, k, v, mask)  # (B, nh, T, hd)
         elif n_rep > 1 and mask is None and _SDPA_HAS_GQA:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)  # (B, nh, T, hd)
+            y = ops.attention(q, k, v, is_causal=is_causal, enable_gqa=True)  # (B, nh, T, hd)
         else:
             if n_rep > 1:
                 k = k.repeat_interleave(n_rep, dim=1)
                 v = v.repeat_interleave(n_rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
+            y = ops.attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hd)
         (out,) = project(y, self.o_proj)
         return out
@@ -107,9 +107,33 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    # tokens per tile of the MLP half when it runs without a graph or inside the offloaded checkpoint's backward
+    # (minilora.models.tiled); None runs it untiled
+    tile_tokens: int | None = DEFAULT_TILE_TOKENS
+
+    def attention_half(self, x, cos, sin, mask=None, is_causal=True, cache=None):
+        return x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
+
+    def mlp_half(self, h):
+        return h + self.mlp(self.post_attention_layernorm(h))  # token by token: it can run in tiles
+
     def forward(self, x, cos, sin, mask=None, is_causal=True, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.attention_half(x, cos, sin, mask, is_causal, cache)
+        if not torch.is_grad_enabled():
+            return tiled_forward(self.mlp_half, h, self.tile_tokens)
+        return self.mlp_half(h)
+
+    def recompute_backward(self, x, grad_out, cos, sin, mask=None, is_causal=True, cache=None):
+        """The offloaded checkpoint's backward: recompute the layer from x and backpropagate grad_out, the MLP half
+        one tile at a time (recomputed and backpropagated together). Fills x.grad and the weights' .grad."""
+        h = self.attention_half(x, cos, sin, mask, is_causal, cache)
+        if self.tile_tokens is None or h.numel() // h.shape[-1] <= self.tile_tokens:
+            torch.autograd.backward(self.mlp_half(h), grad_out)
+            return
+        grad_h, param_grads = tiled_backward(self.mlp_half, h, grad_out, self.tile_tokens,
+                                             params=[*self.mlp.parameters(), *self.post_attention_layernorm.parameters()])
+        # one backward call: through the attention half from h, and into each MLP weight's .grad once
+        torch.autograd.backward([h, *param_grads], [grad_h, *param_grads.values()])
 
 
 class LlamaModel(nn.Module):
