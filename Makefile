@@ -84,7 +84,7 @@ lab: $(STAMP)
 # runner changed since its notebook was written.
 LESSONS       := $(wildcard lessons/*.py)
 NOTEBOOKS     := $(LESSONS:lessons/%.py=docs/lessons/%.ipynb)
-LESSON_INPUTS := $(wildcard minilora/*.py minilora/*/*.py benchmarks/*.py benchmarks/results/*) tests/lesson_runner.py
+LESSON_INPUTS := $(wildcard minilora/*.py minilora/*/*.py benchmarks/*.py benchmarks/results/*) tests/helpers/lesson_runner.py
 
 docs/lessons/%.ipynb: lessons/%.py $(LESSON_INPUTS) | $(STAMP)
 	$(BIN)/python -m pytest -q "tests/test_lessons.py::test_lesson_executes[$*]"

@@ -1,9 +1,9 @@
 """Docs pages that show commands with their output (```console blocks) tell the truth: each command is run and
-must print exactly what the page states (tests/docs_commands.py; `--update` rewrites a page that drifted)."""
+must print exactly what the page states (tests/helpers/docs_commands.py; `--update` rewrites a page that drifted)."""
 import pathlib
 
 import pytest
-from docs_commands import check, commands, update
+from helpers.docs_commands import check, commands, update
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if "```console" in p.read_text(encoding="utf-8"))
@@ -18,7 +18,7 @@ def test_the_registry_walkthrough_is_a_checked_page():
 def test_every_shown_command_prints_what_the_page_says(page):
     problems = check(page)
     assert not problems, ("\n\n".join(problems) + f"\n\nIf the code changed on purpose, rewrite the outputs: "
-                          f"python tests/docs_commands.py {page.relative_to(ROOT)} --update")
+                          f"python tests/helpers/docs_commands.py {page.relative_to(ROOT)} --update")
 
 
 def test_a_stale_output_is_caught_and_update_fixes_it(tmp_path):

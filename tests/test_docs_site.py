@@ -1,7 +1,7 @@
 """The rendered course: the Unsloth map points at real files, the site builds with --strict from the executed lessons,
 and a real browser (headless Debian Chromium) shows the home page and a lesson with its figures and outputs.
 
-The lessons are executed once per test session (tests/lesson_runner.py); when tests/test_lessons.py has run in the
+The lessons are executed once per test session (tests/helpers/lesson_runner.py); when tests/test_lessons.py has run in the
 same session, the build reuses its executed notebooks. Screenshots go to build/screenshots/.
 """
 import html
@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from lesson_runner import EXECUTED, ROOT, execute_lesson, lesson_files, prefetch
+from helpers.lesson_runner import EXECUTED, ROOT, execute_lesson, lesson_files, prefetch
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
 

@@ -4,7 +4,7 @@ import importlib
 import inspect
 
 import pytest
-from exercise_mistakes import MISTAKES
+from helpers.exercise_mistakes import MISTAKES
 
 
 @pytest.mark.parametrize("test_file, name, answer, test_name, kwargs, named",

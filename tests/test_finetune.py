@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from helpers_train import tiny_model, tiny_tokenizer
+from helpers.train import tiny_model, tiny_tokenizer
 
 from minilora.finetune import FineTuneConfig, finetune
 from minilora.save import save_pretrained_merged

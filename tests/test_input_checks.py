@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers_train import tiny_config, tiny_model
+from helpers.train import tiny_config, tiny_model
 
 from minilora import FastLanguageModel
 from minilora.lora import get_peft_model, lora_layers
@@ -105,7 +105,7 @@ def test_input_ids_outside_the_vocabulary_are_refused_clearly(bad):
 
 
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused_on_load(tmp_path):
-    from helpers_train import tiny_tokenizer
+    from helpers.train import tiny_tokenizer
 
     from minilora.save import save_pretrained_merged
     tok = tiny_tokenizer()

@@ -1,6 +1,6 @@
-"""The prose of every executed lesson follows its data (see tests/lesson_prose.py for the three checks), and the
+"""The prose of every executed lesson follows its data (see tests/helpers/lesson_prose.py for the three checks), and the
 checks really catch what they look for: planted wrong directions, uncomputed figures and unchecked interpretations
-(the nine sentences of tests/lesson_prose_planted.py) fail; their corrected versions pass."""
+(the nine sentences of tests/helpers/lesson_prose_planted.py) fail; their corrected versions pass."""
 import json
 import pathlib
 import sys
@@ -8,9 +8,9 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from lesson_prose import unbacked_interpretations, uncomputed_figures, wrong_directions
-from lesson_prose_planted import CASES
-from lesson_runner import execute_lesson, lesson_files
+from helpers.lesson_prose import unbacked_interpretations, uncomputed_figures, wrong_directions
+from helpers.lesson_prose_planted import CASES
+from helpers.lesson_runner import execute_lesson, lesson_files
 
 from minilora.prose import ClaimFailed, cite, claim, compare, ratio
 

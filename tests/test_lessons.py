@@ -6,7 +6,7 @@ The executed notebook is saved to docs/lessons/<name>.ipynb, which the docs site
 """
 
 import pytest
-from lesson_runner import LESSONS, execute_lesson, lesson_files, prefetch
+from helpers.lesson_runner import LESSONS, execute_lesson, lesson_files, prefetch
 
 LESSON_FILES = lesson_files()
 

@@ -19,7 +19,7 @@ import sysconfig
 from dataclasses import dataclass
 
 import pytest
-from lesson_runner import execute_lesson, lesson_files, prefetch
+from helpers.lesson_runner import execute_lesson, lesson_files, prefetch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAMP = ".minilora-installed"  # the Makefile's mark of a finished `make setup`

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+from helpers.train import randomize_lora, tiny_model, tiny_tokenizer
 
 from minilora.io.adapters import AdapterMismatchError, load_adapter, save_adapter
 from minilora.lora import get_peft_model
@@ -141,7 +141,7 @@ def test_merged_4bit_is_a_bitsandbytes_4bit_checkpoint(setup, tmp_path):
 def test_merged_4bit_is_about_4_bits_per_quantized_weight(tmp_path):
     """4 bits per code + 8 bits per 64-value block (the absmax codes) + 32 bits per 256 blocks + a fixed ~1.3 KB per
     weight (the two maps and the JSON blob): 4.13 bits per weight for layers of this size, against 16."""
-    from helpers_train import tiny_model
+    from helpers.train import tiny_model
     model = tiny_model(seed=2, hidden_size=256, intermediate_size=1024, layers=1)
     save_pretrained_merged(model, None, str(tmp_path / "m4"), save_method="merged_4bit", dtype="float16")
     save_pretrained_merged(model, None, str(tmp_path / "m16"), save_method="merged_16bit", dtype="float16")

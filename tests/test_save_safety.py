@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+from helpers.train import randomize_lora, tiny_model, tiny_tokenizer
 
 from minilora import FastLanguageModel
 from minilora.io.adapters import save_adapter
@@ -107,7 +107,7 @@ def test_non_empty_directory_needs_overwrite_and_is_then_replaced_whole(tmp_path
 KILLED_SAVE = textwrap.dedent("""
     import os, shutil, sys, time
     sys.path.insert(0, {tests!r})
-    from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+    from helpers.train import randomize_lora, tiny_model, tiny_tokenizer
     from minilora.lora import get_peft_model
     from minilora.save import save_pretrained_merged, save_gguf
     import minilora.io.atomic as atomic

@@ -2,7 +2,7 @@
 import time
 
 import pytest
-from helpers_train import CHATML, tiny_tokenizer
+from helpers.train import CHATML, tiny_tokenizer
 
 from minilora.io.chat_template import ChatTemplateLimitError, render
 

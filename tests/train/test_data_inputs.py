@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers_train import tiny_model, tiny_tokenizer
+from helpers.train import tiny_model, tiny_tokenizer
 
 from minilora.train import DataError, Example, Trainer, TrainingArguments, build_examples, read_records
 

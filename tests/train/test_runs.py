@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from helpers_train import randomize_lora, tiny_model, tiny_tokenizer
+from helpers.train import randomize_lora, tiny_model, tiny_tokenizer
 
 from minilora.cli import main
 from minilora.io.adapters import load_adapter, save_adapter

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from minilora.course import lesson_files as course_lesson_files
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 LESSONS = ROOT / "lessons"
 EXECUTED = ROOT / "docs" / "lessons"
 CELL_TIMEOUT_S = int(os.environ.get("MINILORA_CELL_TIMEOUT", "300"))  # a guard against hangs; lessons aim at ~1 min
@@ -50,7 +50,7 @@ WORKERS = int(os.environ.get("MINILORA_LESSON_WORKERS", "1"))
 def prefetch(paths) -> None:
     """Start executing these lessons in the background, WORKERS at a time (MINILORA_LESSON_WORKERS, default 1).
 
-    With WORKERS > 1 each runs in its own process (python tests/lesson_runner.py LESSON RESULT.json) and
+    With WORKERS > 1 each runs in its own process (python tests/helpers/lesson_runner.py LESSON RESULT.json) and
     execute_lesson() waits for its result. With WORKERS=1 (the default) this does nothing and execute_lesson() runs
     the lessons one by one, in this process.
     """
@@ -204,7 +204,7 @@ def _execute(path: pathlib.Path) -> LessonResult:
     return LessonResult(path.stem, target, seconds)
 
 
-if __name__ == "__main__":  # python tests/lesson_runner.py LESSON.py RESULT.json  (what prefetch() runs)
+if __name__ == "__main__":  # python tests/helpers/lesson_runner.py LESSON.py RESULT.json  (what prefetch() runs)
     import json
     lesson, report = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
     outcome = _execute(lesson.resolve())

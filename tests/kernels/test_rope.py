@@ -11,12 +11,12 @@ interpreter truncates fp32 → bf16 (torch rounds to nearest): still within one 
 """
 import pytest
 import torch
+from helpers.ulp import DEVICES, DTYPES, assert_within_ulp
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from minilora import ops
 from minilora.kernels.rope import rope_fast, rope_reference
-from tests.ulp import DEVICES, DTYPES, assert_within_ulp
 
 
 def tables(B, T, hd, dtype, per_sequence, gen):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers_train import tiny_config, tiny_tokenizer
+from helpers.train import tiny_config, tiny_tokenizer
 
 from minilora import FastLanguageModel
 from minilora.io.gguf import GGUFError, config_from_metadata, write_gguf

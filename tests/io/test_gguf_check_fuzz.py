@@ -5,15 +5,14 @@ exception. Deterministic (derandomized), about half a minute in all."""
 from __future__ import annotations
 
 import json
-import signal
 import struct
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
-from helpers_gguf import write_llama_gguf
-from hypothesis import HealthCheck, given, settings
+from helpers.fuzz import FUZZ, time_limit
+from helpers.gguf import write_llama_gguf
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minilora.io.gguf import GGUFError, load_gguf
@@ -23,27 +22,6 @@ from minilora.io.safetensors_dir import read_safetensors
 CLEAN = (GGUFError, ValueError, FileNotFoundError)
 TIME_LIMIT_S = 2
 HUGE = [2**64 - 1, 2**63, 2**62 + 7, 2**40, 2**32 + 1, 10**12, 123_456_789]
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=800,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-class Hang(BaseException):  # not an Exception: no reader's "except Exception" may swallow it
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float):
-    def alarm(signum, frame):
-        raise Hang(f"the reader ran for more than {seconds} s")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def read_cleanly(reader, path):
     """The property: the reader returns, or raises one of CLEAN, within the time limit."""
     try:
@@ -251,7 +229,7 @@ def test_a_tiny_gguf_claiming_a_million_layers_is_refused_at_once(tmp_path, tens
 
 @pytest.fixture(scope="module")
 def two_layer_dir(tmp_path_factory):
-    from helpers_train import tiny_model, tiny_tokenizer
+    from helpers.train import tiny_model, tiny_tokenizer
 
     from minilora.save import save_pretrained_merged
     directory = tmp_path_factory.mktemp("claims") / "base"

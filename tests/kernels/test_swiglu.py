@@ -11,12 +11,12 @@ by truncation (torch rounds to nearest), which is still within one ulp.
 """
 import pytest
 import torch
+from helpers.ulp import DEVICES, DTYPES, assert_within_ulp
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from minilora import ops
 from minilora.kernels.swiglu import geglu_fast, geglu_reference, swiglu_fast, swiglu_reference
-from tests.ulp import DEVICES, DTYPES, assert_within_ulp
 
 # The interpreter evaluates sigmoid as 1 / (1 + exp(-x)) in numpy: exp overflows to inf for very negative x and the
 # result is still the correct 0. numpy warns about it; that warning says nothing about the kernel.

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from helpers_train import tiny_model
+from helpers.train import tiny_model
 
 from minilora.lora import get_peft_model
 from minilora.models.checkpointing import run_layer

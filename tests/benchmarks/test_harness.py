@@ -129,7 +129,7 @@ def test_pick_names_what_exists():
 def test_every_recorded_result_reads_as_schema_1():
     """The lessons and the benchmarks page read benchmarks/results/*.json through load_results."""
     import pathlib
-    files = sorted((pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("*.json"))
+    files = sorted((pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "results").glob("*.json"))
     assert files
     for path in files:
         data = harness.load_results(path)

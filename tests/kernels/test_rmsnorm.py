@@ -19,12 +19,12 @@ dtype d, r = 1/rms, x̂ = x r and g = dy w:
 """
 import pytest
 import torch
+from helpers.ulp import DEVICES, DTYPES, MANTISSA, TINY
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from minilora import ops
 from minilora.kernels.rmsnorm import rms_norm_fast, rms_norm_reference
-from tests.ulp import DEVICES, DTYPES, MANTISSA, TINY
 
 U32 = 2.0 ** -24
 SHAPES = [(3, 5, 73), (1, 1), (7, 1000), (2, 3, 17), (33, 128)]

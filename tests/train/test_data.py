@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from helpers_train import tiny_model, tiny_tokenizer
+from helpers.train import tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -10,7 +10,7 @@ from minilora.cli import main
 from minilora.commands import exercises as ex_cmd
 from minilora.commands import journal as journal_cmd
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SECTIONS = ("Daily progress", "Key concepts learned", "Questions to research", "Code snippets that were confusing",
             "Connections to transformer concepts")
 

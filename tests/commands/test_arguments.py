@@ -3,7 +3,7 @@ exit code 2 (usage) or 1 (runtime), and --debug / MINILORA_DEBUG=1 show the trac
 import json
 
 import pytest
-from helpers_train import tiny_model, tiny_tokenizer
+from helpers.train import tiny_model, tiny_tokenizer
 
 from minilora.cli import main
 from minilora.save import save_pretrained_merged

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers_train import randomize_lora, tiny_model
+from helpers.train import randomize_lora, tiny_model
 
 from minilora.io.adapters import AdapterMismatchError, load_adapter, save_adapter
 from minilora.lora import get_peft_model, lora_layers

@@ -3,7 +3,7 @@ add_generation_prompt=False), so code copied from a transformers or Unsloth note
 transformers' own tokenizer, loaded from the same files, is the reference."""
 import pytest
 import torch
-from helpers_train import tiny_tokenizer
+from helpers.train import tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "March 5, 2021"}]

@@ -7,7 +7,7 @@ import os
 import re
 
 import pytest
-from helpers_train import tiny_tokenizer
+from helpers.train import tiny_tokenizer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -390,7 +390,7 @@ def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf_reads_like_the_record
 
 
 def test_the_command_line_trains_from_parquet_shards_and_names_a_bad_row(tmp_path, capsys):
-    from helpers_train import tiny_model
+    from helpers.train import tiny_model
 
     from minilora.cli import main
     from minilora.save import save_pretrained_merged

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers_gguf import write_llama_gguf
+from helpers.gguf import write_llama_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -356,7 +356,7 @@ def test_gguf_tokenizer_bad_input():
 @pytest.fixture(scope="module")
 def minilora_dirs(tmp_path_factory):
     """A tiny base model saved by minilora (16-bit and merged_4bit) and a LoRA adapter for it."""
-    from helpers_train import tiny_model, tiny_tokenizer
+    from helpers.train import tiny_model, tiny_tokenizer
 
     from minilora.io.adapters import save_adapter
     from minilora.save import save_pretrained_merged

@@ -5,8 +5,8 @@ this Python first on PATH and the checkout on PYTHONPATH), lines starting with `
 and the lines after it, up to the next ``$`` line or the end of the block, are its stated output. Other fences
 (``bash``, ``python``) are shown, never run.
 
-    python tests/docs_commands.py docs/registry-walkthrough.md            # check: differences, exit 1 if any
-    python tests/docs_commands.py docs/registry-walkthrough.md --update   # rewrite the stated outputs in place
+    python tests/helpers/docs_commands.py docs/registry-walkthrough.md            # check: differences, exit 1 if any
+    python tests/helpers/docs_commands.py docs/registry-walkthrough.md --update   # rewrite the stated outputs in place
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```console\n(.*?)^```", re.S | re.M)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.fuzz import FUZZ, Hang, time_limit  # noqa: F401  (Hang: what time_limit raises)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fuzz_readers import FUZZ, Hang, time_limit  # noqa: F401  (Hang: what time_limit raises)
 
 from minilora.train import DataError, read_records
 
