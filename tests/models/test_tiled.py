@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_train import randomize_lora, tiny_model
+from helpers.train import randomize_lora, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
