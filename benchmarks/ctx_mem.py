@@ -296,14 +296,7 @@ def plot(json_path: str, png_path: str | None = None, show: bool = False):
         ax.set_ylabel(label)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{data['config']['model'] if 'config' in data else ''} — {data['card']}, {data['date'][:10]}",
-                 fontsize=9)
-    fig.tight_layout()
-    if png_path:
-        fig.savefig(png_path, dpi=110)
-    if show:
-        plt.show()
-    return fig
+    return _finish(fig, data, "", png_path, show)
 
 
 def plot_savings(json_path: str, png_path: str | None = None, show: bool = False):
@@ -333,7 +326,13 @@ def plot_savings(json_path: str, png_path: str | None = None, show: bool = False
         ax.legend(fontsize=7)
     ax_s.set_ylim(bottom=0)
     ax_m.set_ylim(0, 100)
-    fig.suptitle(f"{data['config']['model'] if 'config' in data else ''} QLoRA — {data['card']}, {data['date'][:10]}",
+    return _finish(fig, data, " QLoRA", png_path, show)
+
+
+def _finish(fig, data, what: str, png_path: str | None, show: bool):
+    """Title a figure with the record's model, card and date; save and/or show it."""
+    import matplotlib.pyplot as plt
+    fig.suptitle(f"{data['config']['model'] if 'config' in data else ''}{what} — {data['card']}, {data['date'][:10]}",
                  fontsize=9)
     fig.tight_layout()
     if png_path:
