@@ -58,6 +58,18 @@ def lora_model(config: ModelConfig, r: int = 8, seed: int = 0):
     return model.train()
 
 
+def train_alike(model, reference, ids, rtol, atol, steps: int = 3):
+    """Train both models the same few AdamW steps; their weights must stay equal to the tolerance."""
+    for m in (model, reference):
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(steps):
+            m(ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize("kernels", ["reference", "triton"])
 @pytest.mark.parametrize("batch,seq", [(1, 5), (3, 13)])
 def test_layer_keep_bytes_match_the_meter(kernels, batch, seq):
@@ -134,14 +146,7 @@ def test_auto_trains_like_full_recompute():
     assert plan.counts() == {"keep": 2, "recompute": 2, "offload": 0}  # on a CPU offloading frees nothing
     auto.gradient_checkpointing = planner
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))
-    for model in (auto, full):
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        for _ in range(3):
-            model(ids, labels=ids).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    for (name, a), b in zip(auto.named_parameters(), full.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    train_alike(auto, full, ids, rtol=1e-5, atol=1e-6)
 
 
 def test_a_list_of_modes_with_offload_trains_like_recompute():
@@ -230,3 +235,41 @@ def test_loader_auto_sets_a_planner_and_checks_the_budget():
     with pytest.raises(ValueError, match="memory_budget"):
         FastLanguageModel.get_peft_model(build_model(config), use_gradient_checkpointing="auto",
                                          memory_budget="lots")
+
+
+# --- on the GPU: the fast path's bytes and "auto" with offloaded layers ------------------------------------------
+@pytest.mark.gpu
+def test_gpu_layer_keep_bytes_match_the_meter():
+    config = small_config(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2)
+    model = lora_model(config).to("cuda", torch.bfloat16)
+    for p in model.parameters():  # adapters stay float32, as get_peft_model makes them for QLoRA
+        if p.requires_grad:
+            p.data = p.data.float()
+    batch, seq = 2, 48
+    x = torch.randn(batch, seq, config.hidden_size, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = model.model.rotary_emb(torch.arange(seq, device="cuda").expand(batch, seq), x.dtype)
+    with SavedTensorMeter(model) as meter:
+        model.model.layers[0](x, cos, sin, None, True, None)
+    tables = cos.untyped_storage().nbytes() + sin.untyped_storage().nbytes()
+    predicted = layer_bytes(config, batch * seq, dtype=torch.bfloat16, fast=True, r=8, nf4=False)
+    assert abs((meter.bytes - tables) / predicted.keep - 1) < 0.02
+
+
+@pytest.mark.gpu
+def test_gpu_auto_with_offload_trains_like_full_recompute():
+    config = small_config(layers=4)
+    auto = lora_model(config).cuda()
+    full = copy.deepcopy(auto)
+    full.gradient_checkpointing = True
+    batch, seq = 2, 32
+    planner = CheckpointPlanner(auto, memory_budget=100)
+    plan = planner.prepare(batch, seq)
+    L = config.num_hidden_layers
+    # the leanest plan that keeps one layer: offload, recompute and keep all appear on the GPU
+    planner.memory_budget = predict_peak(plan.static, plan.layer, _modes(L, 1, 2), head_bytes(
+        config, batch * seq, batch, dtype=torch.float32), batch * seq * config.hidden_size * 4) / GiB
+    plan = planner.prepare(batch, seq)
+    assert plan.counts()["keep"] >= 1 and plan.counts()["offload"] >= 1
+    auto.gradient_checkpointing = planner
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device="cuda")
+    train_alike(auto, full, ids, rtol=1e-4, atol=1e-5)
