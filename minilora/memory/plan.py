@@ -45,9 +45,9 @@ import torch
 
 from .. import ops
 from ..models.config import ModelConfig
-from .estimate import GiB, adamw8bit_state_bytes, block_linear_shapes
+from .estimate import GiB, adamw8bit_state_bytes, block_linear_shapes, estimate_memory, trainable_tensor_sizes
 
-__all__ = ["CheckpointPlan", "CheckpointPlanner", "LayerBytes", "MemoryBudgetError", "PLAN_MODES", "available_bytes",
+__all__ = ["CheckpointPlan", "CheckpointPlanner", "plan_for_config", "LayerBytes", "MemoryBudgetError", "PLAN_MODES", "available_bytes",
            "default_margin", "head_bytes", "layer_bytes", "parse_memory_budget", "plan_checkpointing",
            "predict_peak", "resolve_budget", "static_bytes"]
 
@@ -311,6 +311,26 @@ def static_bytes(model, batch: int, seq: int, optim: str = "adamw") -> tuple[int
     else:
         raise ValueError(f"optim={optim!r}: the planner knows adamw, adamw_torch, adamw_8bit and sgd")
     return tensors + trainable + state + 2 * batch * seq * 8, tensors
+
+
+def plan_for_config(config: ModelConfig, batch: int, seq: int, budget: int, *, method: str = "qlora", r: int = 16,
+                    dtype=torch.bfloat16, optim: str = "adamw", fast: bool = True, fused_loss: bool = True,
+                    on_gpu: bool = True) -> CheckpointPlan:
+    """The plan for a model that is not loaded yet, from its config alone: the static bytes come from
+    `estimate_memory` (weights, NF4 state, adapters, gradients, optimizer state) instead of the real tensors —
+    so a budget that cannot fit is refused before anything is loaded. budget in bytes."""
+    e = estimate_memory(config, method, r=r, dtype=dtype, batch_size=batch, seq_len=seq)
+    optimizer = e.optimizer
+    if optim == "adamw_8bit":
+        optimizer = sum(adamw8bit_state_bytes(n) for n in trainable_tensor_sizes(config, "lora", r))
+    static = e.weights + e.quant_state + e.adapter + e.gradients + optimizer + 2 * batch * seq * 8
+    tokens = batch * seq
+    adapter = torch.float32 if method == "qlora" else dtype
+    layer = layer_bytes(config, tokens, dtype=dtype, fast=fast, r=r, adapter_dtype=adapter, offload_frees=on_gpu,
+                        nf4=method == "qlora")
+    head = head_bytes(config, tokens, batch, dtype=dtype, fused_loss=fused_loss)
+    return plan_checkpointing(config.num_hidden_layers, layer, static, head, budget,
+                              tokens * config.hidden_size * _size(dtype), batch, seq)
 
 
 class CheckpointPlanner:
