@@ -98,12 +98,44 @@ def build_anchor_model(config: ModelConfig, seq: int, device: str, *, mode: str 
                       target_modules=TARGETS)
     model = get_peft_model(model, lora)
     model.train()  # from_pretrained returns eval mode, in which transformers skips checkpointing
-    inner = model.base_model.model  # transformers 5.x names the flag one of two ways
-    flag = next((getattr(inner, a) for a in ("is_activation_checkpointing", "is_gradient_checkpointing")
-                 if hasattr(inner, a)), None)
-    if flag is False:
+    if _checkpointing_flag(model.base_model.model) is False:
         raise RuntimeError("the anchor model did not turn gradient checkpointing on: the comparison would be unfair")
     return model
+
+
+def _checkpointing_flag(inner):
+    """transformers 5.x names the flag one of two ways (a property, or older, a method-less attribute)."""
+    return next((getattr(inner, a) for a in ("is_activation_checkpointing", "is_gradient_checkpointing")
+                 if hasattr(inner, a)), None)
+
+
+def set_hf_checkpointing(model, on: bool) -> None:
+    """Turn the anchor model's gradient checkpointing on or off, so one model and checkpoint serve both anchor
+    points: HF's leanest setting and its fastest. Remembered on the model: switching only when it changes keeps the
+    module walk out of the timed steps."""
+    if getattr(model, "_anchor_checkpointing", None) == on:
+        return
+    inner = model.base_model.model
+    verb = "activation_checkpointing" if hasattr(inner, "activation_checkpointing_enable") else \
+        "gradient_checkpointing"
+    if on:
+        getattr(inner, f"{verb}_enable")(**{f"{verb}_kwargs": {"use_reentrant": False}})
+    else:
+        getattr(inner, f"{verb}_disable")()
+    if _checkpointing_flag(inner) not in (on, None):
+        raise RuntimeError(f"the anchor model did not turn gradient checkpointing {'on' if on else 'off'}")
+    model._anchor_checkpointing = on
+
+
+def anchor_steps(config: ModelConfig, batch: int, seq: int, device: str, *, mode: str = "qlora",
+                 dtype: torch.dtype = torch.bfloat16, cache_dir: str | None = None, log=print) -> list:
+    """The anchor twice, from one model: checkpointing on (the recipe) and off (HF's fastest), as harness stacks
+    (`benchmarks.train_step.Variant`s sharing the model, optimizer and batch)."""
+    from benchmarks.train_step import Variant
+    step = anchor_step(config, batch, seq, device, mode=mode, dtype=dtype, cache_dir=cache_dir, log=log)
+    on = Variant(f"{step.name} (checkpointing on)", step, lambda s: set_hf_checkpointing(s.model, True))
+    off = Variant(f"{step.name} (checkpointing off)", step, lambda s: set_hf_checkpointing(s.model, False))
+    return [on, off]
 
 
 def anchor_step(config: ModelConfig, batch: int, seq: int, device: str, *, mode: str = "qlora",

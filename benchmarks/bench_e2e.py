@@ -2,7 +2,8 @@
 all built in one process and timed in alternation (rotated rounds, the same number of steps each).
 
 Stages (benchmarks/train_step.py): 0 lora-bf16, 1 + nf4, 2 + triton, 3 + fused-ce, 4 + offload; the anchor is
-benchmarks/anchor_hf.py's recipe. Per row: median step ms [min–max] over every timed step, tokens/s, peak GiB (what
+benchmarks/anchor_hf.py's recipe, twice from one model and checkpoint: gradient checkpointing on (its leanest) and
+off (its fastest). Per row: median step ms [min–max] over every timed step, tokens/s, peak GiB (what
 the stack keeps between steps + the step's own peak above that), loss, and model-FLOPs utilisation
 MFU = 6·N_params·tokens / step time / peak dense bf16 (the card's matmul ceiling measured in this call; the
 datasheet's 989 TFLOP/s for H100/H200 SXM where it was not measured — the JSON says which).
@@ -37,7 +38,9 @@ def profile_table(step, device: str) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=30)
 
 
-def run(args) -> harness.Results:
+def shape_of(args):
+    """(device, model name, config, batch, seq, dtype) of --shape, or of the tiny smoke model (which also sets
+    one rep and no warm-up: the timings of a smoke run mean nothing)."""
     device = "cpu" if args.smoke else "cuda"
     name, batch = SHAPES[args.shape]
     if args.smoke:
@@ -46,7 +49,11 @@ def run(args) -> harness.Results:
     else:
         from minilora.models.registry import catalogue_config
         config, seq, dtype = catalogue_config(name), args.seq, torch.bfloat16
-    batch = args.batch or batch
+    return device, name, config, getattr(args, "batch", None) or batch, seq, dtype
+
+
+def run(args) -> harness.Results:
+    device, name, config, batch, seq, dtype = shape_of(args)
     stages = [int(s) for s in args.stages.split(",") if s != ""]
     benchmark = getattr(args, "benchmark", None) or f"e2e-{args.shape}"
     res = harness.Results(benchmark, device, command=getattr(args, "command", None), notes=(
@@ -68,11 +75,11 @@ def run(args) -> harness.Results:
         res.log(f"building stage {STAGES[s]}")
         steps[STAGES[s]] = minilora_stage(config, s, batch, seq, device, dtype)
     if args.anchor != "none":
-        from benchmarks.anchor_hf import anchor_step, default_cache_dir
+        from benchmarks.anchor_hf import anchor_steps, default_cache_dir
         cache = None if args.smoke else (args.anchor_cache or default_cache_dir(args.shape))
-        anchor = anchor_step(config, batch, seq, device, mode=args.anchor, dtype=dtype, cache_dir=cache,
-                             log=res.log)
-        steps = {anchor.name: anchor, **steps}
+        anchors = anchor_steps(config, batch, seq, device, mode=args.anchor, dtype=dtype, cache_dir=cache,
+                               log=res.log)  # checkpointing on (the recipe) and off (HF's fastest), one model
+        steps = {**{a.name: a for a in anchors}, **steps}
     rows = res.compare(f"{name} B{batch} S{seq}", steps, rounds=args.rounds, reps=args.reps, warmup=args.warmup)
     flops = model_flops_per_token(config)
     for row in rows:

@@ -35,6 +35,23 @@ def bucket(name: str) -> str:
     return BUCKETS[-1][0]
 
 
+def breakdown(prof) -> dict:
+    """Bucket the CUDA kernels of a finished torch.profiler run: milliseconds per bucket, the span from the first
+    kernel's start to the last one's end, the busy time (sum of kernel times; kernels on a side stream overlap, so
+    busy can exceed the span), the idle remainder, and the 25 costliest kernel names."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_bucket: dict[str, float] = {}
+    names: dict[str, float] = {}
+    for e in kernels:
+        ms = e.device_time / 1000
+        by_bucket[bucket(e.name)] = by_bucket.get(bucket(e.name), 0.0) + ms
+        names[e.name[:90]] = names.get(e.name[:90], 0.0) + ms
+    span_ms = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) / 1000
+    busy_ms = sum(by_bucket.values())
+    return {"buckets_ms": by_bucket, "gpu_span_ms": span_ms, "gpu_busy_ms": busy_ms, "idle_ms": span_ms - busy_ms,
+            "kernels": len(kernels), "top_kernels_ms": dict(sorted(names.items(), key=lambda kv: -kv[1])[:25])}
+
+
 def peak_tflops() -> tuple[float, str]:
     from benchmarks.harness import datasheet_peak
     value, note = datasheet_peak("cuda")
@@ -111,29 +128,21 @@ def main(argv=None):
             pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(40)
             with open(args.host_profile, "w") as f:
                 f.write(text.getvalue())
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    by_bucket: dict[str, float] = {}
-    for e in kernels:
-        by_bucket[bucket(e.name)] = by_bucket.get(bucket(e.name), 0.0) + e.device_time / 1000
-    start = min(e.time_range.start for e in kernels)
-    end = max(e.time_range.end for e in kernels)
-    span_ms = (end - start) / 1000
-    busy_ms = sum(by_bucket.values())
+    found = breakdown(prof)
+    by_bucket, span_ms, busy_ms, names = found["buckets_ms"], found["gpu_span_ms"], found["gpu_busy_ms"], \
+        found["top_kernels_ms"]
+    kernels = found["kernels"]
     tokens = args.batch * args.seq
     peak, peak_note = peak_tflops()
     mfu = 6 * n_weights * tokens / (plain_ms / 1000) / (peak * 1e12)
-    top = sorted(((e.device_time / 1000, e.name) for e in kernels), reverse=True)
-    names: dict[str, float] = {}
-    for ms, name in top:
-        names[name[:90]] = names.get(name[:90], 0.0) + ms
     result = {"model": args.model, "batch": args.batch, "seq": args.seq, "stage": STAGES[args.stage],
               "step_ms_unprofiled": plain_ms, "gpu_span_ms": span_ms, "gpu_busy_ms": busy_ms,
               "idle_ms": span_ms - busy_ms, "tokens_per_s": tokens / plain_ms * 1000,
-              "weights": n_weights, "mfu": mfu, "memory": memory, "peak_note": peak_note, "kernels": len(kernels),
-              "buckets_ms": by_bucket, "top_kernels_ms": dict(sorted(names.items(), key=lambda kv: -kv[1])[:25]),
+              "weights": n_weights, "mfu": mfu, "memory": memory, "peak_note": peak_note, "kernels": kernels,
+              "buckets_ms": by_bucket, "top_kernels_ms": names,
               "card": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     print(f"{args.model} B{args.batch} S{args.seq} stage {STAGES[args.stage]!r}: step {plain_ms:.1f} ms "
-          f"({result['tokens_per_s']:,.0f} tok/s), MFU {100 * mfu:.1f}% ({peak_note}); {len(kernels)} kernels, "
+          f"({result['tokens_per_s']:,.0f} tok/s), MFU {100 * mfu:.1f}% ({peak_note}); {kernels} kernels, "
           f"GPU busy {busy_ms:.1f} of {span_ms:.1f} ms")
     print("  memory GiB: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in memory.items()))
     for label, ms in sorted(by_bucket.items(), key=lambda kv: -kv[1]):

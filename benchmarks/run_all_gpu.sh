@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Record every GPU benchmark with benchmarks/harness.py on one CUDA card, from the repository root. Three parts, each
+# Record every GPU benchmark with benchmarks/harness.py on one CUDA card, from the repository root. Four parts, each
 # sized for one 10-minute call on an H200 (estimates; the 8B anchor's build, save and 4-bit reload dominate part 8b):
 #
 #   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh kernels    # nf4, elementwise, ce-lora, allocator,
@@ -7,7 +7,9 @@
 #   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh 8b         # e2e 8B, context 2K..32K        (~8 min)
 #   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh long-cpu   # one 128K-token step, then the
 #                                                                       # CPU benchmark on 2 host cores  (~8 min)
-#   bash benchmarks/run_all_gpu.sh all                                  # the three in one go            (~23 min)
+#   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh frontier   # budgets sweep 1B + 8B, ablation,
+#                                                                       # profile                        (~8 min)
+#   bash benchmarks/run_all_gpu.sh all                                  # the four in one go             (~31 min)
 #
 # Every benchmark runs under its own `timeout`, and saves its JSON after every comparison, so one that overruns
 # leaves what it measured and the others still run. Results go to $OUT (default ./bench-out): one archive
@@ -55,6 +57,11 @@ eight_b() {  # the HF anchor's random 8B checkpoint is saved once and reused by 
   rm -rf "$WORK/anchor-8b"
 }
 
+frontier() {  # the speed-memory frontier at both shapes, the "+ triton" ablation and the step profile (~8 min)
+  step 160 bench_frontier --shape 1b
+  step 330 bench_frontier --shape 8b --ablation --profile
+}
+
 long_cpu() {
   step 200 ctx_mem --lengths 8192 --no-anchor --long 131072 --name long-context-8b
   if command -v taskset >/dev/null; then
@@ -71,8 +78,9 @@ case "$PART" in
   kernels) kernels ;;
   8b) eight_b ;;
   long-cpu) long_cpu ;;
-  all) kernels; eight_b; long_cpu ;;
-  *) echo "unknown part '$PART': use kernels, 8b, long-cpu or all" >&2; exit 2 ;;
+  frontier) frontier ;;
+  all) kernels; eight_b; long_cpu; frontier ;;
+  *) echo "unknown part '$PART': use kernels, 8b, long-cpu, frontier or all" >&2; exit 2 ;;
 esac
 rm -rf "$WORK/anchor-"* 2>/dev/null
 tar czf "$OUT/$PART-results.tar.gz" -C "$WORK" . && echo "results: $OUT/$PART-results.tar.gz" | tee -a "$LOG"

@@ -15,6 +15,7 @@ The ladder (each stage keeps everything before it and adds one technique):
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -38,11 +39,11 @@ class Step:
     host (no .item(), no printing), so the harness's CUDA events time the device work alone."""
 
     def __init__(self, name: str, model, device: str, batch: int, seq: int, *, kernels: str = "reference",
-                 return_logits: bool = True, forward: Callable | None = None, seed: int = 0):
+                 return_logits: bool = True, forward: Callable | None = None, seed: int = 0, optimizer=None):
         self.name, self.model, self.device, self.kernels, self.return_logits = name, model, device, kernels, \
             return_logits
         self.forward = forward or (lambda x: model(x, labels=x, return_logits=return_logits).loss)
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        self.opt = (optimizer or torch.optim.AdamW)([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         self.seed = seed
         self.vocab = _vocab_size(model)
         self.set_batch(batch, seq)
@@ -60,6 +61,42 @@ class Step:
     def __call__(self):
         with ops.use_kernels(self.kernels):
             loss = self.forward(self.x)
+            loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.loss = loss.detach()
+
+    def loss_value(self) -> float | None:
+        return None if self.loss is None else float(self.loss)
+
+
+class Variant:
+    """Another setting of a built Step's model, timed as its own stack: shares the Step's model, optimizer and
+    batch (so the stacks of one comparison differ only in the setting) and calls ``setup(step)`` before each step
+    (set the checkpointing plan, turn HF's checkpointing off...). ``context`` (a callable returning a context
+    manager) wraps the step, e.g. ``lambda: ops.without("rope")``. ``optimizer``: its own (e.g. 8-bit AdamW over
+    the same parameters) instead of the Step's; then give its ``resident_bytes``."""
+
+    def __init__(self, name: str, base: Step, setup: Callable | None = None, *, context: Callable | None = None,
+                 kernels: str | None = None, return_logits: bool | None = None, optimizer=None,
+                 resident_bytes: int | None = None):
+        self.name, self.base, self.setup = name, base, setup
+        self.context = context or contextlib.nullcontext
+        self.kernels = kernels or base.kernels
+        self.opt = optimizer or base.opt
+        self.resident_bytes = base.resident_bytes if resident_bytes is None else resident_bytes
+        self.tokens = base.tokens
+        if return_logits is None or return_logits == base.return_logits:
+            self.forward = base.forward
+        else:
+            self.forward = lambda x: base.model(x, labels=x, return_logits=return_logits).loss
+        self.loss = None
+
+    def __call__(self):
+        if self.setup is not None:
+            self.setup(self.base)
+        with ops.use_kernels(self.kernels), self.context():
+            loss = self.forward(self.base.x)
             loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -223,7 +223,9 @@ def _roadmap_cells(markdown: str) -> str:
 # Extras shown as columns when a result's rows carry them (everything else stays in the JSON).
 _EXTRA_COLUMNS = (("tb_s", "TB/s", "{:.2f}"), ("pct_of_copy", "% of copy", "{:.0f}%"), ("tflops", "TFLOP/s", "{:.0f}"),
                   ("tok_s", "tokens/s", "{:,.0f}"), ("mfu", "MFU", "{:.1%}"), ("seq", "tokens", "{:,}"),
-                  ("loss", "loss", "{:.3f}"), ("error", "error", "{}"))
+                  ("loss", "loss", "{:.3f}"), ("predicted_peak_gib", "predicted peak GiB", "{:.2f}"),
+                  ("x_hf_on", "× HF ckpt on", "{:.2f}x"), ("x_hf_off", "× HF ckpt off", "{:.2f}x"),
+                  ("slowdown_vs_all_on", "time ÷ all on", "{:.3f}"), ("error", "error", "{}"))
 
 
 def _cell(value) -> str:
@@ -259,9 +261,25 @@ def _render_result(path: pathlib.Path, data: dict) -> str:
         cells = [_cell(r["name"]), _cell(r["impl"]), _fmt(r["median_ms"], "{:.3f}"), span, str(r["reps"]),
                  _fmt(r["peak_gib"], "{:.3f}")] + [_fmt(r.get(key), pattern) for key, _, pattern in extras]
         lines.append("| " + " | ".join(cells) + " |")
-    parts += lines + ["", f"<small>Command: `{_cell(data['command'])}` · source: "
+    parts += lines + _targets(data.get("targets")) + ["", f"<small>Command: `{_cell(data['command'])}` · source: "
                           f"`benchmarks/results/{path.name}`</small>", ""]
     return "\n".join(parts)
+
+
+def _targets(targets) -> list[str]:
+    """The targets a frontier file states it met or missed (benchmarks/bench_frontier.py), as a short table."""
+    if not targets:
+        return []
+    lines = ["", "| target | memory limit | fastest row within it | speed-up | wanted | met |", "|---|---|---|---|---|---|"]
+    for t in targets:
+        speed = " / ".join(f"{t[k]:.2f}x vs HF {k[-3:].strip('_')}" for k in ("x_hf_on", "x_hf_off")
+                           if t.get(k) is not None) or "—"
+        wanted = " / ".join(f"{t[k]}x" for k in ("wanted_x_hf_on", "wanted_x_hf_off") if t.get(k) is not None)
+        limit = f"{t['memory_limit_gib']:.2f} GiB ({t['limit']})" if t.get("memory_limit_gib") else "—"
+        met = {True: "met", False: "not met", None: "not measured"}[t.get("met")]
+        lines.append(f"| {_cell(t['target'])} | {_cell(limit)} | {_cell(t.get('best_impl') or '—')} | {speed} | "
+                     f"{wanted or '—'} | {met} |")
+    return lines
 
 
 def _benchmarks_section() -> str:

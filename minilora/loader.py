@@ -135,14 +135,23 @@ class FastLanguageModel:
     def get_peft_model(model, r: int = 16, target_modules=None, lora_alpha: float = 16, lora_dropout: float = 0.0,
                        bias: str = "none", use_gradient_checkpointing: bool | str = "unsloth",
                        random_state: int | None = 3407, use_rslora: bool = False, max_seq_length: int | None = None,
-                       loftq_config=None, verbose: bool = True):
+                       loftq_config=None, verbose: bool = True, memory_budget=None, optim: str = "adamw"):
         """Add LoRA adapters (see `minilora.lora.get_peft_model`), freeze the base, set gradient checkpointing.
 
-        use_gradient_checkpointing: False, True (recompute each layer in backward) or "unsloth" (also keep the
-        saved layer inputs in CPU memory, as Unsloth's default does).
+        use_gradient_checkpointing: False, True (recompute each layer in backward), "unsloth" (also keep the
+        saved layer inputs in CPU memory, as Unsloth's default does) or "auto": per layer the fastest of the three
+        whose predicted peak fits ``memory_budget`` — GiB (20), a share of the memory available to the model
+        ("90%"), or None: what is available minus a margin (`minilora.memory.plan`). The plan is made at the first
+        training step, when the batch's shape is known; ``model.gradient_checkpointing.prepare(batch, seq)`` makes
+        it now, and refuses a budget that cannot fit before training. ``optim`` names the optimizer the training
+        will use ("adamw" or "adamw_8bit"), whose state the plan counts.
         """
         from .lora import get_peft_model
-        mode = check_mode(use_gradient_checkpointing)
+        if memory_budget is not None and use_gradient_checkpointing != "auto":
+            raise ValueError(f"memory_budget={memory_budget!r} is used only with use_gradient_checkpointing='auto', "
+                             f"not {use_gradient_checkpointing!r}: pass 'auto' or drop the budget")
+        mode = use_gradient_checkpointing if use_gradient_checkpointing == "auto" else \
+            check_mode(use_gradient_checkpointing)
         if loftq_config:
             raise ValueError("loftq_config is not supported by minilora: leave it None")
         if max_seq_length is not None:
@@ -151,6 +160,9 @@ class FastLanguageModel:
         model = get_peft_model(model, r=r, target_modules=target_modules, lora_alpha=lora_alpha,
                                lora_dropout=lora_dropout, bias=bias, use_rslora=use_rslora,
                                random_state=random_state, verbose=verbose)
+        if mode == "auto":
+            from .memory.plan import CheckpointPlanner
+            mode = CheckpointPlanner(model, memory_budget, optim=optim, log=print if verbose else None)
         model.gradient_checkpointing = mode
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length

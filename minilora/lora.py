@@ -118,9 +118,10 @@ def lora_weights(layer: nn.Module) -> LoraWeights:
     return LoraWeights(weight, base.bias, layer.lora_A.weight, layer.lora_B.weight, layer.scaling)
 
 
-def fast_lora_weights(x: torch.Tensor, layers) -> list[LoraWeights] | None:
-    """LoraWeights for every layer when ops puts x on the fast path and each layer qualifies, else None."""
-    if not ops.fast_lora_on(x):
+def fast_lora_weights(x: torch.Tensor, layers, block: str | None = None) -> list[LoraWeights] | None:
+    """LoraWeights for every layer when ops puts x on the fast path (for this block: "lora_mlp" or "lora_qkv")
+    and each layer qualifies, else None."""
+    if not ops.fast_lora_on(x, block):
         return None
     for layer in layers:
         if not isinstance(layer, LoraLinear) or layer.merged or not isinstance(layer.lora_dropout, nn.Identity):
@@ -138,7 +139,7 @@ def fast_lora_weights(x: torch.Tensor, layers) -> list[LoraWeights] | None:
 def project(x: torch.Tensor, *layers: nn.Module) -> tuple:
     """(layer(x) for each layer) — LoRA projections of one input (q/k/v, or o) through one fast-LoRA Function
     when the fast path applies, so their backward shares one dx buffer; else the layers one by one."""
-    weights = fast_lora_weights(x, layers)
+    weights = fast_lora_weights(x, layers, "lora_qkv")
     if weights is not None:
         return ops.lora_projections(x, *weights)
     return tuple(layer(x) for layer in layers)
@@ -146,7 +147,7 @@ def project(x: torch.Tensor, *layers: nn.Module) -> tuple:
 
 def swiglu_mlp(x: torch.Tensor, gate: nn.Module, up: nn.Module, down: nn.Module) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)): the LoRA MLP with its hand-written backward when the fast path applies."""
-    weights = fast_lora_weights(x, (gate, up, down))
+    weights = fast_lora_weights(x, (gate, up, down), "lora_mlp")
     if weights is not None:
         return ops.lora_mlp(x, *weights)
     return down(ops.swiglu(gate(x), up(x)))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .kernels import IGNORE_INDEX
 from .kernels._triton import host_checks, interpreter_on
 from .kernels.cross_entropy import cross_entropy_reference, first_out_of_range
-from .kernels.fast_lora import LoraWeights, apply_lora_mlp, apply_lora_projections
+from .kernels.fast_lora import Kernels, LoraWeights, apply_lora_mlp, apply_lora_projections
 from .kernels.fused_linear_ce import fused_linear_cross_entropy_reference
 from .kernels.rmsnorm import rms_norm_reference
 from .kernels.rope import rope_reference
@@ -35,6 +35,9 @@ from .quant.blockwise import NF4State, dequantize_nf4_reference
 
 MODES = ("auto", "triton", "reference")
 _mode = os.environ.get("MINILORA_KERNELS", "auto")
+# Single fast paths that can be switched off alone (the others stay on) — to measure what each one buys.
+FAST_PATHS = ("nf4_dequant", "lora_mlp", "lora_qkv", "rope", "swiglu", "rmsnorm")
+_off: frozenset = frozenset()
 
 
 def _check_mode(mode: str) -> str:
@@ -65,6 +68,27 @@ def use_kernels(mode: str):
     global _mode
     previous, _mode = _mode, _check_mode(mode)
     return _restore(previous)
+
+
+@contextlib.contextmanager
+def without(*names: str):
+    """``with without("rope"): ...`` — the named fast paths (FAST_PATHS) take their PyTorch route inside:
+    "nf4_dequant" the dequantization, "lora_mlp" / "lora_qkv" the fused LoRA Functions of the MLP / of the
+    attention's q, k, v and o projections (the layers then run one by one), "rope", "swiglu" (also the step inside
+    the fused LoRA MLP), "rmsnorm"."""
+    global _off
+    unknown = [n for n in names if n not in FAST_PATHS]
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {unknown}: choose from {', '.join(FAST_PATHS)}")
+    previous, _off = _off, _off | frozenset(names)
+    try:
+        yield
+    finally:
+        _off = previous
+
+
+def _on(name: str, x: torch.Tensor) -> bool:
+    return name not in _off and use_triton(x)
 
 
 def use_triton(x: torch.Tensor) -> bool:
@@ -122,14 +146,14 @@ def attention(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False) -> tor
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Rotate q (B, n_head, T, hd) and k (B, n_kv, T, hd) by cos/sin (B or 1, T, hd) or (T, hd)."""
-    if use_triton(q):
+    if _on("rope", q):
         from .kernels.rope import rope_fast
         return rope_fast(q, k, cos, sin)
     return rope_reference(q, k, cos, sin)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    if use_triton(gate):
+    if _on("swiglu", gate):
         from .kernels.swiglu import swiglu_fast
         return swiglu_fast(gate, up)
     return swiglu_reference(gate, up)
@@ -143,7 +167,7 @@ def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> to
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if use_triton(x):
+    if _on("rmsnorm", x):
         from .kernels.rmsnorm import rms_norm_fast
         return rms_norm_fast(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
@@ -177,7 +201,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
 
 def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The dense weight of a 4-bit state: one Triton pass on CUDA, the plain-PyTorch reference on CPU."""
-    if use_triton(state.codes):
+    if _on("nf4_dequant", state.codes):
         from .kernels.nf4_dequant import dequantize_nf4_triton
         return dequantize_nf4_triton(state, dtype)
     return dequantize_nf4_reference(state, dtype)
@@ -261,21 +285,26 @@ def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 
 # --- fast LoRA: hand-written backward for whole blocks of LoRA projections --------------------------------------
-def fast_lora_on(x: torch.Tensor) -> bool:
-    """True when LoRA projections of x should go through the fast LoRA Functions (the Triton path is on for x).
+def fast_lora_on(x: torch.Tensor, block: str | None = None) -> bool:
+    """True when LoRA projections of x should go through the fast LoRA Functions (the Triton path is on for x;
+    ``block``, "lora_mlp" or "lora_qkv", is not switched off by `without`).
 
     Which layers qualify is the layers' business (`minilora.lora.fast_lora_weights`); when this is False, or a
     layer doesn't qualify, the model calls its layers one by one."""
     if _mode == "reference" or (_mode == "auto" and not x.is_cuda):
         return False
-    return use_triton(x)
+    return block not in _off and use_triton(x)
+
+
+def _fast_lora_kernels(x: torch.Tensor) -> Kernels:
+    return Kernels(dequant=_on("nf4_dequant", x), glu=_on("swiglu", x))
 
 
 def lora_mlp(x: torch.Tensor, gate: LoraWeights, up: LoraWeights, down: LoraWeights) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)) through `minilora.kernels.fast_lora.LoRA_MLP` (one hand-written backward)."""
-    return apply_lora_mlp(x, gate, up, down, use_kernel=use_triton(x))
+    return apply_lora_mlp(x, gate, up, down, use_kernel=_fast_lora_kernels(x))
 
 
 def lora_projections(x: torch.Tensor, *projections: LoraWeights) -> tuple:
     """One output per projection of the same x through one `LoRA_QKV` (or `LoRA_O`) Function."""
-    return apply_lora_projections(x, *projections, use_kernel=use_triton(x))
+    return apply_lora_projections(x, *projections, use_kernel=_fast_lora_kernels(x))

@@ -34,7 +34,7 @@ LAYERS = [
                           "minilora.io.chat_template", "minilora.io.data_sources", "minilora.io.gguf", "minilora.io.gguf_check",
                           "minilora.io.records", "minilora.io.records_arrow", "minilora.io.safetensors_dir",
                           "minilora.io.tokenizer", "minilora.memory",
-                          "minilora.memory.estimate", "minilora.memory.measure"]),
+                          "minilora.memory.estimate", "minilora.memory.measure", "minilora.memory.plan"]),
     ("facade and training", ["minilora.loader", "minilora.save", "minilora.train", "minilora.train.adamw8bit",
                              "minilora.train.arguments", "minilora.train.checkpoints", "minilora.train.data",
                              "minilora.train.dates_task", "minilora.train.distributed", "minilora.train.example_cache",

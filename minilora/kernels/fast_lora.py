@@ -21,7 +21,8 @@ forward and again in the backward, so its 16-bit copy lives only while its matmu
 Everything here takes tensors: per projection a `LoraWeights` (the frozen base weight — a dense tensor, or the
 `NF4State` of a 4-bit weight, dequantized just in time —, its bias, A, B and the scale s), never modules. Which
 layers qualify (LoRA dropout 0, not merged, frozen base) is decided where the modules live: `minilora.lora`; whether
-the Triton kernels run is decided by `minilora.ops` and arrives here as ``use_kernel``.
+the Triton kernels run is decided by `minilora.ops` and arrives here as ``use_kernel``: True/False for all of
+them, or a `Kernels` pair that sets the dequantization and the SwiGLU step apart (the benchmark's ablation).
 """
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ from ..quant.blockwise import NF4State, dequantize_nf4_reference
 from ._triton import interpreter_on, tl, triton
 from .nf4_dequant import dequantize_nf4_triton
 from .swiglu import SILU, glu_forward
+
+
+class Kernels(NamedTuple):
+    """Which steps of the fast-LoRA Functions run as Triton kernels (False: the same arithmetic in PyTorch ops)."""
+    dequant: bool  # the NF4 base weight, dequantized just in time
+    glu: bool  # the MLP's SwiGLU forward and its in-place backward
 
 
 class LoraWeights(NamedTuple):
@@ -161,10 +168,12 @@ class LoRA_MLP(torch.autograd.Function):
                 down_base, down_A, down_B, down_s):
         dt = x.dtype
         gA, gB, uA, uB, dA_, dB_ = (_as_compute(t, dt) for t in (gate_A, gate_B, up_A, up_B, down_A, down_B))
-        e, xAg = _lora_forward(x, gate_base, gA, gB, gate_s, use_kernel)  # (N, I)
-        g, xAu = _lora_forward(x, up_base, uA, uB, up_s, use_kernel)  # (N, I)
-        h = swiglu_forward(e, g, use_kernel)  # (N, I); not saved: the backward recomputes it from e and g
-        out, hAd = _lora_forward(h, down_base, dA_, dB_, down_s, use_kernel)  # (N, C)
+        use_kernel = as_kernels(use_kernel)
+        deq = use_kernel.dequant
+        e, xAg = _lora_forward(x, gate_base, gA, gB, gate_s, deq)  # (N, I)
+        g, xAu = _lora_forward(x, up_base, uA, uB, up_s, deq)  # (N, I)
+        h = swiglu_forward(e, g, use_kernel.glu)  # (N, I); not saved: the backward recomputes it from e and g
+        out, hAd = _lora_forward(h, down_base, dA_, dB_, down_s, deq)  # (N, C)
         # the A/B copies in the compute dtype are saved (a few r × features values each) so the backward does not
         # cast them again; when the dtypes already match they are the parameters themselves
         ctx.save_for_backward(x, e, g, xAg, xAu, hAd, gA, gB, uA, uB, dA_, dB_)
@@ -182,23 +191,23 @@ class LoRA_MLP(torch.autograd.Function):
         x, e, g, xAg, xAu, hAd, gA, gB, uA, uB, dA_, dB_ = ctx.saved_tensors  # A/B already in x's dtype
         gate_base, up_base, down_base = ctx.bases
         gs, us, ds = ctx.scales
-        dt, use_kernel = x.dtype, ctx.use_kernel
+        dt, deq, glu = x.dtype, ctx.use_kernel.dequant, ctx.use_kernel.glu
         d_out = d_out.contiguous()
 
         # down projection: dh = d_out Wd + s (d_out Bd) Ad — the only new (N, I) buffer of the backward
         doutB = d_out @ dB_  # (N, r)
         d_down_B = _scaled(d_out.T @ hAd, ds)  # (C, r)
-        Wd = base_weight(down_base[0], dt, use_kernel)
+        Wd = base_weight(down_base[0], dt, deq)
         dh = d_out @ Wd  # (N, I)
         del Wd
         dh.addmm_(doutB, dA_, alpha=ds)
         # SwiGLU: h, de, dg overwrite dh, e, g
-        h, de, dg = swiglu_backward_inplace(dh, e, g, use_kernel)
+        h, de, dg = swiglu_backward_inplace(dh, e, g, glu)
         # dA_down needs h = silu(e) up, recomputed above rather than stored through the forward
         d_down_A = _scaled(doutB.T @ h, ds)  # (r, I)
         # gate and up: both add into one dx buffer
-        dx, d_up_A, d_up_B = _lora_backward(dg, x, xAu, up_base, uA, uB, us, None, use_kernel)
-        dx, d_gate_A, d_gate_B = _lora_backward(de, x, xAg, gate_base, gA, gB, gs, dx, use_kernel)
+        dx, d_up_A, d_up_B = _lora_backward(dg, x, xAu, up_base, uA, uB, us, None, deq)
+        dx, d_gate_A, d_gate_B = _lora_backward(de, x, xAg, gate_base, gA, gB, gs, dx, deq)
         grads = [d.to(pdt) for d, pdt in zip((d_gate_A, d_gate_B, d_up_A, d_up_B, d_down_A, d_down_B),
                                              ctx.param_dtypes)]
         return (dx, None, None, grads[0], grads[1], None, None, grads[2], grads[3], None,
@@ -210,11 +219,12 @@ class _LoRA_Projections(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, use_kernel, *params):
+        use_kernel = as_kernels(use_kernel)
         groups = [params[i:i + 4] for i in range(0, len(params), 4)]
         outs, xAs, ABs = [], [], []
         for base, A, B, s in groups:
             Ac, Bc = _as_compute(A, x.dtype), _as_compute(B, x.dtype)
-            y, xA = _lora_forward(x, base, Ac, Bc, s, use_kernel)
+            y, xA = _lora_forward(x, base, Ac, Bc, s, use_kernel.dequant)
             outs.append(y)
             xAs.append(xA)
             ABs += (Ac, Bc)
@@ -238,7 +248,7 @@ class _LoRA_Projections(torch.autograd.Function):
                 grads += [None, None, None, None]
                 continue
             dx, dA, dB = _lora_backward(dy.contiguous(), x, xAs[i], ctx.bases[i], A, B, ctx.scales[i], dx,
-                                        ctx.use_kernel)
+                                        ctx.use_kernel.dequant)
             A_dtype, B_dtype = ctx.param_dtypes[i]
             grads += [None, dA.to(A_dtype), dB.to(B_dtype), None]
         if dx is None:
@@ -270,19 +280,25 @@ def _args(w: LoraWeights) -> tuple:
     return (w.weight, w.bias), w.A, w.B, w.scaling
 
 
-def _use_kernel(x: torch.Tensor, use_kernel: bool) -> bool:
-    return use_kernel and x.dtype != torch.float64  # float64 (gradcheck): the PyTorch ops of each step
+def as_kernels(use_kernel: bool | Kernels) -> Kernels:
+    return use_kernel if isinstance(use_kernel, Kernels) else Kernels(bool(use_kernel), bool(use_kernel))
+
+
+def _use_kernel(x: torch.Tensor, use_kernel) -> Kernels:
+    if x.dtype == torch.float64:  # float64 (gradcheck): the PyTorch ops of each step
+        return Kernels(False, False)
+    return as_kernels(use_kernel)
 
 
 def apply_lora_mlp(x: torch.Tensor, gate: LoraWeights, up: LoraWeights, down: LoraWeights,
-                   use_kernel: bool = True) -> torch.Tensor:
+                   use_kernel: bool | Kernels = True) -> torch.Tensor:
     """x (..., C) → down(silu(gate(x)) * up(x)) (..., C) through `LoRA_MLP`."""
     x2 = _flatten(x)
     out = LoRA_MLP.apply(x2, _use_kernel(x, use_kernel), *_args(gate), *_args(up), *_args(down))
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def apply_lora_projections(x: torch.Tensor, *projections: LoraWeights, use_kernel: bool = True) -> tuple:
+def apply_lora_projections(x: torch.Tensor, *projections: LoraWeights, use_kernel: bool | Kernels = True) -> tuple:
     """x (..., C) → one output (..., out_i) per projection through one Function: `LoRA_QKV` for q/k/v (one
     backward, one dx buffer), `LoRA_O` for a single projection."""
     x2 = _flatten(x)

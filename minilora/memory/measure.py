@@ -40,7 +40,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..linear4bit import QuantizedLinear
 
-__all__ = ["ActivationReport", "AllocationLog", "SavedTensorMeter", "function_held_bytes", "measure_activations",
+__all__ = ["ActivationReport", "AllocationLog", "AllocatorPeak", "SavedTensorMeter", "function_held_bytes", "measure_activations",
            "measure_model_bytes", "measure_training_bytes", "module_storage_keys", "peak_memory_gib", "storage_key"]
 
 
@@ -252,3 +252,29 @@ class AllocationLog(TorchDispatchMode):
                 self.allocations.append((str(func.overloadpacket.__name__), tuple(t.shape), t.dtype))
                 self.bytes += t.untyped_storage().nbytes()
         return out
+
+
+class AllocatorPeak:
+    """The CPU allocator's peak inside ``with AllocatorPeak() as meter:`` — ``meter.peak`` bytes above what was
+    allocated when it started (``meter.end``: still allocated at the end). What `torch.cuda.max_memory_allocated`
+    gives on a GPU, for a CPU: torch.profiler records every allocation and free of the CPU allocator with its
+    size, and their running sum in time order is the allocated total. (Profiling slows the code it watches.)"""
+
+    def __init__(self):
+        self.peak = self.end = 0
+        self._profile = None
+
+    def __enter__(self) -> "AllocatorPeak":
+        from torch.profiler import ProfilerActivity, profile
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._profile.__exit__(*exc)
+        live = peak = 0
+        # an op's allocations are counted when it starts, frees ("[memory]" events) when they happen
+        for event in sorted(self._profile.events(), key=lambda e: e.time_range.start):
+            live += event.self_cpu_memory_usage
+            peak = max(peak, live)
+        self.peak, self.end = peak, live

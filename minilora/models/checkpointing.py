@@ -2,6 +2,10 @@
 
 Modes: False (keep every activation), True / "recompute" (keep layer inputs on the device), "offload" (keep layer
 inputs in CPU memory, as Unsloth's "unsloth" mode does, and bring each back just before its layer is recomputed).
+A model may also hold one mode per decoder layer (a list), or a planner that picks that list for the shape of the
+batch (`minilora.memory.plan.CheckpointPlanner`, behind ``use_gradient_checkpointing="auto"``): anything with a
+``layer_modes(x, num_layers)`` method. The planner lives above the models (it needs the memory formulas), so this
+file only asks it, by that method, and never imports it.
 
 Why "offload" needs its own autograd Function: ``torch.autograd.graph.save_on_cpu`` moves tensors that autograd
 *saves*, but a non-reentrant ``checkpoint`` replaces every saved tensor of the layer with a placeholder and keeps
@@ -30,8 +34,9 @@ def check_mode(mode) -> bool | str:
     if mode == "unsloth":
         mode = "offload"
     if mode not in MODES:
-        raise ValueError(f"use_gradient_checkpointing={mode!r}: choose False, True (recompute) or 'offload' "
-                         "('unsloth' is accepted as a name for 'offload')")
+        raise ValueError(f"use_gradient_checkpointing={mode!r}: choose False, True (recompute), 'offload' "
+                         "('unsloth' is accepted as a name for 'offload') or 'auto' (a memory budget picks one of "
+                         "the three per layer)")
     return mode
 
 
@@ -115,9 +120,23 @@ def run_layer(layer, mode, x, *args, chain: OffloadChain | None = None):
     return checkpoint(layer, x, *args, use_reentrant=False)
 
 
+def layer_modes(mode, num_layers: int, x: torch.Tensor) -> list:
+    """One checkpointing mode per decoder layer: the same mode for every layer, a list given per layer, or the list
+    a planner chooses for this input's shape."""
+    if hasattr(mode, "layer_modes"):
+        mode = mode.layer_modes(x, num_layers)
+    if isinstance(mode, (list, tuple)):
+        if len(mode) != num_layers:
+            raise ValueError(f"{len(mode)} checkpointing modes for {num_layers} decoder layers: give one per layer")
+        return [check_mode(m) for m in mode]
+    return [mode] * num_layers
+
+
 def run_layers(layers, mode, x, *args):
-    """Run the decoder layers in order under one checkpointing mode (one offload chain per forward pass)."""
-    chain = OffloadChain() if mode == "offload" else None
-    for layer in layers:
-        x = run_layer(layer, mode, x, *args, chain=chain)
+    """Run the decoder layers in order, each under its checkpointing mode (one offload chain per forward pass:
+    an offloaded layer's backward prefetches the input of the offloaded layer before it)."""
+    modes = layer_modes(mode, len(layers), x)
+    chain = OffloadChain() if "offload" in modes else None
+    for layer, layer_mode in zip(layers, modes):
+        x = run_layer(layer, layer_mode, x, *args, chain=chain)
     return x
