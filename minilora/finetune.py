@@ -53,7 +53,8 @@ class FineTuneConfig:
     lora_alpha: float = 32
     lora_dropout: float = 0.0
     bias: str = "none"
-    use_gradient_checkpointing: bool | str = False
+    use_gradient_checkpointing: bool | str = False  # False, True/"recompute", "offload" ("unsloth") or "auto"
+    memory_budget: object = None  # with "auto": GiB (20) or a share of the available memory ("90%"); None: all but 10%
     random_state: int = 3407
     use_rslora: bool = False
     # training
@@ -87,8 +88,14 @@ class FineTuneConfig:
         from .dtypes import dtype_name, parse_dtype
         if self.dtype is not None:
             self.dtype = dtype_name(parse_dtype(self.dtype))  # one spelling from here on: "bfloat16"
-        self.use_gradient_checkpointing = check_mode(self.use_gradient_checkpointing)  # "unsloth" → "offload"
+        if self.use_gradient_checkpointing != "auto":  # "auto" is planned per layer by the loader (memory.plan)
+            self.use_gradient_checkpointing = check_mode(self.use_gradient_checkpointing)  # "unsloth" → "offload"
         check_parallel(self.parallel)
+        from .memory.plan import parse_memory_budget
+        parse_memory_budget(self.memory_budget)
+        if self.memory_budget is not None and self.use_gradient_checkpointing != "auto":
+            raise ValueError(f"memory_budget={self.memory_budget!r} is used only with use_gradient_checkpointing='auto'"
+                             f", not {self.use_gradient_checkpointing!r}: pass 'auto' or drop the budget")
         for name in ("r", "max_seq_length"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
                     or getattr(self, name) < 1:
@@ -183,7 +190,11 @@ def finetune(config: FineTuneConfig, *, model=None, tokenizer=None, on_trainer=N
             model = FastLanguageModel.get_peft_model(
                 model, r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias=config.bias,
                 use_gradient_checkpointing=config.use_gradient_checkpointing, random_state=config.random_state,
-                use_rslora=config.use_rslora, verbose=ctx.is_main)
+                use_rslora=config.use_rslora, verbose=ctx.is_main, memory_budget=config.memory_budget,
+                optim=config.optim)
+        planner = getattr(model, "gradient_checkpointing", None)
+        if hasattr(planner, "prepare"):  # "auto": plan for the largest batch now, refusing a budget that cannot fit
+            planner.prepare(config.per_device_train_batch_size, config.max_seq_length)
         if ctx.is_main:
             check_save_room(config, model)
         # the dtype is known now: it decides the autocast (fp16 weights need loss scaling)

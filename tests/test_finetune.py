@@ -128,3 +128,16 @@ def test_summary_is_written_whole_and_never_through_a_link(tiny_dir, tmp_path):
     finetune(config(tiny_dir, run, overwrite_output_dir=True), say=quiet)
     assert victim.read_text() == "keep me"
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+def test_auto_checkpointing_plans_within_the_budget_or_refuses_before_training(tiny_dir, tmp_path):
+    from minilora.memory.plan import MemoryBudgetError
+    with pytest.raises(MemoryBudgetError, match="Give a budget of at least"):
+        finetune(config(tiny_dir, tmp_path / "small", use_gradient_checkpointing="auto", memory_budget=1e-6),
+                 say=quiet)
+    assert not (tmp_path / "small" / "train_log.csv").exists()  # refused before the first step
+    result = finetune(config(tiny_dir, tmp_path / "run", use_gradient_checkpointing="auto", memory_budget=4),
+                      say=quiet)
+    assert result.summary["steps"] == 2
+    with pytest.raises(ValueError, match="only with use_gradient_checkpointing='auto'"):
+        FineTuneConfig(memory_budget=4)

@@ -77,11 +77,22 @@ def _checkpointing(text: str):
     words = {"true": True, "1": True, "yes": True, "false": False, "none": False, "0": False, "no": False,
              "off": False}
     from ..models.checkpointing import check_mode  # imported here: `minilora --help` doesn't wait for torch
+    if low == "auto":
+        return "auto"
     try:
         return check_mode(words.get(low, low))
     except ValueError:
         raise argparse.ArgumentTypeError(f"use_gradient_checkpointing={text!r}: choose unsloth (= offload), true "
-                                         "(= recompute) or false") from None
+                                         "(= recompute), auto (a memory budget picks per layer) or false") from None
+
+
+def _budget(text: str):
+    from ..memory.plan import parse_memory_budget  # imported here: `minilora --help` doesn't wait for torch
+    try:
+        parse_memory_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -135,8 +146,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="train biases too? minilora trains LoRA weights only (Unsloth's recommended 'none')")
     g.add_argument("--use_gradient_checkpointing", type=_checkpointing, default=d["use_gradient_checkpointing"],
                    help="keep only each layer's input and recompute the rest in backward: 'true' (recompute), "
-                        "'unsloth' (also move those inputs to CPU memory, Unsloth's default) or 'false' (keep "
-                        "everything: fastest, most memory; the default here, where sequences are short)")
+                        "'unsloth' (also move those inputs to CPU memory, Unsloth's default), 'auto' (per layer the "
+                        "fastest of keep / recompute / offload whose predicted peak fits --memory_budget) or 'false' "
+                        "(keep everything: fastest, most memory; the default here, where sequences are short)")
+    g.add_argument("--memory_budget", default=None, type=_budget,
+                   help="with --use_gradient_checkpointing auto: GiB (e.g. 20) or a share of the memory available "
+                        "('90%%'); default: what is available minus 10%% (at least 1 GiB)")
     g.add_argument("--random_state", type=seed, default=3407,
                    help="seed for the LoRA A initialization (default %(default)s)")
     g.add_argument("--use_rslora", type=_bool, default=False, nargs="?", const=True,
