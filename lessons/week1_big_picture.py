@@ -18,7 +18,8 @@
 # dataset, trains and saves. minilora's `minilora train` is the same script, rebuilt so every step can be opened
 # and read. In this lesson we run it (small enough for a laptop: the cell prints how long it took), read every one
 # of its parameters, and then follow one example all the way: text → tokens → masked labels → loss → saved adapter.
-# It ends with what Unsloth's README claims and what exactly the course measures those claims against.
+# Then it sets what Unsloth's README claims beside what exactly the course measures those claims against, and it
+# ends with a fine-tune on your own data, read from a Parquet file.
 #
 # **Goals.** By the end of this lesson you can
 #
