@@ -199,7 +199,8 @@ show(swiglu._glu_backward_kernel)
 # Note the order in the backward: load `dh`, `g`, `u`; compute; store into `dgate_ptr`/`dup_ptr`, which *are*
 # `gate`/`up` when the gradients are written in place. Each element is read before it is overwritten and belongs
 # to one program only, so that is safe. The autograd Function around it bumps the version counters of `gate` and
-# `up`, so if any other op had saved them, PyTorch raises an error instead of silently reading gradients as values:
+# `up`, so an op that had saved them would meet a version mismatch in its backward (PyTorch's rule for in-place
+# writes, not exercised in this lesson) instead of silently reading gradients as values:
 
 # %%
 show(swiglu.GLUFunction.backward)
