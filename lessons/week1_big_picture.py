@@ -146,7 +146,8 @@ for path in sorted(pathlib.Path("benchmarks/results/train-default").glob("train-
     recorded[path.stem] = (int(trained[1]), int(trained[2]), four_bit)
 default_steps = train_parser.get_default("max_steps")
 same_steps = [name for name, (n, _, four_bit) in recorded.items() if n == default_steps and four_bit]
-claim("today's default is {default} steps; the recorded 4-bit run with that many steps is {runs}",
+claim("today's default is {default} steps; the recorded 4-bit run with that many steps is {runs} (its other settings "
+      "are the defaults of the day it was recorded, not necessarily today's)",
       bool(same_steps), default=default_steps, runs=", ".join(same_steps) or "missing")
 qlora_tps = [tps for n, tps, four_bit in recorded.values() if four_bit]
 lora_tps = [tps for n, tps, four_bit in recorded.values() if not four_bit]
