@@ -46,6 +46,7 @@ from benchmarks.schema import (  # noqa: F401 - re-exported: lessons read result
     latest,
     load_results,
     pick,
+    speed_word,
     spread,
     validate,
 )

@@ -86,3 +86,13 @@ def spread(row: dict) -> str:
     if not row["reps"]:
         return "not measured"
     return f"{row['median_ms']:.3f} ms [{row['min_ms']:.3f}–{row['max_ms']:.3f}]"
+
+
+def speed_word(mine: dict, base: dict) -> str:
+    """'faster than' / 'slower than' from the medians of two timed rows, but only when their [min–max] ranges do
+    not overlap: with a few timed runs an overlap is noise, and a row converted from an older file has no range."""
+    if mine.get("converted") or base.get("converted"):
+        return "not told apart (no ranges recorded) from"
+    if mine["max_ms"] >= base["min_ms"] and base["max_ms"] >= mine["min_ms"]:
+        return "not told apart (the [min–max] ranges overlap) from"
+    return "faster than" if mine["median_ms"] < base["median_ms"] else "slower than"

@@ -18,7 +18,8 @@
 # dataset, trains and saves. minilora's `minilora train` is the same script, rebuilt so every step can be opened
 # and read. In this lesson we run it (small enough for a laptop: the cell prints how long it took), read every one
 # of its parameters, and then follow one example all the way: text → tokens → masked labels → loss → saved adapter.
-# It ends with what Unsloth's README claims and what exactly the course measures those claims against.
+# Then it sets what Unsloth's README claims beside what exactly the course measures those claims against, and it
+# ends with a fine-tune on your own data, read from a Parquet file.
 #
 # **Goals.** By the end of this lesson you can
 #
@@ -145,7 +146,8 @@ for path in sorted(pathlib.Path("benchmarks/results/train-default").glob("train-
     recorded[path.stem] = (int(trained[1]), int(trained[2]), four_bit)
 default_steps = train_parser.get_default("max_steps")
 same_steps = [name for name, (n, _, four_bit) in recorded.items() if n == default_steps and four_bit]
-claim("today's default is {default} steps; the recorded 4-bit run with that many steps is {runs}",
+claim("today's default is {default} steps; the recorded 4-bit run with that many steps is {runs} (its other settings "
+      "are the defaults of the day it was recorded, not necessarily today's)",
       bool(same_steps), default=default_steps, runs=", ".join(same_steps) or "missing")
 qlora_tps = [tps for n, tps, four_bit in recorded.values() if four_bit]
 lora_tps = [tps for n, tps, four_bit in recorded.values() if not four_bit]

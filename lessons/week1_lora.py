@@ -237,8 +237,9 @@ print(f"rank of ΔW = {torch.linalg.matrix_rank(W_merged - W_before).item()} (r 
       f"although ΔW is {tuple(W_merged.shape)}")
 
 # %% [markdown]
-# The differences in the cell above are float32 rounding, small against the size of the outputs: the same
-# numbers, summed in a different order. The last line is the whole idea in one number: the merged update is a
+# The differences in the cell above are float32 rounding, small against the size of the outputs: the merged
+# output sums the same numbers in a different order, and unmerging subtracts ΔW from W + ΔW, which was rounded
+# once when it was stored. The last line is the whole idea in one number: the merged update is a
 # full-size matrix whose rank is only r.
 #
 # ## 4. What α and r do

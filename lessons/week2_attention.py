@@ -320,8 +320,8 @@ print(f"Doubling T from {lengths[-2]:,} to {lengths[-1]:,} multiplied the naive 
 
 # %% [markdown]
 # The table's formula columns are the whole story: the naive path pays for nh·T² softmax weights (plus the mask),
-# SDPA for nh·T·hd output values plus nh·T row statistics. At the scale of a real model the T² term is what makes
-# long contexts impossible without a fused kernel. One Llama-3-8B layer in bf16, B = 1, at its full context:
+# SDPA for nh·T·hd output values plus nh·T row statistics. At the scale of a real model the T² term is what a
+# fused kernel avoids keeping. One Llama-3-8B layer in bf16, B = 1, at its full context:
 
 # %%
 T8 = l3.max_position_embeddings
@@ -359,8 +359,9 @@ print(f"max |online − softmax(s) @ V| = {(online - s.softmax(0) @ values).abs(
       f"{block:,} instead of {T_row:,}")
 
 # %% [markdown]
-# Flash attention runs this loop for a tile of queries at a time on the GPU's on-chip memory, so the (T, T) matrix
-# never exists anywhere — that is the O(T) you measured above. This lesson took
+# Flash attention runs this loop for a tile of queries at a time on the GPU's on-chip memory, so it never needs
+# the whole (T, T) matrix. What you measured above on the CPU is the other half of the story: what SDPA saves for
+# the backward grows as O(T). This lesson took
 # the time printed below on this machine:
 
 # %%

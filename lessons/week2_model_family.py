@@ -61,7 +61,7 @@ from minilora.models import (
 )
 from minilora.show import show
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)  # the returned generator would print as the cell's value
 
 # %% [markdown]
 # ## 1. The class hierarchy, drawn from the code
@@ -314,8 +314,8 @@ print(f"max |logit difference| {(good.logits - bad.logits).abs().max():.2f}; top
       f"{agree:.0%} of positions; restored model identical: {torch.equal(good.logits, again.logits)}")
 
 # %% [markdown]
-# The scrambled model still produces text-shaped logits — the embeddings, MLPs and value paths are intact — but it
-# has lost its sense of position, and the loss printed above shows it. A bug like this does not crash: only a
+# The scrambled model still runs and still agrees with the good one on most top-1 predictions (printed above), but
+# its loss is clearly worse. A bug like this does not crash: only a
 # check against an independent reference catches it. That is the next section.
 #
 # ## 4. Our logits next to transformers'
@@ -374,8 +374,9 @@ print("Q: What is the capital of France?\nA:", chat("What is the capital of Fran
 print(f"({time.perf_counter() - start:.1f} s, greedy)")
 
 # %% [markdown]
-# It knows its geography. Now a task we will fine-tune it for later in the course: rewrite a date written in
-# words into ISO form. We ask it as plainly as possible and compare with the expected answer:
+# One greedy answer to one question, not a test of what it knows. Now a task we will fine-tune it for later in the
+# course: rewrite a date written in words into ISO form. We ask it as plainly as possible and compare with the
+# expected answer:
 
 # %%
 tasks = {"Rewrite March 5, 2021 as YYYY-MM-DD": "2021-03-05",
@@ -388,7 +389,7 @@ for question, expected in tasks.items():
 print(f"{correct} of {len(tasks)} exactly right before fine-tuning")
 
 # %% [markdown]
-# A 135-million-parameter model follows the chat format and knows facts, but it does not reliably do this small
+# A 135-million-parameter model follows the chat format, but it does not reliably do this small
 # transformation — the score above is the baseline that LoRA fine-tuning will have to beat. Weeks 1 and 2 gave us
 # every piece: the model, the adapters, and a way to check both against independent references.
 #

@@ -15,7 +15,8 @@
 #
 # The last layer of a language model turns every token's hidden state into one score per vocabulary entry. With
 # Llama-3's 128,256-entry vocabulary those scores — the *logits* — are the largest tensor of a fine-tuning step, and
-# the textbook way of turning them into a loss copies them twice more. This lesson measures why, then builds the
+# the textbook way of turning them into a loss allocates several more buffers of their size. This lesson measures
+# them, then builds the
 # cure in three parts: a one-pass **running log-sum-exp**, **chunking** a long row over several programs, and the
 # **fused linear + cross-entropy** that never holds all the logits at once.
 #
@@ -211,13 +212,14 @@ show(ce.CrossEntropyFunction.backward)
 
 # %% [markdown]
 # One caveat follows: after `loss.backward()` the logits tensor holds gradients. The model therefore lets the
-# kernel write in place only when the logits it returns to you are not the same memory (see
-# `LlamaForCausalLM.loss`); `cross_entropy_fast(..., inplace_grad=False)` is the explicit opt-out.
+# kernel write in place only when the logits it returns to you are not the same memory (`LlamaForCausalLM.loss`
+# calls `ops.next_token_loss`, shown below, which checks it); `cross_entropy_fast(..., inplace_grad=False)` is the
+# explicit opt-out.
 
 # %%
-from minilora.models.llama import LlamaForCausalLM
+from minilora import ops
 
-show(LlamaForCausalLM.loss)
+show(ops.next_token_loss)
 
 # %% [markdown]
 # ## 5. Fused linear + cross-entropy: never hold all the logits
@@ -230,7 +232,7 @@ show(LlamaForCausalLM.loss)
 # Because the upstream gradient of the loss is a plain number, the chunk's loss and gradient can come from one
 # kernel launch, one program per row: `_ce_row_forward_backward_kernel` reads a row for the lse, then reads it
 # again (now mostly from the L2 cache) to write the gradient. The recorded benchmark compares it with the two-kernel
-# route of section 2–4 (rows "LCE-sweep" in the JSON).
+# route of section 2–4 (the JSON's "LCE-sweep" rows, not printed in this lesson).
 
 # %%
 show(flce.FusedLinearCrossEntropyFunction.forward)
@@ -335,8 +337,9 @@ for group in GROUPS:
     if not sel:
         continue
     fastest, leanest = min(sel, key=lambda r: r["median_ms"]), min(sel, key=lambda r: r["peak_gib"])
-    print(f"{group}: fastest {fastest['impl']} ({fastest['median_ms']:.2f} ms), least memory {leanest['impl']} "
-          f"({leanest['peak_gib']:.3f} GiB)")
+    tied = [r["impl"] for r in sel if f"{r['peak_gib']:.3f}" == f"{leanest['peak_gib']:.3f}"]
+    print(f"{group}: fastest {fastest['impl']} ({fastest['median_ms']:.2f} ms), least memory {' and '.join(tied)} "
+          f"({leanest['peak_gib']:.3f} GiB{', a tie at this precision' if len(tied) > 1 else ''})")
     mine = next((r for r in sel if r["impl"].startswith("minilora (default chunk") or r["impl"] == "minilora"),
                 None)
     for other in (r for r in sel if not r["impl"].startswith("minilora")):

@@ -15,8 +15,8 @@
 #
 # A Llama layer spends most of its FLOPs in matrix multiplies, but a surprising share of its *time* and *memory*
 # in the small elementwise steps between them: rotating queries and keys (RoPE), gating the MLP (SwiGLU),
-# normalizing (RMSNorm). Each does a few arithmetic operations per number it reads, so the only thing that matters
-# is how many bytes cross the GPU's memory bus. This lesson counts those bytes for the plain PyTorch versions, reads
+# normalizing (RMSNorm). Each does a few arithmetic operations per number it reads, so the bytes that cross the
+# GPU's memory bus set a floor on its time (how close a kernel gets to that floor is measured below). This lesson counts those bytes for the plain PyTorch versions, reads
 # the Triton kernels that move each byte once, checks them on odd shapes on your laptop, and reads a benchmark
 # recorded on a real GPU.
 #
@@ -199,7 +199,8 @@ show(swiglu._glu_backward_kernel)
 # Note the order in the backward: load `dh`, `g`, `u`; compute; store into `dgate_ptr`/`dup_ptr`, which *are*
 # `gate`/`up` when the gradients are written in place. Each element is read before it is overwritten and belongs
 # to one program only, so that is safe. The autograd Function around it bumps the version counters of `gate` and
-# `up`, so if any other op had saved them, PyTorch raises an error instead of silently reading gradients as values:
+# `up`, so an op that had saved them would meet a version mismatch in its backward (PyTorch's rule for in-place
+# writes, not exercised in this lesson) instead of silently reading gradients as values:
 
 # %%
 show(swiglu.GLUFunction.backward)
@@ -282,8 +283,8 @@ print(f"interpreter checks took {time.perf_counter() - started:.1f} s")
 # ## 5. The recorded GPU benchmark
 #
 # `benchmarks/bench_elementwise.py` runs forward+backward at Llama-3-8B shapes on a GPU, for PyTorch eager,
-# `torch.compile`, Liger-Kernel and minilora side by side in one run, next to a 1 GiB device copy (the practical
-# bandwidth ceiling). If this machine has a GPU, the next cell measures SwiGLU quickly here; otherwise (and in any case)
+# `torch.compile`, Liger-Kernel and minilora side by side in one run, each op next to a device copy of its floor
+# bytes (the practical bandwidth ceiling). If this machine has a GPU, the next cell measures SwiGLU quickly here; otherwise (and in any case)
 # the cell after it loads the recorded results.
 
 # %%
@@ -379,10 +380,10 @@ for op in OP_ROW:
 #   writes into `gate`/`up`, its peak memory is just the output `h` — compare its peak with `torch.compile`'s in the
 #   table. That memory, more than the time, is what the kernel buys: one pair of buffers fewer during the MLP's
 #   backward.
-# * **RoPE**'s gap to eager follows the byte ratio of section 1. Its distance from the ceiling comes from its shape:
-#   small tiles (hd/2 = 64 numbers per half-row) spread over many short programs.
-# * **RMSNorm**'s forward alone (the `rmsnorm fwd only` row of the results file) is a single pass; the backward,
-#   with its reduction along each row and the cross-row sum for $dw$, is where the time goes. Liger-Kernel writes
+# * **RoPE**'s gap to eager follows the byte ratio of section 1. Its distance from the ceiling is printed above;
+#   this lesson does not measure where it comes from (its tiles are small: hd/2 = 64 numbers per half-row).
+# * **RMSNorm**'s forward is a single pass; its backward adds a reduction along each row and the cross-row sum for
+#   $dw$ (the table times forward and backward together). Liger-Kernel writes
 #   $dx$ into the incoming $dy$ buffer by default, which lowers its peak; minilora does not, because that buffer is
 #   not always the norm's to overwrite — after a residual add, the very same gradient tensor also flows down the
 #   skip connection (Liger's own documentation turns the option off for Gemma-2 for this kind of reason).

@@ -49,7 +49,7 @@ import torch
 if not torch.cuda.is_available():  # no GPU: Triton kernels run in its interpreter (set before Triton is imported)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from benchmarks.harness import COPY_IMPL, latest, load_results
+from benchmarks.harness import COPY_IMPL, latest, load_results, speed_word
 from minilora import FastLanguageModel, linear4bit
 from minilora.linear4bit import Linear4bit, quantize_model
 from minilora.memory import SavedTensorMeter
@@ -207,7 +207,7 @@ plt.show()
 errors = {"nf4": [], "int4": []}
 names = []
 for i, layer in enumerate(model.model.layers):
-    if i % 3:  # every third block keeps the lesson fast; the picture is the same for all 30
+    if i % 3:  # every third block (10 of the 30) keeps the lesson fast
         continue
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         w = layer.get_submodule(f"{'self_attn' if name[0] in 'qkvo' else 'mlp'}.{name}").weight.detach()
@@ -257,10 +257,9 @@ print(f"loss NF4            {loss_nf4:.4f} (perplexity {torch.tensor(loss_nf4).e
       f"+{loss_nf4 - loss_16:.4f} nats over 16-bit")
 
 # %% [markdown]
-# The cell above shows the price on a 135M-parameter model. Small models feel quantization more than the 7B–65B
-# models of the QLoRA paper (each weight carries more of the function), and SmolLM2's bundled weights were
-# already 4-bit (GGUF Q4_1) once, so NF4 rounds them onto a second grid. QLoRA trains LoRA adapters on top of the
-# quantized base, and the adapters learn to compensate for part of this error.
+# The cell above shows the price on a 135M-parameter model; this lesson measures no larger one. SmolLM2's bundled
+# weights were already 4-bit (GGUF Q4_1) once, so NF4 rounds them onto a second grid. QLoRA trains LoRA adapters on
+# top of the quantized base; how much of this error they make up for is not measured here.
 #
 # ## 6. The Triton kernel, and what it reaches on a GPU
 #
@@ -314,9 +313,8 @@ for tag in ("plain absmax", "double-quant"):
     ours, theirs = bars.get(f"minilora {tag}"), bars.get(f"bnb {tag}")
     if ours and theirs:
         ratio = theirs["median_ms"] / ours["median_ms"]
-        word = "faster than" if ratio > 1 else "slower than" if ratio < 1 else "as fast as"
-        print(f"{tag}: minilora's kernel at its shipped settings runs at {ratio:.2f}x bitsandbytes' speed ({word} "
-              f"bitsandbytes), {ours['pct_of_copy']:.0f}% of the copy's bandwidth against bitsandbytes' "
+        print(f"{tag}: minilora's kernel at its shipped settings runs at {ratio:.2f}x bitsandbytes' speed "
+              f"({speed_word(ours, theirs)} bitsandbytes), {ours['pct_of_copy']:.0f}% of the copy's bandwidth against bitsandbytes' "
               f"{theirs['pct_of_copy']:.0f}%")
     ref = bars.get(f"torch reference {tag}")
     if ours and ref:

@@ -16,7 +16,8 @@
 # Week 3 stored frozen weights in 4 bits (NF4). Two 8-bit formats matter for fine-tuning memory too:
 # **LLM.int8-style weights** (one byte a weight, one scale per row, a few outlier columns kept in 16-bit), and
 # **8-bit optimizer states** (Adam's two moments in one byte each, quantized blockwise with the *dynamic* map). This
-# lesson builds both from scratch, compares every byte with bitsandbytes on this CPU, and counts what they save.
+# lesson builds both from scratch, compares them with bitsandbytes on this CPU (the cells say which tensors), and
+# counts what they save.
 #
 # **Goals.** By the end of this lesson you can
 #
@@ -76,7 +77,7 @@ def same(flag: bool) -> str:
 #
 # Adam's moments are nothing like normal weights: within one tensor they span many orders of magnitude. A table of
 # 256 evenly spaced levels would round everything below 1/255 of the largest value to 0. The **dynamic** data type
-# gives each decade (1e-6 … 1) its own levels, like the exponent of a float, and spends more levels on the larger
+# gives each decade (down to 1e-7) its own levels, like the exponent of a float, and spends more levels on the larger
 # decades. The unsigned variant (for v = E[g²] ≥ 0) uses the sign bit as one more fraction bit.
 
 # %%
@@ -200,9 +201,10 @@ for share in (0.0, 0.01, 0.05):  # thresholds that leave 0%, ~1% and ~5% of the 
           f"{8 * layer.nbytes / W.numel():.3f} bits/param, relative RMS error {err:.4f}")
 
 # %% [markdown]
-# `Linear8bit` stores exactly these tensors and, like `Linear4bit`, dequantizes just in time in forward *and*
-# backward, so no dense copy of W outlives a matmul. (bitsandbytes' `Linear8bitLt` also quantizes the activations
-# and picks the outlier columns from them at run time, |x| ≥ 6; minilora fixes them from W when the layer is built.)
+# `Linear8bit` stores exactly these tensors and, like `Linear4bit`, dequantizes W in forward *and* again in
+# backward instead of keeping a dense copy (this lesson does not measure that copy's lifetime). (bitsandbytes'
+# `Linear8bitLt` also quantizes the activations and picks the outlier columns from them at run time, |x| ≥ 6;
+# minilora fixes them from W when the layer is built.)
 #
 # ## 4. 8-bit AdamW: dequantize, update, requantize
 #

@@ -89,7 +89,7 @@ show(memory.activation_bytes)
 # ## 2. The accounting table: SmolLM2-135M and Llama-3-8B
 #
 # bf16 weights, LoRA r = 16 on all seven projections (A and B in bf16 for LoRA, float32 for QLoRA as minilora
-# keeps them), AdamW, gradient checkpointing on. SmolLM2 at the course's CPU batch (4 × 256 tokens), Llama-3-8B at
+# keeps them), AdamW, gradient checkpointing on. SmolLM2 at a small batch of 4 × 256 tokens, Llama-3-8B at
 # one 2048-token sequence.
 
 # %%
@@ -200,8 +200,8 @@ for method, pile, p, m in rows:
 # %% [markdown]
 # The table above: weights, quantization state, gradients and optimizer state match to the byte — they are just
 # shapes times dtypes. Activations are a model of what the code saves, so they match only approximately; note
-# the LoRA and QLoRA rows save a little *less* than full fine-tuning: a frozen linear layer does not need its
-# input for a weight gradient, so autograd does not keep it (and `Linear4bit` keeps nothing at all).
+# the LoRA and QLoRA rows save a little *less* than full fine-tuning (the table prints by how much; this lesson
+# does not break the difference down by tensor).
 #
 # ## 5. Reserved is not allocated: fragmentation and `expandable_segments`
 #
@@ -280,13 +280,13 @@ for L in lengths:
     regime.append({"tokens": L, "speedup": hf["median_ms"] / ours["median_ms"],
                    "saved": 100 * (1 - ours["peak_gib"] / hf["peak_gib"]), "hf": hf, "ours": ours})
     print(f"{L:6d} tokens: HF {hf['median_ms']:7.1f} ms {hf['peak_gib']:5.1f} GiB | minilora '{ours_impl}' "
-          f"{ours['median_ms']:7.1f} ms {ours['peak_gib']:5.1f} GiB | {regime[-1]['speedup']:.2f}x the speed, "
+          f"{ours['median_ms']:7.1f} ms {ours['peak_gib']:5.1f} GiB | {regime[-1]['speedup']:.3f}x the speed, "
           f"{regime[-1]['saved']:.0f}% of the memory saved")
 short, long_ = regime[0], regime[-1]
-claim("at {short:,} tokens minilora's step is {s0:.2f}x HF's speed but saves only {m0:.0f}% of the memory: the "
+claim("at {short:,} tokens minilora's step is {s0:.3f}x HF's speed but saves only {m0:.0f}% of the memory: the "
       "speed regime", short["speedup"] > long_["speedup"] and short["saved"] < long_["saved"],
       short=short["tokens"], s0=short["speedup"], m0=short["saved"])
-claim("at {long:,} tokens the speed-up falls to {s1:.2f}x while the memory saved rises to {m1:.0f}%: the memory "
+claim("at {long:,} tokens the speed-up falls to {s1:.3f}x while the memory saved rises to {m1:.0f}%: the memory "
       "regime", long_["speedup"] < short["speedup"] and long_["saved"] > short["saved"], long=long_["tokens"],
       s1=long_["speedup"], m1=long_["saved"])
 both = [r["tokens"] for r in regime if r["speedup"] >= 2 and r["saved"] >= 70]
@@ -311,8 +311,8 @@ plt.show()
 
 # %% [markdown]
 # Why the two curves cross. The memory side can be read from the same rows (the cell below): at short context
-# the peak is mostly what stays resident — the 4-bit base, the adapters and their optimizer state, the same on both
-# sides — so no technique can remove much of it; at long context the activations are the peak, and those are what
+# the peak is mostly what stays resident — the 4-bit base, the adapters and their optimizer state (the cell below
+# prints that share for the HF step) — so no technique can remove much of it; at long context the activations are the peak, and those are what
 # minilora offloads (and its fused loss never builds the full logits). The time side is an explanation these rows
 # cannot prove (that takes a profile of each step): the speed-up comes from the work around the matmuls, where the
 # ladder further down shows '+ triton' saving the most, while attention — the same SDPA call on both sides and
@@ -410,8 +410,8 @@ if not ablation_file:
 # attention costs both sides the same and pulls the ratio toward 1 as the context grows — a faster shared attention
 # would raise the ratio at long context, not lower it. **Random weights:** a step's time and memory do not depend on
 # the weights' values, so the ratio holds for a trained model; only the loss is meaningless (checked below).
-# **Rank 16,** not the README's 32: the LoRA matmuls are small next to the base's on both sides, so a higher rank
-# changes both a little. **Full-length rows:** every row is exactly S tokens, with no padding. Real instruction
+# **Rank 16,** not the README's 32: the LoRA matmuls are small next to the base's on both sides; a higher rank was
+# not measured here. **Full-length rows:** every row is exactly S tokens, with no padding. Real instruction
 # data is short and uneven; a padded HF batch then spends time on padding that a packed batch does not, so real data
 # can widen the gap — that is a separate measurement (packing), not part of these ratios.
 

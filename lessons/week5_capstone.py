@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # Capstone, part 1 — How 2x and 70% happen, measured on your CPU
+# # Capstone, part 1 — Where the memory and the time go, measured on your CPU
 #
 # The learning plan's goal: *explain to someone else how Unsloth achieves its speed-up and memory reduction*. Not
 # with adjectives — with numbers you measured. This lesson is an **ablation**: start from a plain LoRA training
@@ -264,14 +264,19 @@ print(f"NF4 stores the frozen block linears in {cpu['+ nf4']['frozen weights'] +
       f"dense: {emb:,} bytes, {emb / cpu['+ nf4']['device_total']:.0%} of everything the NF4 stage holds")
 
 
-def change(new, old):
-    """A step-time change as a percentage, its word picked from its sign (minilora.prose.compare)."""
-    return compare(100 * (new / old - 1), "%", kind="time")
+def change(stage, before):
+    """A step-time change as a percentage, its word picked from its sign (minilora.prose.compare) — unless the two
+    stages' [min–max] ranges overlap: with a few steps each, that difference is noise and gets no direction word."""
+    new, old = cpu[stage], cpu[before]
+    pct = 100 * (new["step_s"] / old["step_s"] - 1)
+    if new["step_range_s"][0] <= old["step_range_s"][1] and old["step_range_s"][0] <= new["step_range_s"][1]:
+        return f"not told apart from the noise (median {pct:+.1f}%, the [min–max] ranges overlap)"
+    return compare(pct, "%", kind="time")
 
 
-print(f"on this CPU (medians), recompute: {change(cpu['+ recompute']['step_s'], cpu['lora']['step_s'])}; NF4 with "
-      f"plain-PyTorch dequantization: {change(cpu['+ nf4']['step_s'], cpu['+ recompute']['step_s'])}; offload (a "
-      f"copy within the same RAM here): {change(cpu['+ offload']['step_s'], cpu['+ nf4']['step_s'])}")
+print(f"on this CPU ({ROUNDS} steps each), recompute: {change('+ recompute', 'lora')}; NF4 with plain-PyTorch "
+      f"dequantization: {change('+ nf4', '+ recompute')}; offload (a copy within the same RAM here): "
+      f"{change('+ offload', '+ nf4')}")
 if "+ fused-ce" in cpu:
     stages = list(cpu)
     drops = {after: cpu[before]["activations (device)"] - cpu[after]["activations (device)"]
@@ -305,7 +310,7 @@ plt.show()
 
 # %% [markdown]
 # What the plot shows at this scale: with a large vocabulary and only a couple of blocks, the biggest activation is
-# the logits — every token keeps a vocabulary-sized row of floats (and the loss keeps more than that) until the
+# the logits — every token keeps a vocabulary-sized row of floats until the
 # backward. That is why the fused cross-entropy stage removes the largest slice of the activations here, and why
 # it matters even more for Llama-3's bigger vocabulary. Checkpointing shrinks the per-block activations to one
 # (B, T, C) input per block, offload moves even that off the device, and NF4 shrinks the frozen block linears to
@@ -351,8 +356,8 @@ for name, r in cpu.items():
 # AdamW's moments are shapes times dtypes, so prediction and measurement should agree to the byte (a ratio of
 # 1.000). Activations are a *model*
 # of what the code saves, so they agree only roughly — the table tells you by how much at each stage, and the
-# differences are the interesting part: a frozen linear layer need not keep its input for a weight gradient,
-# `Linear4bit` keeps nothing, and the loss keeps more than one copy of the logits.
+# differences are the interesting part. The model counts the logits once, and the measured activations stay below
+# it at every stage, so the loss keeps about one copy of them here, not more.
 #
 # ## 5. What this part explains
 #

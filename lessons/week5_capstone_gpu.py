@@ -83,8 +83,7 @@ def spread_note(a, b):
 # %% [markdown]
 # ## 1. The ladder beside the anchor
 #
-# Each file holds one shape: Llama-3.2-1B at batch 4 × 2048 tokens and Llama-3-8B at batch 2 × 2048 (what Unsloth's
-# users fine-tune). Peak GiB is what the stack keeps between steps plus the step's own peak — what a process holding
+# Each file holds one shape: Llama-3.2-1B at batch 4 × 2048 tokens and Llama-3-8B at batch 2 × 2048. Peak GiB is what the stack keeps between steps plus the step's own peak — what a process holding
 # only that stack would report. MFU = 6 · parameters · tokens / step time / the card's dense bf16 peak (measured in
 # the same call, or the datasheet's figure — the file says which).
 
@@ -153,9 +152,11 @@ if ladders:
 #
 # `minilora/memory/estimate.py` predicts each pile from the configuration alone (week 4). Its activation model knows
 # checkpointing on or off and counts the logits once, in bf16; the cell removes the logits for the fused-loss
-# stages and the layer inputs for the offload stage. The recorded peak adds what the prediction leaves out:
-# temporary buffers (a dequantized weight, a matmul's output before it is added, the optimizer's scratch), the
-# eager loss's float32 copy of the logits and their gradient before the Triton stage, and the allocator's rounding.
+# stages and the layer inputs for the offload stage. It leaves out temporary buffers (a dequantized weight, a
+# matmul's output before it is added, the optimizer's scratch), the eager loss's float32 copy of the logits and
+# their gradient before the Triton stage, and the allocator's rounding; and it is a model of what the step keeps,
+# not a measurement. So the recorded peak can land on either side of it: the last column says which, stage by
+# stage.
 
 # %%
 for shape, lad in ladders.items():
@@ -277,7 +278,8 @@ for shape, lad in ladders.items():
     speed, saved = final["tok_s"] / base["tok_s"], 1 - final["peak_gib"] / base["peak_gib"]
     lines.append(f"{cfg.get('model')} B{cfg.get('batch')} S{cfg.get('seq')} on {data['card']}: the full ladder runs "
                  f"{final['tok_s']:,.0f} tokens/s against {base['tok_s']:,.0f} for {base_name} — {speed:.2f}x the "
-                 f"throughput — at a peak of {final['peak_gib']:.2f} GiB instead of {base['peak_gib']:.2f} "
+                 f"throughput of the median steps ({final['median_ms']:.1f} ms {span(final)} against "
+                 f"{base['median_ms']:.1f} ms {span(base)}{spread_note(base, final)}) — at a peak of {final['peak_gib']:.2f} GiB instead of {base['peak_gib']:.2f} "
                  f"({abs(saved):.0%} {'less' if saved > 0 else 'more'} memory). The fastest stage is "
                  f"'{fastest['impl']}' at {fastest['tok_s'] / base['tok_s']:.2f}x"
                  + (f", {fastest['mfu']:.1%} model-FLOPs utilisation" if fastest.get("mfu") is not None else "")
@@ -295,8 +297,8 @@ for shape, lad in ladders.items():
         "+ triton": ("it fuses the memory-bound elementwise steps (RoPE, SwiGLU, RMSNorm, the loss) so each tensor "
                      "is read and written once, dequantizes NF4 in a kernel, and runs the hand-written LoRA "
                      "backward (no weight gradient for the frozen base, thin (N, r) products, reused buffers)"),
-        "+ fused-ce": ("the eager loss upcasts the logits and keeps their gradient, traffic the chunked loss "
-                       "never makes, while the chunked loss runs the head's matmul in pieces"),
+        "+ fused-ce": ("the head's matmul and the loss run chunk by chunk, so the (tokens × vocab) logits and "
+                       "their gradient never exist at once"),
         "+ offload": "it copies every block input to the host after the forward and back before the recompute",
     }
     for prev, cur in zip(ladder, ladder[1:]):
@@ -324,12 +326,13 @@ for shape, lad in ladders.items():
                      f"memory matters more on your card decides where to stop the ladder.")
 for what, b, m, card in kernels:
     ratio = b["median_ms"] / m["median_ms"]
-    word = "faster than" if ratio > 1 else "slower than" if ratio < 1 else "as fast as"
+    note = spread_note(b, m)
+    word = ("faster than it" if ratio > 1 else "slower than it") if "do not overlap" in note else note.strip(" —()")
     mem = ""
     if b["peak_gib"] is not None and m["peak_gib"] is not None:
         mem = f", extra memory {b['peak_gib']:.2f} → {m['peak_gib']:.2f} GiB"
-    lines.append(f"Kernel {what} on {card}: {b['median_ms']:.2f} → {m['median_ms']:.2f} ms, {ratio:.2f}x the "
-                 f"baseline's speed ({word} it){mem}.")
+    lines.append(f"Kernel {what} on {card}: {b['median_ms']:.3f} {span(b, fmt='{:.3f}')} → {m['median_ms']:.3f} "
+                 f"{span(m, fmt='{:.3f}')} ms, {ratio:.2f}x the baseline's speed ({word}){mem}.")
 if not ladders:
     lines.append("No end-to-end GPU run is recorded, so the speed-up at Llama shapes cannot be stated here; part 1's "
                  "CPU measurements still explain where the memory goes.")

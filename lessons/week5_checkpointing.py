@@ -66,7 +66,8 @@ show(offload_store.OffloadStore.put)
 # %% [markdown]
 # Why not `torch.autograd.graph.save_on_cpu()` around `checkpoint`? `save_on_cpu` moves what autograd *saves*;
 # a non-reentrant checkpoint saves placeholders and keeps the layer's input alive itself, inside the closure it
-# recomputes from — on the device. Stacked, the two move nothing that matters.
+# recomputes from — on the device. Stacked, `save_on_cpu` would see only those placeholders, not the inputs
+# (this lesson does not measure that stack).
 #
 # ## 2. Saved bytes per layer, measured
 #
@@ -129,8 +130,8 @@ plt.show()
 # %% [markdown]
 # Read the per-layer column against the size of one layer input printed above: with recompute a layer keeps its
 # input and nothing else, with offload that input moves to host memory and the device keeps none of it. What
-# stays on the device whatever the mode (the one-layer column minus one layer's share) is the model's head: the
-# final norm and the logits the loss needs, (B·T × V) — the part week 3's fused loss removes.
+# stays on the device besides the layers (the one-layer column minus one layer's share, printed per mode below) is
+# mostly the logits the loss needs, (B·T × V) — the part week 3's fused loss removes.
 
 # %%
 none_l, rec_l, off_l = (per_layer[m] for m in MODES)
@@ -141,7 +142,11 @@ rng_bytes = torch.get_rng_state().numel()  # each checkpoint keeps the CPU gener
 print(f"offload keeps {off_l[0] / MiB:.3f} MiB per layer on the device and {off_l[1] / MiB:.3f} MiB in host memory "
       f"({off_l[1] / layer_input:.2f} layer inputs; one input + the {rng_bytes:,}-byte random state = "
       f"{(layer_input + rng_bytes) / MiB:.3f} MiB)")
-print(f"head (logits and final norm), kept in every mode: {(kept['none', 1][0] - none_l[0]) / MiB:.2f} MiB")
+logits = B * T * cfg.vocab_size * 4  # float32
+head = {name: (kept[name, 1][0] - per_layer[name][0]) / MiB for name in MODES}
+claim("kept on the device besides the layers: {head}; the (B·T × V) float32 logits alone are {logits:.2f} MiB, most "
+      "of it in every mode", all(logits / MiB <= h * 1.001 < 2 * logits / MiB for h in head.values()),
+      head=", ".join(f"{name} {h:.2f} MiB" for name, h in head.items()), logits=logits / MiB)
 
 # %% [markdown]
 # ## 3. What it costs in time
@@ -200,10 +205,10 @@ print(f"offload vs recompute, time: {compare(offl['median_ms'] - rec['median_ms'
       f"overlap the compute)")
 
 # %% [markdown]
-# The memory saved grows with the number of layers and with B × T (section 2). The time cost is the extra forward
+# The memory saved grows with the number of layers (section 2, at one B × T). The time cost is the extra forward
 # of every layer, plus the copies for offload. Fine-tuning recipes switch checkpointing on by default because the
-# memory is what decides whether a run fits at all; Unsloth's offload mode matters on long sequences, where the
-# layer inputs themselves become the largest pile on the GPU.
+# memory is what decides whether a run fits at all. How much offload adds on top of recompute depends on how large
+# the layer inputs are next to everything else; the GPU run above prints what it saved at its one shape.
 #
 # ## Exercises
 #

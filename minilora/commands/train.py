@@ -112,8 +112,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="what to fine-tune: 'smollm2' (the bundled SmolLM2-135M-Instruct, no download), a .gguf "
                         "file, or a Hugging Face directory with config.json + safetensors (default %(default)s)")
     g.add_argument("--max_seq_length", type=positive_int, default=d["max_seq_length"],
-                   help="longest example in tokens; longer ones are cut. Attention memory grows with its square, "
-                        "so keep it just above your data (dates: ~80 tokens) (default %(default)s)")
+                   help="longest example in tokens; longer ones are cut. Longer sequences cost memory and "
+                        "time in every layer, so keep it just above your data (dates: ~80 tokens) (default %(default)s)")
     g.add_argument("--dtype", default=None, type=_dtype, metavar="{None,float32,bfloat16,float16}",
                    help="the dtype of the frozen weights and of the compute: float32 on a CPU, bfloat16 on a "
                         "recent GPU; default picks for you. float16 turns on loss scaling (its range is small)")
@@ -169,9 +169,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="optimizer steps to run (default %(default)s)")
     g.add_argument("--stop_at_loss", type=_loss_or_none, default="none",
                    help="stop before max_steps once the training loss stayed below this for 3 steps in a row. A "
-                        "batch's loss is noisy: on the bundled task it first dips below 0.05 at step 9, when only "
-                        "80%% of held-out dates are right, and below 0.005 not three steps in a row in 40 steps — "
-                        "so it is off by default; 'none': always run max_steps (default %(default)s)")
+                        "batch's loss is noisy, so a few low batches do not mean the held-out answers are right: "
+                        "it is off by default; 'none': always run max_steps (default %(default)s)")
     g.add_argument("--learning_rate", type=finite_float(0, low_inclusive=False), default=d["learning_rate"],
                    help="peak learning rate of AdamW. LoRA tolerates larger rates than full fine-tuning; "
                         "unsloth-cli's default is 2e-4 for long runs (default %(default)s)")

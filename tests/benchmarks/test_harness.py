@@ -94,6 +94,17 @@ def test_schema_round_trip(tmp_path):
     assert harness.spread(a) == "2.000 ms [1.000–3.000]"
 
 
+def test_speed_word_takes_a_side_only_when_the_ranges_are_apart():
+    def row(median, lo, hi, **kw):
+        return {"median_ms": median, "min_ms": lo, "max_ms": hi, "reps": 3, **kw}
+    assert harness.speed_word(row(1.0, 0.9, 1.1), row(2.0, 1.9, 2.1)) == "faster than"
+    assert harness.speed_word(row(2.0, 1.9, 2.1), row(1.0, 0.9, 1.1)) == "slower than"
+    # a lower median is not "faster" when the ranges overlap (the recorded NF4 dequant: 0.060 [0.053–0.223] ms
+    # against 0.075 [0.073–0.457] ms)
+    assert "overlap" in harness.speed_word(row(0.060, 0.053, 0.223), row(0.075, 0.073, 0.457))
+    assert "no ranges" in harness.speed_word(row(1.0, 1.0, 1.0, converted=True), row(2.0, 2.0, 2.0))
+
+
 def test_refuses_another_schema(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"meta": {}, "rows": [{"stage": "x", "step_ms": 1.0}]}))
