@@ -339,11 +339,32 @@ if not ladders:
 print("\n".join(lines))
 
 # %% [markdown]
+# ## Your own card
+#
+# Every GPU figure above was recorded with the project. With an NVIDIA GPU of your own, measure the same ladder beside
+# the Hugging Face + PEFT + bitsandbytes anchor: `python -m benchmarks.my_gpu` (a few minutes; `--smoke` checks it on a
+# CPU). It writes `benchmarks/results/mine/`, which the cell below reads beside the recorded run.
+
+# %%
+from benchmarks.bench_e2e import ladder_table
+from benchmarks.my_gpu import my_gpu_results
+
+yours, recorded = my_gpu_results()
+if recorded is not None:
+    print("Recorded with the project:\n" + ladder_table(recorded))
+print("\nYour card:\n" + ladder_table(yours) if yours is not None else
+      "\nNo run of your own yet: with an NVIDIA GPU run `python -m benchmarks.my_gpu`, then this cell again.")
+
+# %% [markdown]
 # ## Exercises
 #
 # No stub of its own: run `python -m benchmarks.bench_e2e --smoke --out /tmp/e2e` and read the JSON it writes
 # against `benchmarks/harness.py`'s schema — which rows, which extras, how many timed steps per stack. If you have
-# a GPU, record a run (`benchmarks/run_all_gpu.sh`) and rerun this lesson on your own card.
+# a GPU, run `python -m benchmarks.my_gpu` and explain your own ratios in the journal.
+#
+# The capstone ends with a contribution of your own: pin down one fact from the course as a test in `tests/contrib/`
+# or a page in `docs/contrib/` (CONTRIBUTING.md, *Your first contribution*), and run
+# `python -m pytest tests/test_contributions.py tests/contrib tests/test_docs_commands.py` until it is green.
 #
 # ## Journal prompt
 #
