@@ -84,7 +84,9 @@ lab: $(STAMP)
 # runner changed since its notebook was written.
 LESSONS       := $(wildcard lessons/*.py)
 NOTEBOOKS     := $(LESSONS:lessons/%.py=docs/lessons/%.ipynb)
-LESSON_INPUTS := $(wildcard minilora/*.py minilora/*/*.py benchmarks/*.py benchmarks/results/*) tests/helpers/lesson_runner.py
+# files only: a folder's time changes when anything is added to it (a copy, a new result) and would re-run every lesson
+LESSON_INPUTS := $(wildcard minilora/*.py minilora/*/*.py benchmarks/*.py benchmarks/results/*.* benchmarks/results/*/*.*) \
+                 tests/helpers/lesson_runner.py
 
 docs/lessons/%.ipynb: lessons/%.py $(LESSON_INPUTS) | $(STAMP)
 	$(BIN)/python -m pytest -q "tests/test_lessons.py::test_lesson_executes[$*]"

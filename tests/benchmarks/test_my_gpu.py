@@ -29,7 +29,8 @@ def test_smoke_run_writes_a_result_the_loader_reads(tmp_path, capsys):
     assert data["benchmark"] == "my-gpu" and data["card"].startswith("CPU") and "torch" in data["versions"]
     assert data["command"].startswith("python -m benchmarks.my_gpu --smoke")
     impls = [r["impl"] for r in data["rows"]]
-    assert impls == ["HF+PEFT+bnb qlora", "lora-bf16", "+ fused-ce"], impls
+    assert impls == ["HF+PEFT+bnb qlora (checkpointing on)", "HF+PEFT+bnb qlora (checkpointing off)", "lora-bf16",
+                     "+ fused-ce"], impls
     assert all(r["reps"] == 3 for r in data["rows"]), "warm-up aside, every stack timed 3 rounds x 1 rep"
     out = capsys.readouterr().out
     assert my_gpu.ladder_table(data).splitlines()[1] in out, "the lessons' table is printed"

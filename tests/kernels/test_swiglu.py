@@ -48,9 +48,12 @@ def _check(act, shape, dtype, device, seed, inplace):
     h = fast(gl * 1, ul * 1, inplace_backward=inplace)
     h.backward(dh.to(device))
     assert h.dtype == dtype and h.shape == g0.shape
-    assert_within_ulp(h, h64, dtype)
-    assert_within_ulp(gl.grad, g64.grad, dtype)
-    assert_within_ulp(ul.grad, u64.grad, dtype)
+    # GELU's tail: 1 + erf(g/√2) cancels for g ≪ 0, so fp32 arithmetic leaves an absolute error of a few fp32 ulps
+    # of |g·u| (|g|·|u|·2^-24 per rounding) on values far smaller than that; SwiGLU has no such cancellation
+    atol = float((g64 * u64).abs().max() * dh.double().abs().max().clamp_min(1) * 2**-21) if act.startswith("gelu") else 1e-30
+    assert_within_ulp(h, h64, dtype, atol=atol)
+    assert_within_ulp(gl.grad, g64.grad, dtype, atol=atol)
+    assert_within_ulp(ul.grad, u64.grad, dtype, atol=atol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
