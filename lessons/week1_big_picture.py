@@ -340,6 +340,11 @@ for name in ("e2e-1b", "e2e-8b"):
           "short of")
 
 # %% [markdown]
+# These are the project's recorded runs. With an NVIDIA GPU of your own, `python -m benchmarks.my_gpu` times the same
+# ladder beside the HF + PEFT + bitsandbytes anchor on your card and writes `benchmarks/results/mine/`; the capstone
+# shows your table beside the recorded one, and this week's journal prompt asks you to explain your ratios.
+
+# %% [markdown]
 # ## 8. Your own data: a Parquet file
 #
 # Instruction sets are mostly published as Parquet files (a compressed table, read a batch of rows at a time),
