@@ -323,7 +323,7 @@ from benchmarks.harness import latest, load_results
 for name in ("e2e-1b", "e2e-8b"):
     run = load_results(latest("benchmarks/results", name))
     cfg = run["config"]
-    hf = next(r for r in run["rows"] if r["impl"] == "HF+PEFT+bnb qlora")
+    hf = next(r for r in run["rows"] if r["impl"].startswith("HF+PEFT+bnb qlora"))  # checkpointing on: the first
     ours = next(r for r in run["rows"] if r["impl"] == cfg["stages"][-1])  # the last stage: everything on
     print(f"{cfg['model']}, batch {cfg['batch']} x {cfg['seq']} tokens — {run['card']}, {run['date'][:10]}, "
           f"torch {run['versions']['torch']}, transformers {run['versions']['transformers']}, peft "
