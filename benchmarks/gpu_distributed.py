@@ -36,7 +36,7 @@ def worker(opts) -> None:
 
 def _worker(opts, ctx) -> None:
     from minilora import parity
-    from minilora.finetune import FineTuneConfig, finetune
+    from minilora.finetune import FineTuneConfig, finetune, quiet
     from minilora.linear4bit import quantize_model
     from minilora.memory import estimate_memory_per_rank
     from minilora.models import build_model
@@ -58,7 +58,7 @@ def _worker(opts, ctx) -> None:
                          progress=False, parallel=opts.parallel, output_dir=opts.scratch, overwrite_output_dir=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = finetune(run, model=model, say=lambda *a, **k: None).trainer
+    trainer = finetune(run, model=model, say=quiet).trainer
     step_ms = [r["seconds"] * 1e3 for r in trainer.log_history[WARMUP_STEPS:]]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     mine = {"peak_gib": peak, "frozen_gib": distributed.local_shard_bytes(model)["frozen"] / 2**30}

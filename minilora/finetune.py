@@ -168,7 +168,7 @@ def finetune(config: FineTuneConfig, *, model=None, tokenizer=None, on_trainer=N
     with distributed.session(config.parallel) as ctx:
         _refuse_sharded_merge(config, ctx)
         claim_paths(config, ctx.is_main, share=lambda name: distributed.text_from_main(name, ctx))
-        say = say if ctx.is_main else _quiet
+        say = say if ctx.is_main else quiet
         say(f"resuming the newest run with a checkpoint: {config.output_dir}" if newest else
             f"this run's directory: {config.output_dir}")
         if model is None:
@@ -239,8 +239,8 @@ def finetune(config: FineTuneConfig, *, model=None, tokenizer=None, on_trainer=N
     return FineTuneResult(summary, config.output_dir, saved, model, tokenizer, trainer)
 
 
-def _quiet(*_args, **_kwargs) -> None:
-    """What ranks other than 0 print: nothing."""
+def quiet(*_args, **_kwargs) -> None:
+    """A `say` that prints nothing: what ranks other than 0 (and scripted runs) pass."""
 
 
 def _refuse_sharded_merge(config: FineTuneConfig, ctx) -> None:

@@ -69,7 +69,7 @@ def run(opts) -> dict | None:
 
 
 def _run(opts, ctx) -> dict | None:
-    from .finetune import FineTuneConfig, finetune
+    from .finetune import FineTuneConfig, finetune, quiet
     config = FineTuneConfig(
         model_name="tiny-random-llama", dataset=tiny_examples(opts.examples), eval_examples=0,
         per_device_train_batch_size=1, global_train_batch_size=opts.global_batch,
@@ -99,7 +99,7 @@ def _run(opts, ctx) -> dict | None:
                 return out
             trainer.save_checkpoint = save_then_die
 
-    trainer = finetune(config, model=model, on_trainer=hooks, say=_quiet).trainer
+    trainer = finetune(config, model=model, on_trainer=hooks, say=quiet).trainer
     held["optimizer"] = distributed.local_shard_bytes(model, trainer.optimizer)["optimizer"]
     from .io.adapters import adapter_state_dict
     adapter = adapter_state_dict(model)
@@ -123,9 +123,6 @@ def _run(opts, ctx) -> dict | None:
     distributed.barrier(ctx)
     return result
 
-
-def _quiet(*_args, **_kwargs) -> None:
-    pass
 
 
 def main(argv: list[str]) -> None:
