@@ -321,16 +321,15 @@ def run(args) -> int:
     from ..finetune import finetune
     from ..train import DataError, TrainingError
     from ..train.runs import RunSetupError
+    settings = [f.name for f in dataclasses.fields(config)]
     try:
         finetune(config)
     except RunSetupError as e:
-        raise UsageError(f"--{e.option}: {as_flags(e.message, [f.name for f in dataclasses.fields(config)])}") \
-            from None
+        raise UsageError(f"--{e.option}: {as_flags(e.message, settings)}") from None
     except DataError as e:
         raise SystemExit(f"dataset problem: {e}") from None
     except TrainingError as e:
-        raise SystemExit(f"training stopped: {as_flags(str(e), [f.name for f in dataclasses.fields(config)])}") \
-            from None
+        raise SystemExit(f"training stopped: {as_flags(str(e), settings)}") from None
     return 0
 
 
