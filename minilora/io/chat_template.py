@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import sys
 import time
 from datetime import datetime
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 TIME_LIMIT_S = 1.0  # real chat templates render in milliseconds
 MAX_CHARS = 10_000_000  # ~2.5 M tokens of prompt; anything larger is a template gone wrong
 MAX_EXPONENT = 1024
@@ -58,15 +60,19 @@ def _bounded(func):
     return wrapper
 
 
+class _DeadlinePassed(BaseException):
+    """Time is up. A BaseException while it travels through Jinja, so that no ``except Exception`` of the compiler
+    (its optimizer turns any error into "cannot fold this constant") swallows it; `_deadline` turns it into the
+    ChatTemplateLimitError the caller sees."""
+
+
 class _Deadline:
     def __init__(self):
         self.at = float("inf")
 
     def check(self):
-        if time.monotonic() > self.at:
-            self.at = float("inf")  # fire once: the frames that unwind after it must not raise again
-            raise ChatTemplateLimitError(f"the chat template ran for more than {TIME_LIMIT_S} s and was stopped "
-                                         "(a loop that does not end, or a hostile template)")
+        if time.monotonic() > self.at:  # raises on every check once passed: one swallowed raise is not the end
+            raise _DeadlinePassed
 
 
 def _environment():
@@ -139,7 +145,10 @@ def _deadline(every_frame: bool):
     deadline.at = time.monotonic() + TIME_LIMIT_S
 
     def trace(frame, event, arg):  # called at every Python function call while the tracer is set
-        deadline.check()
+        # A call into a generator may be its close() (`next(g for g in ...)` drops one unfinished): an exception raised
+        # there is printed and ignored, and Python removes the tracer with it. Generators are checked on their lines.
+        if not frame.f_code.co_flags & _GENERATOR_FLAGS:
+            deadline.check()
         # the template's own code is checked on every line (a loop runs inside one frame); the compiler only at
         # every call, which its recursive-descent parser makes all the time (line checks would slow it several-fold)
         return trace_lines if frame.f_code.co_filename == "<template>" else None
@@ -148,7 +157,8 @@ def _deadline(every_frame: bool):
         return trace(frame, event, arg) if frame.f_code.co_filename == "<template>" else None
 
     def trace_lines(frame, event, arg):
-        deadline.check()
+        if event == "line":  # not on "exception"/"return": frames unwinding from the first raise stay quiet
+            deadline.check()
         return trace_lines
 
     traced = sys.gettrace() is None
@@ -156,6 +166,9 @@ def _deadline(every_frame: bool):
         sys.settrace(trace if every_frame else trace_template)
     try:
         yield deadline
+    except _DeadlinePassed:
+        raise ChatTemplateLimitError(f"the chat template ran for more than {TIME_LIMIT_S} s and was stopped (a loop "
+                                     "that does not end, or a hostile template)") from None
     except RecursionError:  # {% macro f() %}{{ f() }}{% endmacro %}, or thousands of nested brackets
         raise ChatTemplateLimitError("the chat template recurses or nests too deeply (a macro that calls itself "
                                      "without end, or brackets nested thousands deep): a broken or hostile "

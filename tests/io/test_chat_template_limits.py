@@ -1,10 +1,11 @@
 """Chat templates are untrusted code: they render in a sandbox under a time limit and an output size limit."""
+import sys
 import time
 
 import pytest
 from helpers.train import CHATML, tiny_tokenizer
 
-from minilora.io.chat_template import ChatTemplateLimitError, render
+from minilora.io.chat_template import ChatTemplateLimitError, compile_template, render
 
 MESSAGES = [{"role": "user", "content": "March 5, 2021"}]
 
@@ -69,3 +70,25 @@ def test_a_template_naming_another_template_gets_a_clear_answer(tag):
     """These ended in a bare TypeError ("no loader for this environment specified")."""
     with pytest.raises(ValueError, match="includes, imports or extends the template 'other'.*self-contained"):
         render(tag, messages=MESSAGES)
+
+
+@pytest.mark.skipif(sys.gettrace() is not None, reason="a debugger or coverage tool owns the tracer")
+def test_the_deadline_still_fires_when_it_passes_while_a_generator_is_closed(monkeypatch):
+    """Jinja's lexer drops an unfinished generator (`next(g for g in ...)`) for every tag: a deadline raised inside
+    its close() was printed and ignored, Python removed the tracer, and a hostile template compiled on for 49 s."""
+    import minilora.io.chat_template as ct
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    compile_template("{{ messages }}")  # the environment exists
+
+    def jinja_work():
+        return 1
+
+    with pytest.raises(ChatTemplateLimitError, match="ran for more than"):
+        with ct._deadline(every_frame=True) as deadline:
+            unfinished = (x for x in (1, 2))
+            next(unfinished)
+            deadline.at = 0.0  # time is up...
+            del unfinished  # ...just as a generator is closed
+            jinja_work()  # the next call of the compiler is stopped
+    assert unraisable == []
