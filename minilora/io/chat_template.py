@@ -4,11 +4,11 @@ A chat template comes from a downloaded file (tokenizer_config.json, a GGUF's me
 
 - the sandbox (`ImmutableSandboxedEnvironment`) keeps it away from Python objects (no ``__class__``, no
   ``__globals__``, no mutating methods);
-- a **deadline** (`TIME_LIMIT_S`) stops loops that never end or run for hours: it is checked on every Python line
-  the compiled template executes (through `sys.settrace` while the template renders — when a debugger or coverage
-  tool already traces, on every attribute access, call and output chunk instead), and at every function call of
-  Jinja's own compiler while the template compiles (a template of 300k expressions would otherwise compile for
-  minutes; under a debugger's tracer only the size limit bounds compiling);
+- a **deadline** (`TIME_LIMIT_S` seconds of the rendering thread's CPU time) stops loops that never end or run for
+  hours: it is checked on every Python line the compiled template executes (through `sys.settrace` while the
+  template renders — when a debugger or coverage tool already traces, on every attribute access, call and output
+  chunk instead), and at every function call of Jinja's own compiler while the template compiles (a template of 300k
+  expressions would otherwise compile for minutes; under a debugger's tracer only the size limit bounds compiling);
 - a **size limit** (`MAX_CHARS`) refuses output, and any single string or list the template builds (``'x' * 10**9``,
   ``'x'|center(10**9)``), that is larger than any real prompt, before it is allocated where it can be foreseen.
 
@@ -25,7 +25,7 @@ import time
 from datetime import datetime
 
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
-TIME_LIMIT_S = 1.0  # real chat templates render in milliseconds
+TIME_LIMIT_S = 1.0  # CPU seconds; real chat templates render in milliseconds
 MAX_CHARS = 10_000_000  # ~2.5 M tokens of prompt; anything larger is a template gone wrong
 MAX_EXPONENT = 1024
 
@@ -67,12 +67,27 @@ class _DeadlinePassed(BaseException):
 
 
 class _Deadline:
+    """A limit on the CPU time the template's thread spends. The clock looked at on every check is the cheap wall
+    clock; only when it says time is up is the thread's CPU time asked (a system call), so a busy machine — or a
+    laptop put to sleep mid-render — does not stop an honest template: the deadline moves by the time not spent."""
+
     def __init__(self):
         self.at = float("inf")
+        self.cpu_at = float("inf")
+
+    def start(self, seconds: float) -> None:
+        self.at, self.cpu_at = time.monotonic() + seconds, time.thread_time() + seconds
+
+    def stop(self) -> None:
+        self.at = self.cpu_at = float("inf")
 
     def check(self):
-        if time.monotonic() > self.at:  # raises on every check once passed: one swallowed raise is not the end
-            raise _DeadlinePassed
+        if time.monotonic() > self.at:
+            cpu_left = self.cpu_at - time.thread_time()
+            if cpu_left > 0:  # the wall clock ran on while this thread waited for a core
+                self.at = time.monotonic() + cpu_left
+                return
+            raise _DeadlinePassed  # and on every check after: one swallowed raise is not the end
 
 
 def _environment():
@@ -142,7 +157,7 @@ def _deadline(every_frame: bool):
     and while compiling (``every_frame=True``) also at every function call of any code: Jinja's lexer, parser and
     code generator are Python, and a template of 300k expressions keeps them busy for minutes."""
     deadline = _ENV.deadline
-    deadline.at = time.monotonic() + TIME_LIMIT_S
+    deadline.start(TIME_LIMIT_S)
 
     def trace(frame, event, arg):  # called at every Python function call while the tracer is set
         # A call into a generator may be its close() (`next(g for g in ...)` drops one unfinished): an exception raised
@@ -167,8 +182,8 @@ def _deadline(every_frame: bool):
     try:
         yield deadline
     except _DeadlinePassed:
-        raise ChatTemplateLimitError(f"the chat template ran for more than {TIME_LIMIT_S} s and was stopped (a loop "
-                                     "that does not end, or a hostile template)") from None
+        raise ChatTemplateLimitError(f"the chat template ran for more than {TIME_LIMIT_S} s of CPU time and was "
+                                     "stopped (a loop that does not end, or a hostile template)") from None
     except RecursionError:  # {% macro f() %}{{ f() }}{% endmacro %}, or thousands of nested brackets
         raise ChatTemplateLimitError("the chat template recurses or nests too deeply (a macro that calls itself "
                                      "without end, or brackets nested thousands deep): a broken or hostile "
@@ -176,7 +191,7 @@ def _deadline(every_frame: bool):
     finally:
         if traced:
             sys.settrace(None)
-        deadline.at = float("inf")
+        deadline.stop()
 
 
 def compile_template(template: str):
