@@ -234,7 +234,7 @@ def load_examples(source, tokenizer, max_seq_length: int, *, text_field: str | N
         cached = read_cache(path, key)
         if cached is not None:
             return _said_if_truncated([Example(*e) for e in cached], max_seq_length)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar everywhere (tqdm.auto warns in a notebook without ipywidgets)
     examples = []
     with tqdm(total=records.count, desc="tokenizing", unit=" records", disable=not progress) as bar:
         for batch in records.batches():

@@ -233,7 +233,7 @@ class Trainer:
         its ``steps_trained`` is 0 when a resumed run had already reached ``max_steps`` (a warning says so).
 
         A used ``output_dir`` is refused unless resuming or ``args.overwrite_output_dir`` (see `runs`)."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the text bar everywhere (tqdm.auto warns in a notebook without ipywidgets)
         a = self.args
         runs.check_output_dir(a.output_dir, resuming=resume_from_checkpoint or False, overwrite=a.overwrite_output_dir)
         if a.overwrite_output_dir and not resume_from_checkpoint and self.dist.is_main:
