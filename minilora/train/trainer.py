@@ -101,8 +101,10 @@ class Trainer:
         for pos in range(index * G + lo, index * G + hi):
             epoch, k = divmod(pos, n)
             picked.append(self.rows[self._epoch_order(epoch)[k]])
-        if self.args.packing:
-            batch = collate_packed(picked, self.pad_token_id, pad_to=self.args.max_seq_length)
+        if self.args.packing:  # training on a GPU, every micro-batch has one shape (compiled attention is built per
+            # shape); elsewhere rows are padded to the longest, as unpacked batches are (full rows only add padding)
+            pad_to = self.args.max_seq_length if self.device.type == "cuda" else None
+            batch = collate_packed(picked, self.pad_token_id, pad_to=pad_to)
         else:
             batch = collate([row[0] for row in picked], self.pad_token_id)
         return self._to_device(batch, self.device if device is None else device)

@@ -238,3 +238,17 @@ def test_packed_training_step_never_waits_for_the_gpu():
         step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_packed_rows_on_a_cpu_are_padded_to_the_longest_not_to_max_seq_length(tmp_path):
+    """Off a GPU nothing is compiled per shape, so full-length rows would only add padding: on the bundled dates
+    task (examples of ~75 tokens, max_seq_length 128: one per row) they made packed steps 1.6x slower than unpacked
+    ones for the same real tokens."""
+    from minilora.train import Trainer, TrainingArguments
+    args = TrainingArguments(output_dir=str(tmp_path), max_seq_length=64, packing=True, per_device_train_batch_size=2,
+                             max_steps=1, progress_bar=False)
+    trainer = Trainer(lora_tiny(), args, examples_of([20, 25, 30, 12]))
+    batch = trainer.micro_batch(0)
+    longest = max(sum(len(e) for e in row) for row in trainer.rows)
+    assert batch["input_ids"].shape[1] <= longest < 64
+    assert real_tokens(batch) == int((batch["segment_ids"] != PADDING_SEGMENT).sum())
