@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Record every GPU benchmark with benchmarks/harness.py on one CUDA card, from the repository root. Four parts, each
+# Record every GPU benchmark with benchmarks/harness.py on one CUDA card, from the repository root. Six parts, each
 # sized for one 10-minute call on an H200 (estimates; the 8B anchor's build, save and 4-bit reload dominate part 8b):
 #
 #   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh kernels    # nf4, elementwise, ce-lora, allocator,
@@ -9,7 +9,12 @@
 #                                                                       # CPU benchmark on 2 host cores  (~8 min)
 #   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh frontier   # budgets sweep 1B + 8B, ablation,
 #                                                                       # profile                        (~8 min)
-#   bash benchmarks/run_all_gpu.sh all                                  # the four in one go             (~31 min)
+#   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh context    # offload homes' GB/s, attention
+#                                                                       # order, 2K..32K, steps of 64K and
+#                                                                       # 400K tokens                    (~10 min)
+#   MINILORA_GIT_COMMIT=<sha> bash benchmarks/run_all_gpu.sh checks     # real-length packing 1B + 8B, the
+#                                                                       # learner's my_gpu, pytest -m gpu (~9 min)
+#   bash benchmarks/run_all_gpu.sh all                                  # the six in one go              (~50 min)
 #
 # Every benchmark runs under its own `timeout`, and saves its JSON after every comparison, so one that overruns
 # leaves what it measured and the others still run. Results go to $OUT (default ./bench-out): one archive
@@ -62,6 +67,21 @@ frontier() {  # the speed-memory frontier at both shapes, the "+ triton" ablatio
   step 330 bench_frontier --shape 8b --ablation --profile
 }
 
+context() {  # the longest context: the last --long step shrinks to what the deadline leaves
+  local long="65536,409600"
+  [ -n "${SMOKE:-}" ] && long="256"  # a CPU runs the tiny model's long step through the Triton interpreter
+  step 580 ctx_mem --io --attention --baseline --lengths 2048,8192,32768 --long "$long" --deadline-s 540
+}
+
+checks() {  # packing on real lengths, the learner's command, and the GPU-marked tests
+  step 300 bench_packing --shapes 1b,8b
+  step 150 my_gpu --batch 2
+  echo "=== pytest -m gpu $(date -u +%H:%M:%S)" | tee -a "$LOG"
+  if [ -z "${SMOKE:-}" ]; then
+    timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -40 | tee -a "$LOG"
+  fi
+}
+
 long_cpu() {
   step 200 ctx_mem --lengths 8192 --no-anchor --long 131072 --name long-context-8b
   if command -v taskset >/dev/null; then
@@ -79,8 +99,10 @@ case "$PART" in
   8b) eight_b ;;
   long-cpu) long_cpu ;;
   frontier) frontier ;;
-  all) kernels; eight_b; long_cpu; frontier ;;
-  *) echo "unknown part '$PART': use kernels, 8b, long-cpu, frontier or all" >&2; exit 2 ;;
+  context) context ;;
+  checks) checks ;;
+  all) kernels; eight_b; long_cpu; frontier; context; checks ;;
+  *) echo "unknown part '$PART': use kernels, 8b, long-cpu, frontier, context, checks or all" >&2; exit 2 ;;
 esac
 rm -rf "$WORK/anchor-"* 2>/dev/null
 tar czf "$OUT/$PART-results.tar.gz" -C "$WORK" . && echo "results: $OUT/$PART-results.tar.gz" | tee -a "$LOG"
