@@ -59,15 +59,20 @@ class Step:
         return self.batch * self.seq
 
     def __call__(self):
-        with ops.use_kernels(self.kernels):
-            loss = self.forward(self.x)
-            loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.loss = loss.detach()
+        self.loss = optimizer_step(self.forward, self.x, self.opt, self.kernels)
 
     def loss_value(self) -> float | None:
         return None if self.loss is None else float(self.loss)
+
+
+def optimizer_step(forward, x, opt, kernels: str, context: Callable = contextlib.nullcontext) -> torch.Tensor:
+    """One timed training step: forward and backward under the kernel mode (and ``context``), then the optimizer."""
+    with ops.use_kernels(kernels), context():
+        loss = forward(x)
+        loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 class Variant:
@@ -95,15 +100,9 @@ class Variant:
     def __call__(self):
         if self.setup is not None:
             self.setup(self.base)
-        with ops.use_kernels(self.kernels), self.context():
-            loss = self.forward(self.base.x)
-            loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.loss = loss.detach()
+        self.loss = optimizer_step(self.forward, self.base.x, self.opt, self.kernels, self.context)
 
-    def loss_value(self) -> float | None:
-        return None if self.loss is None else float(self.loss)
+    loss_value = Step.loss_value
 
 
 def _vocab_size(model) -> int:
