@@ -3,7 +3,9 @@
 Reference = the plain composition of LoraLinear modules (what PEFT does), differentiated by autograd.
 Tolerances, relative to the largest entry of each reference tensor: float64 1e-10, fp32 1e-5 (against autograd in
 the same dtype). fp16/bf16: measured against an fp32 truth, the fast path's error must stay within 2x the error
-of autograd run in the same 16-bit dtype, plus 2e-3 (fp16) / 1.6e-2 (bf16) of the largest entry.
+of autograd run in the same 16-bit dtype, plus 2e-3 (fp16) / 1.6e-2 (bf16) of the largest entry, plus 2 unit
+roundoffs of the root-sum-square of the terms of the last sums behind each gradient (`rounding_scales`: where the
+terms cancel).
 In kernel mode "triton" the SwiGLU step runs the Triton kernel (the interpreter on CPU); in "reference" mode the
 same Functions run their PyTorch fallback.
 """
@@ -11,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -87,10 +89,41 @@ def check(fast_fn, ref_fn, layers, x, dtype):
             assert_close_scaled(a, b, TOL[dtype])
         return
     plain = run(ref_fn, [copy.deepcopy(l) for l in layers], x.to(dtype), dys)
-    for a, p, b in zip(fast, plain, truth):
+    for a, p, b, m in zip(fast, plain, truth, rounding_scales(ref_fn, layers, x, dys)):
         err_fast = (a.to(truth_dtype) - b).abs().max().item()
         err_autograd = (p.to(truth_dtype) - b).abs().max().item()
-        assert err_fast <= 2 * err_autograd + TOL[dtype] * b.abs().max().item() + 1e-6, (err_fast, err_autograd)
+        allowed = 2 * err_autograd + TOL[dtype] * b.abs().max().item() + 2 * UNIT[dtype] * m + 1e-6
+        assert err_fast <= allowed, (err_fast, err_autograd, allowed)
+
+
+UNIT = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # unit roundoff
+
+
+def rounding_scales(ref_fn, layers, x, dys) -> list[float]:
+    """For each tensor `run` returns, the largest root-sum-square of the terms of the last sums behind an entry (0
+    for the outputs): x's gradient sums over the outputs of the layers that read x, a LoRA weight gradient over
+    tokens and, inside each term, over the rank or the layer's outputs — dB = s Σ_t dy_t (A x_t)ᵀ,
+    dA = s Σ_t (Bᵀ dy_t) x_tᵀ. Rounding errors of 16-bit terms add up like a random walk, to about
+    u·sqrt(Σ terms²); where the terms nearly cancel (hypothesis found 20 terms of up to 1.8 summing to 0.032) that
+    is far more than the tensor's own largest entry suggests."""
+    copies = [copy.deepcopy(layer).float() for layer in layers]
+    seen = {}
+    for i, layer in enumerate(copies):
+        layer.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(("x", i), args[0].detach()))
+        layer.register_full_backward_hook(lambda m, g_in, g_out, i=i: seen.__setitem__(("dy", i), g_out[0].detach()))
+    outs = run(ref_fn, copies, x.float(), dys)
+    dx_squares, scales = 0.0, []
+    for i, layer in enumerate(copies):
+        A2, B2, W2 = (p.detach() ** 2 for p in (layer.lora_A.weight, layer.lora_B.weight, layer.base_layer.weight))
+        s2 = layer.scaling ** 2
+        x2 = seen[("x", i)].reshape(-1, A2.shape[1]) ** 2  # (tokens, d_in)
+        dy2 = seen[("dy", i)].reshape(-1, B2.shape[0]) ** 2  # (tokens, d_out)
+        if torch.equal(seen[("x", i)], x.float()):  # a layer that reads x: its share of x's gradient
+            dx_squares = dx_squares + dy2 @ W2 + s2 * dy2 @ B2 @ A2
+        scales.append((s2 * (dy2 @ B2).T @ x2).max().sqrt().item())  # dA: terms B_o dy_to x_t
+        scales.append((s2 * dy2.T @ (x2 @ A2.T)).max().sqrt().item())  # dB: terms dy_to A_r x_t
+    n_outputs = len(outs) - 1 - len(scales)
+    return [0.0] * n_outputs + [float(torch.as_tensor(dx_squares).max().sqrt())] + scales
 
 
 def mlp_ref(x, gate, up, down):
@@ -105,6 +138,8 @@ def qkv_ref(x, q, k, v):
 @given(N=st.integers(1, 13), C=st.integers(1, 24), I=st.integers(1, 40), r=st.integers(1, 6),
        dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), mode=st.sampled_from(["triton",
                                                                                                     "reference"]))
+@example(N=10, C=12, I=1, r=1, dtype=torch.bfloat16, mode="triton")  # up's dB: 20 terms of up to 1.8 sum to 0.032
+@example(N=1, C=1, I=15, r=1, dtype=torch.float16, mode="triton")  # gate's dA: Bᵀdy_t over 15 outputs cancels
 def test_mlp_matches_autograd(N, C, I, r, dtype, mode):
     layers = [lora(C, I, r, dtype, seed=1), lora(C, I, r, dtype, seed=2), lora(I, C, r, dtype, seed=3)]
     x = torch.randn(2, N, C)
