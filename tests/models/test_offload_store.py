@@ -105,8 +105,6 @@ def test_the_default_budget_follows_the_environment(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("budget", [0, 3 * 2**20, 2**30])
 def test_cuda_round_trip_through_pinned_chunks_and_disk_on_the_side_stream(budget, tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU: run `pytest -m gpu` on a machine with one")
     s = OffloadStore(host_budget_bytes=budget, chunk_bytes=2**20, spill_dir=str(tmp_path))
     xs = [torch.randn(3, 1000, 333 + i, device="cuda", dtype=torch.bfloat16) for i in range(4)]
     want = [x.clone() for x in xs]
