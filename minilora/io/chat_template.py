@@ -72,8 +72,7 @@ class _Deadline:
     laptop put to sleep mid-render — does not stop an honest template: the deadline moves by the time not spent."""
 
     def __init__(self):
-        self.at = float("inf")
-        self.cpu_at = float("inf")
+        self.stop()
 
     def start(self, seconds: float) -> None:
         self.at, self.cpu_at = time.monotonic() + seconds, time.thread_time() + seconds
