@@ -39,7 +39,7 @@ import time
 import torch
 
 from benchmarks import harness
-from minilora import ops
+from benchmarks.train_step import allocated, optimizer_step
 from minilora.train.data import IGNORE_INDEX, Example, collate
 from minilora.train.packing import collate_packed, pack_examples, real_tokens
 
@@ -91,15 +91,10 @@ class BatchStep:
     def __call__(self):
         i = len(self.calls) % len(self.batches)
         self.calls.append(i)
-        with ops.use_kernels(self.kernels):
-            loss = self.forward(self.batches[i])
-            loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.loss = loss.detach()
+        self.loss = optimizer_step(self.forward, self.batches[i], self.opt, self.kernels)
 
 
-def hf_padded(model, device):
+def hf_padded(model):
     def forward(b):
         labels = b["labels"]
         return model(input_ids=b["input_ids"], attention_mask=b.get("attention_mask"), labels=labels).loss
@@ -113,17 +108,10 @@ def minilora_forward(model):
     return forward
 
 
-def allocated(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-        return torch.cuda.memory_allocated()
-    return 0
-
-
 def run_shape(res: harness.Results, shape: str, args, device: str, dtype) -> list[dict]:
     from benchmarks.train_step import build_stage_model
     if args.smoke:
-        from benchmarks.bench_e2e import smoke_config
+        from benchmarks.shapes import smoke_config
         config, name, rows_per_step, per_step, max_len = smoke_config(), "tiny (smoke)", 2, 6, 64
     else:
         from minilora.models.registry import catalogue_config
@@ -154,7 +142,7 @@ def run_shape(res: harness.Results, shape: str, args, device: str, dtype) -> lis
         before = allocated(device)
         hf = build_anchor_model(config, max_len, device, dtype=dtype, log=res.log)
         resident["hf"] = allocated(device) - before
-        steps["HF+PEFT+bnb padded"] = BatchStep("HF+PEFT+bnb padded", hf, padded, hf_padded(hf, device), device,
+        steps["HF+PEFT+bnb padded"] = BatchStep("HF+PEFT+bnb padded", hf, padded, hf_padded(hf), device,
                                                 kernels="reference")
     clock = harness.default_clock(device)
     timing = harness.time_rotated(steps, rounds=args.rounds, reps=args.reps, warmup=args.warmup, clock=clock,

@@ -24,28 +24,10 @@ import time
 import torch
 
 from benchmarks import harness
-from benchmarks.train_step import STAGES, Step, add_throughput, minilora_stage, model_flops_per_token, release
+from benchmarks.train_step import STAGES, Variant, add_throughput, minilora_stage, model_flops_per_token, release
 
 START = time.monotonic()
 CARDS_GB = {"80 GB (H100)": 81559 * 2**20, "141 GB (H200)": 143771 * 2**20}  # what nvidia-smi reports
-
-
-class Variant:
-    """A Step run inside a context (another offload store, tiles off, another attention order): same model."""
-
-    def __init__(self, step: Step, name: str, context):
-        self.step, self.name, self.context = step, name, context
-        self.resident_bytes = getattr(step, "resident_bytes", 0)
-
-    def set_batch(self, batch, seq):
-        self.step.set_batch(batch, seq)
-
-    def loss_value(self):
-        return self.step.loss_value()
-
-    def __call__(self):
-        with self.context():
-            self.step()
 
 
 def before_this_change(model):
@@ -138,10 +120,8 @@ def run(args) -> harness.Results:
         steps[STAGES[s]] = minilora_stage(config, s, 1, first, device, dtype)
     if args.baseline:
         main = steps[STAGES[max(stages)]]
-        twin = Step(main.name, main.model, device, 1, first, kernels=main.kernels, return_logits=main.return_logits)
-        twin.resident_bytes = main.resident_bytes
         name = STAGES[max(stages)] + " before (per-tensor pinned, untiled MLP, SDPA order)"
-        steps[name] = Variant(twin, name, before_this_change(main.model))
+        steps[name] = Variant(name, main, context=before_this_change(main.model))
     if not args.no_anchor:
         from benchmarks.anchor_hf import anchor_step, default_cache_dir
         cache = None if args.smoke else (args.anchor_cache or default_cache_dir("8b"))
@@ -182,7 +162,7 @@ def run(args) -> harness.Results:
         step = steps[name]
         for other in steps.values():
             if other is not step:  # the long steps need the card (and host) to themselves
-                release(other.step if isinstance(other, Variant) else other)
+                release(other)  # (a Variant shares the Step's model: only its own references go)
     for i, seq_long in enumerate(longs):
         points = [(r["seq"], r["median_ms"]) for r in res.rows if r["impl"] == name and r["reps"]]
         guess = predicted_ms(points, seq_long)

@@ -31,7 +31,11 @@ GiB = 2**30
 
 
 def allocated(device: str) -> int:
-    return torch.cuda.memory_allocated() if str(device).startswith("cuda") else 0
+    """Bytes allocated on the device once its queued work is done (0 off a GPU)."""
+    if not str(device).startswith("cuda"):
+        return 0
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()
 
 
 class Step:
@@ -39,11 +43,11 @@ class Step:
     host (no .item(), no printing), so the harness's CUDA events time the device work alone."""
 
     def __init__(self, name: str, model, device: str, batch: int, seq: int, *, kernels: str = "reference",
-                 return_logits: bool = True, forward: Callable | None = None, seed: int = 0, optimizer=None):
+                 return_logits: bool = True, forward: Callable | None = None, seed: int = 0):
         self.name, self.model, self.device, self.kernels, self.return_logits = name, model, device, kernels, \
             return_logits
         self.forward = forward or (lambda x: model(x, labels=x, return_logits=return_logits).loss)
-        self.opt = (optimizer or torch.optim.AdamW)([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         self.seed = seed
         self.vocab = _vocab_size(model)
         self.set_batch(batch, seq)
@@ -80,17 +84,13 @@ class Variant:
     batch (so the stacks of one comparison differ only in the setting) and calls ``setup(step)`` before each step
     (set the checkpointing plan, turn HF's checkpointing off...). ``context`` (a callable returning a context
     manager) wraps the step, e.g. ``lambda: ops.without("rope")``. ``optimizer``: its own (e.g. 8-bit AdamW over
-    the same parameters) instead of the Step's; then give its ``resident_bytes``."""
+    the same parameters) instead of the Step's. Batch, tokens and resident bytes are the Step's."""
 
     def __init__(self, name: str, base: Step, setup: Callable | None = None, *, context: Callable | None = None,
-                 kernels: str | None = None, return_logits: bool | None = None, optimizer=None,
-                 resident_bytes: int | None = None):
+                 return_logits: bool | None = None, optimizer=None):
         self.name, self.base, self.setup = name, base, setup
         self.context = context or contextlib.nullcontext
-        self.kernels = kernels or base.kernels
         self.opt = optimizer or base.opt
-        self.resident_bytes = base.resident_bytes if resident_bytes is None else resident_bytes
-        self.tokens = base.tokens
         if return_logits is None or return_logits == base.return_logits:
             self.forward = base.forward
         else:
@@ -100,7 +100,18 @@ class Variant:
     def __call__(self):
         if self.setup is not None:
             self.setup(self.base)
-        self.loss = optimizer_step(self.forward, self.base.x, self.opt, self.kernels, self.context)
+        self.loss = optimizer_step(self.forward, self.base.x, self.opt, self.base.kernels, self.context)
+
+    def set_batch(self, batch: int, seq: int) -> None:
+        self.base.set_batch(batch, seq)
+
+    @property
+    def tokens(self) -> int:
+        return self.base.tokens
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.base.resident_bytes
 
     loss_value = Step.loss_value
 
