@@ -149,7 +149,6 @@ def run(args) -> tuple[harness.Results, harness.Results | None]:
                          "predicted_peak_gib": predict_peak(plan8.static, plan.layer, plan.modes,
                                                             head_bytes(config, batch * seq, batch, dtype=dtype),
                                                             batch * seq * config.hidden_size * dtype.itemsize) / GiB}
-    opt8_ready = False
 
     impls = {s.name: s for s in hf}
     impls.update(steps)

@@ -138,9 +138,10 @@ def run_shape(res: harness.Results, shape: str, args, device: str, dtype) -> lis
     steps["minilora padded"] = BatchStep("minilora padded", model, padded, minilora_forward(model), device)
     steps["minilora packed"] = BatchStep("minilora packed", model, packed, minilora_forward(model), device)
     if not args.no_anchor:
-        from benchmarks.anchor_hf import build_anchor_model
+        from benchmarks.anchor_hf import build_anchor_model, default_cache_dir
         before = allocated(device)
-        hf = build_anchor_model(config, max_len, device, dtype=dtype, log=res.log)
+        hf = build_anchor_model(config, max_len, device, dtype=dtype, log=res.log,
+                                cache_dir=None if args.smoke else default_cache_dir(shape))
         resident["hf"] = allocated(device) - before
         steps["HF+PEFT+bnb padded"] = BatchStep("HF+PEFT+bnb padded", hf, padded, hf_padded(hf), device,
                                                 kernels="reference")

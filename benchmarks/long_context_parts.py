@@ -146,20 +146,5 @@ class PerTensorPinnedStore:
         return _PerTensorHandle(self, x.detach())
 
 
-def host_rss_gib() -> float:
-    """Resident memory of this process now (pinned pages included), from /proc/self/status."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def host_available_gib() -> float | None:
-    from minilora.models.offload_store import host_available_bytes
-    available = host_available_bytes()
-    return None if available is None else available / GiB
-
-
 def env_summary() -> dict:
     return {k: os.environ.get(k) for k in ("MINILORA_OFFLOAD_HOST_GIB", "MINILORA_OFFLOAD_DIR", "MINILORA_SDPA")}

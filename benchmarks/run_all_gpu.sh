@@ -16,6 +16,8 @@
 #                                                                       # learner's my_gpu, pytest -m gpu (~9 min)
 #   bash benchmarks/run_all_gpu.sh all                                  # the six in one go              (~50 min)
 #
+# The HF anchor's random checkpoint of each shape is saved once, in $TMPDIR/minilora-anchor-<shape> (every script's
+# default), and reused by every later script and part on the same machine.
 # Every benchmark runs under its own `timeout`, and saves its JSON after every comparison, so one that overruns
 # leaves what it measured and the others still run. Results go to $OUT (default ./bench-out): one archive
 # <part>-results.tar.gz with every JSON/PNG (its files go into benchmarks/results/) and one log <part>.log — two
@@ -56,10 +58,9 @@ kernels() {
   step 150 bench_e2e --shape 1b
 }
 
-eight_b() {  # the HF anchor's random 8B checkpoint is saved once and reused by the second script
-  step 240 bench_e2e --shape 8b --reps 1 --anchor-cache "$WORK/anchor-8b"
-  step 300 ctx_mem --lengths 2048,8192,16384,32768 --anchor-cache "$WORK/anchor-8b"
-  rm -rf "$WORK/anchor-8b"
+eight_b() {
+  step 240 bench_e2e --shape 8b --reps 1
+  step 300 ctx_mem --lengths 2048,8192,16384,32768
 }
 
 frontier() {  # the speed-memory frontier at both shapes, the "+ triton" ablation and the step profile (~8 min)
@@ -104,6 +105,5 @@ case "$PART" in
   all) kernels; eight_b; long_cpu; frontier; context; checks ;;
   *) echo "unknown part '$PART': use kernels, 8b, long-cpu, frontier, context, checks or all" >&2; exit 2 ;;
 esac
-rm -rf "$WORK/anchor-"* 2>/dev/null
 tar czf "$OUT/$PART-results.tar.gz" -C "$WORK" . && echo "results: $OUT/$PART-results.tar.gz" | tee -a "$LOG"
 ls -la "$WORK" | tee -a "$LOG"
