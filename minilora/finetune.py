@@ -18,18 +18,16 @@ directory and the error says where.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 
 from .models.checkpointing import check_mode
-from .train.arguments import TrainingArguments, check_parallel, mixed_precision_for
+from .save import GGUF_TYPES, SAVE_METHODS
+from .train.arguments import TrainingArguments, mixed_precision_for
 from .train.runs import RunSetupError, check_paths, claim_paths, resolve_paths
 
-SAVE_METHODS = ("lora", "merged_16bit", "merged_4bit")
-GGUF_TYPES = ("f16", "q8_0", "f32")
 # bytes per base parameter a save writes (the merged formats) — for the free-space check before training
 _BYTES_PER_PARAM = {"merged_16bit": 2.0, "merged_4bit": 0.6, "f16": 2.0, "q8_0": 34 / 32, "f32": 4.0}
 
@@ -90,21 +88,16 @@ class FineTuneConfig:
             self.dtype = dtype_name(parse_dtype(self.dtype))  # one spelling from here on: "bfloat16"
         if self.use_gradient_checkpointing != "auto":  # "auto" is planned per layer by the loader (memory.plan)
             self.use_gradient_checkpointing = check_mode(self.use_gradient_checkpointing)  # "unsloth" → "offload"
-        check_parallel(self.parallel)
         from .memory.plan import parse_memory_budget
         parse_memory_budget(self.memory_budget)
         if self.memory_budget is not None and self.use_gradient_checkpointing != "auto":
             raise ValueError(f"memory_budget={self.memory_budget!r} is used only with use_gradient_checkpointing='auto'"
                              f", not {self.use_gradient_checkpointing!r}: pass 'auto' or drop the budget")
-        for name in ("r", "max_seq_length"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
-                    or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.lora_alpha, (int, float)) or not 0 < self.lora_alpha < float("inf"):
-            raise ValueError(f"lora_alpha must be a finite number > 0 (alpha/r scales the update: 0 trains nothing), "
-                             f"got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        from .lora import check_lora_args
+        check_lora_args(self.r, self.lora_alpha, self.lora_dropout, self.bias)
+        if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int) \
+                or self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be a positive integer, got {self.max_seq_length!r}")
         if self.save_method not in SAVE_METHODS:
             raise ValueError(f"save_method={self.save_method!r}: choose one of {', '.join(SAVE_METHODS)}")
         self.quantization = tuple([self.quantization] if isinstance(self.quantization, str) else self.quantization)
@@ -138,9 +131,6 @@ class FineTuneConfig:
             max_seq_length=self.max_seq_length, parallel=self.parallel,
             global_train_batch_size=self.global_train_batch_size, overwrite_output_dir=self.overwrite_output_dir,
             mixed_precision=mixed_precision, progress_bar=self.progress, stop_at_loss=self.stop_at_loss)
-
-    def replace(self, **changes) -> FineTuneConfig:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -326,16 +316,14 @@ def check_save_room(config: FineTuneConfig, model) -> None:
 
 def save_or_keep(config: FineTuneConfig, model, tokenizer, adapter, say) -> str:
     """Save as asked; if that fails, keep the trained adapter in the run directory and say where."""
-    base = config.model_name if not os.path.exists(config.model_name) else os.path.abspath(config.model_name)
     try:
-        save(config, model, tokenizer, adapter, base, say)
+        save(config, model, tokenizer, adapter, say)
         return config.save_path
     except Exception as e:
         from .save import save_pretrained_merged
         keep = os.path.join(config.output_dir, "adapter-unsaved")
         try:
-            save_pretrained_merged(model, tokenizer, keep, "lora", base_model_name_or_path=base,
-                                   adapter_tensors=adapter, overwrite=True)
+            save_pretrained_merged(model, tokenizer, keep, "lora", adapter_tensors=adapter, overwrite=True)
         except Exception:  # the run directory failed too: report the first error, nothing more to keep
             raise e from None
         raise RuntimeError(f"saving to {config.save_path!r} failed ({e}); the trained adapter is kept in "
@@ -343,11 +331,13 @@ def save_or_keep(config: FineTuneConfig, model, tokenizer, adapter, say) -> str:
             from e
 
 
-def save(config: FineTuneConfig, model, tokenizer, adapter, base: str, say) -> None:
+def save(config: FineTuneConfig, model, tokenizer, adapter, say) -> None:
+    """The adapter records the loaded model's name_or_path as its base (the loader sets one PEFT and minilora
+    both resolve: the bundled model's Hub id, an absolute path)."""
     from .save import save_gguf, save_pretrained_merged
     if config.save_model:
-        save_pretrained_merged(model, tokenizer, config.save_path, config.save_method, base_model_name_or_path=base,
-                               adapter_tensors=adapter, overwrite=config.overwrite_output_dir)
+        save_pretrained_merged(model, tokenizer, config.save_path, config.save_method, adapter_tensors=adapter,
+                               overwrite=config.overwrite_output_dir)
         say(f"saved ({config.save_method}) to {config.save_path}/")
     if config.save_gguf:
         for q in config.quantization:

@@ -158,20 +158,25 @@ def lora_layers(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLinear)]
 
 
-def get_peft_model(model: nn.Module, r: int = 16, target_modules=None, lora_alpha: float = 16,
-                   lora_dropout: float = 0.0, bias: str = "none", use_rslora: bool = False,
-                   random_state: int | None = 3407, verbose: bool = True) -> nn.Module:
-    """Wrap every targeted linear layer in LoraLinear and freeze all other parameters (in place; returns model)."""
+def check_lora_args(r, lora_alpha, lora_dropout, bias="none") -> None:
+    """The LoRA settings' checks, for `get_peft_model` and for callers that check before anything loads."""
     if bias != "none":
         raise ValueError(f"bias={bias!r}: minilora trains LoRA weights only; use bias='none' (as Unsloth recommends)")
-    if not isinstance(r, int) or r <= 0:
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
-    if not 0.0 <= lora_dropout < 1.0:
-        raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
     if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not (
             math.isfinite(lora_alpha) and lora_alpha > 0):
         raise ValueError(f"lora_alpha must be a finite number > 0 (the update is scaled by alpha/r: 0 would train "
                          f"nothing), got {lora_alpha!r}")
+
+
+def get_peft_model(model: nn.Module, r: int = 16, target_modules=None, lora_alpha: float = 16,
+                   lora_dropout: float = 0.0, bias: str = "none", use_rslora: bool = False,
+                   random_state: int | None = 3407, verbose: bool = True) -> nn.Module:
+    """Wrap every targeted linear layer in LoraLinear and freeze all other parameters (in place; returns model)."""
+    check_lora_args(r, lora_alpha, lora_dropout, bias)
     if lora_layers(model):
         raise ValueError("this model already has LoRA adapters; load a fresh base model before adding new ones")
     chosen = targeted_modules(model, TARGET_MODULES if target_modules is None else target_modules)

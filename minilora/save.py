@@ -91,8 +91,8 @@ def quantizable_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> l
 
 def refuse_sharded_merge(model: nn.Module, what: str) -> None:
     """A merged or GGUF save needs every base weight whole; an FSDP-sharded model holds 1/N of each on a rank."""
-    from torch.distributed.tensor import DTensor
-    if any(isinstance(p, DTensor) for p in model.parameters()):
+    from .train.distributed import is_sharded
+    if any(is_sharded(p) for p in model.parameters()):
         raise ValueError(f"{what} of an FSDP-sharded model: the merge needs the whole base, which no single rank "
                          "holds. Save the adapter (save_method='lora'), then merge in one process: "
                          "FastLanguageModel.from_pretrained(<adapter dir>) and save_pretrained_merged")

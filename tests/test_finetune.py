@@ -37,11 +37,14 @@ def test_the_python_api_runs_the_whole_job(tiny_dir, tmp_path):
     assert summary == result.summary and summary["steps"] == 2 and summary["held_out"] == 2
     assert result.save_path == str(tmp_path / "run" / "model")
     assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
+    adapter = json.loads((tmp_path / "run" / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_dir.resolve())  # the base the loader loaded, as it names it
     assert not torch.distributed.is_initialized()  # the run's session left nothing joined
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(lora_alpha=0), "lora_alpha"), (dict(lora_alpha=float("nan")), "lora_alpha"), (dict(r=0), "r must"),
+    (dict(r=True), "r must"), (dict(bias="all"), "bias"), (dict(lora_dropout=1.0), "lora_dropout"),
     (dict(dtype="int8"), "dtype"), (dict(parallel="zero"), "parallel"), (dict(learning_rate=-1), "learning_rate"),
     (dict(use_gradient_checkpointing="sometimes"), "use_gradient_checkpointing"),
     (dict(save_method="merged_2bit"), "save_method"), (dict(quantization=["q4_0"]), "quantization"),

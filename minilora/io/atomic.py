@@ -99,7 +99,8 @@ class SaveTargetError(ValueError):
     """A save was asked to write where it would destroy the model it saves (or what it was loaded from)."""
 
 
-def _is_within(inner: str, outer: str) -> bool:
+def is_within(inner: str, outer: str) -> bool:
+    """``inner`` is ``outer`` or a path below it (both already resolved)."""
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
@@ -117,7 +118,7 @@ def check_save_target(path: str | os.PathLike, protected: Iterable[str | os.Path
     target = os.path.realpath(os.fspath(path))
     for source in protected:
         src = os.path.realpath(os.fspath(source))
-        if _is_within(src, target):
+        if is_within(src, target):
             how = "is" if src == target else "contains"
             raise SaveTargetError(f"refusing to save to {os.fspath(path)!r}: it {how} {os.fspath(source)!r}, which "
                                   "this model was loaded from, and a save replaces its target as a whole (the "

@@ -189,7 +189,7 @@ def example_from_record(record: dict, tokenizer, max_seq_length: int, index=0, *
             ids = encode(tokenizer, text_column(record, text_field or "text", index))
             labels = ids
         ex = truncate(Example(ids, list(labels)), max_seq_length)
-        if sum(l != IGNORE_INDEX for l in ex.labels[1:]) == 0:
+        if count_trained_tokens(ex.labels) == 0:
             raise DataError(f"{record_name(index)} has no tokens to train on within max_seq_length={max_seq_length} "
                             "(it is empty, a single token, or every label is -100)")
         return ex

@@ -17,6 +17,8 @@ import os
 import shutil
 import time
 
+from ..io.atomic import is_within
+
 LOG_FILES = ("train_log.csv", "train_log.json", "summary.json")
 
 # TrainingArguments fields that change the sequence of weights a run goes through (see the module docstring)
@@ -198,7 +200,7 @@ def check_paths(cfg) -> None:
         return
     if cfg.output_dir is not None:
         save, run = os.path.realpath(cfg.save_path), os.path.realpath(cfg.output_dir)
-        if save == run or run.startswith(save + os.sep):
+        if is_within(run, save):
             raise RunSetupError("save_path", f"{cfg.save_path!r} would replace the run directory {cfg.output_dir!r} "
                                 "(its logs and checkpoints); save to a sub-directory of it or elsewhere")
     model = [os.path.abspath(cfg.model_name)] if isinstance(cfg.model_name, str) and os.path.exists(cfg.model_name) \
