@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from .models.checkpointing import check_mode
+from .models.checkpointing import check_setting
 from .save import GGUF_TYPES, SAVE_METHODS
 from .train.arguments import TrainingArguments, mixed_precision_for
 from .train.runs import RunSetupError, check_paths, claim_paths, resolve_paths
@@ -86,13 +86,10 @@ class FineTuneConfig:
         from .dtypes import dtype_name, parse_dtype
         if self.dtype is not None:
             self.dtype = dtype_name(parse_dtype(self.dtype))  # one spelling from here on: "bfloat16"
-        if self.use_gradient_checkpointing != "auto":  # "auto" is planned per layer by the loader (memory.plan)
-            self.use_gradient_checkpointing = check_mode(self.use_gradient_checkpointing)  # "unsloth" → "offload"
+        # "unsloth" → "offload"; "auto" is planned per layer by the loader (memory.plan)
+        self.use_gradient_checkpointing = check_setting(self.use_gradient_checkpointing, self.memory_budget)
         from .memory.plan import parse_memory_budget
         parse_memory_budget(self.memory_budget)
-        if self.memory_budget is not None and self.use_gradient_checkpointing != "auto":
-            raise ValueError(f"memory_budget={self.memory_budget!r} is used only with use_gradient_checkpointing='auto'"
-                             f", not {self.use_gradient_checkpointing!r}: pass 'auto' or drop the budget")
         from .lora import check_lora_args
         check_lora_args(self.r, self.lora_alpha, self.lora_dropout, self.bias)
         if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int) \

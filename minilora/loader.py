@@ -18,7 +18,7 @@ import torch
 
 from .dtypes import dtype_name, parse_dtype
 from .finite import check_finite
-from .models.checkpointing import check_mode
+from .models.checkpointing import check_setting
 from .models.claimed_sizes import check_claimed_sizes
 from .models.config import ModelConfig
 from .models.registry import catalogue_config, model_class
@@ -147,11 +147,7 @@ class FastLanguageModel:
         will use ("adamw" or "adamw_8bit"), whose state the plan counts.
         """
         from .lora import get_peft_model
-        if memory_budget is not None and use_gradient_checkpointing != "auto":
-            raise ValueError(f"memory_budget={memory_budget!r} is used only with use_gradient_checkpointing='auto', "
-                             f"not {use_gradient_checkpointing!r}: pass 'auto' or drop the budget")
-        mode = use_gradient_checkpointing if use_gradient_checkpointing == "auto" else \
-            check_mode(use_gradient_checkpointing)
+        mode = check_setting(use_gradient_checkpointing, memory_budget)
         if loftq_config:
             raise ValueError("loftq_config is not supported by minilora: leave it None")
         if max_seq_length is not None:

@@ -72,15 +72,13 @@ def _loss_or_none(text: str):
 
 
 def _checkpointing(text: str):
-    """Words people type → the mode `minilora.models.checkpointing.check_mode` knows (it resolves "unsloth")."""
+    """Words people type → the setting `minilora.models.checkpointing.check_setting` knows (it resolves "unsloth")."""
     low = str(text).lower()
     words = {"true": True, "1": True, "yes": True, "false": False, "none": False, "0": False, "no": False,
              "off": False}
-    from ..models.checkpointing import check_mode  # imported here: `minilora --help` doesn't wait for torch
-    if low == "auto":
-        return "auto"
+    from ..models.checkpointing import check_setting  # imported here: `minilora --help` doesn't wait for torch
     try:
-        return check_mode(words.get(low, low))
+        return check_setting(words.get(low, low))
     except ValueError:
         raise argparse.ArgumentTypeError(f"use_gradient_checkpointing={text!r}: choose unsloth (= offload), true "
                                          "(= recompute), auto (a memory budget picks per layer) or false") from None

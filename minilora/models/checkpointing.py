@@ -40,6 +40,16 @@ def check_mode(mode) -> bool | str:
     return mode
 
 
+def check_setting(mode, memory_budget=None):
+    """What a user passes as ``use_gradient_checkpointing`` (with its ``memory_budget``): one of the layer modes
+    (`check_mode`, which resolves "unsloth") or "auto", planned per layer by `minilora.memory.plan`; a budget goes
+    only with "auto"."""
+    if memory_budget is not None and mode != "auto":
+        raise ValueError(f"memory_budget={memory_budget!r} is used only with use_gradient_checkpointing='auto', not "
+                         f"{mode!r}: pass 'auto' or drop the budget")
+    return mode if mode == "auto" else check_mode(mode)
+
+
 class _RngState:
     """The CPU generator and (if the input is on CUDA) that device's generator, captured and restorable."""
 
