@@ -42,7 +42,8 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 GiB = 2 ** 30
 
 
-def _dtype_bytes(dtype) -> int:
+def dtype_bytes(dtype) -> int:
+    """Bytes per element of a dtype (an int passes through)."""
     if isinstance(dtype, int):
         return dtype
     return torch.empty(0, dtype=dtype).element_size()
@@ -118,7 +119,7 @@ def activation_bytes(config: ModelConfig, batch_size: int, seq_len: int, dtype=t
     per_layer = 6 * C + 5 * heads_hd + 4 * I  # values per token
     tokens = batch_size * seq_len
     kept = L * C + per_layer if gradient_checkpointing else L * per_layer
-    return (tokens * (kept + 3 * C) + tokens * V) * _dtype_bytes(dtype)  # + final norm (3·C) and logits
+    return (tokens * (kept + 3 * C) + tokens * V) * dtype_bytes(dtype)  # + final norm (3·C) and logits
 
 
 # --- the estimate ---------------------------------------------------------------------------------------------------
@@ -158,13 +159,13 @@ def estimate_memory(config: ModelConfig, method: str = "qlora", *, r: int = 16, 
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if batch_size <= 0 or seq_len <= 0:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
-    wb = _dtype_bytes(dtype)
+    wb = dtype_bytes(dtype)
     counts = param_counts(config)
     act = activation_bytes(config, batch_size, seq_len, dtype, gradient_checkpointing)
     if method == "full":
         n = counts["total"]
         return MemoryEstimate("full", n * wb, 0, 0, n * wb, optimizer_states * n * wb, act)
-    ab = _dtype_bytes(adapter_dtype if adapter_dtype is not None else (torch.float32 if method == "qlora" else dtype))
+    ab = dtype_bytes(adapter_dtype if adapter_dtype is not None else (torch.float32 if method == "qlora" else dtype))
     n_lora = lora_param_count(config, r, target_modules)
     adapter, grads, opt = n_lora * ab, n_lora * ab, optimizer_states * n_lora * ab
     if method == "lora":
@@ -224,7 +225,7 @@ def int8_weight_bytes(out_features: int, in_features: int, outlier_columns: int 
                       outlier_dtype=torch.bfloat16) -> dict:
     """Exact bytes of one `Linear8bit` weight: int8 codes, float32 row scales, outlier columns (+ int64 indices)."""
     codes, scales = out_features * in_features, 4 * out_features
-    outliers = outlier_columns * (out_features * _dtype_bytes(outlier_dtype) + 8)
+    outliers = outlier_columns * (out_features * dtype_bytes(outlier_dtype) + 8)
     return {"codes": codes, "scales": scales, "outliers": outliers, "total": codes + scales + outliers}
 
 
@@ -233,7 +234,7 @@ def int8_model_weight_bytes(config, dtype=torch.bfloat16) -> dict:
     L = config.num_hidden_layers
     int8 = sum(int8_weight_bytes(o, i)["total"] for o, i in block_linear_shapes(config).values()) * L
     counts = param_counts(config)
-    rest = (counts["total"] - counts["block_linear"]) * _dtype_bytes(dtype)
+    rest = (counts["total"] - counts["block_linear"]) * dtype_bytes(dtype)
     return {"int8_linear": int8, "dense": rest, "total": int8 + rest}
 
 
@@ -251,7 +252,7 @@ def optimizer_state_bytes(tensor_sizes, optim: str = "adamw", state_dtype=torch.
         raise ValueError(f"optim={optim!r}: choose one of {', '.join(STATE_FORMATS)}")
     if optim == "adamw_8bit":
         return sum(adamw8bit_state_bytes(n) for n in tensor_sizes)
-    return sum(2 * n * _dtype_bytes(state_dtype) for n in tensor_sizes)
+    return sum(2 * n * dtype_bytes(state_dtype) for n in tensor_sizes)
 
 
 def trainable_tensor_sizes(config, method: str = "lora", r: int = 16, target_modules=ALL_LINEAR) -> list[int]:

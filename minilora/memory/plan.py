@@ -44,8 +44,19 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops
+from ..linear4bit import Linear4bit
+from ..lora import lora_layers
 from ..models.config import ModelConfig
-from .estimate import GiB, adamw8bit_state_bytes, block_linear_shapes, estimate_memory, trainable_tensor_sizes
+from .estimate import (
+    GiB,
+    adamw8bit_state_bytes,
+    block_linear_shapes,
+    dtype_bytes,
+    estimate_memory,
+    lora_param_count,
+    trainable_tensor_sizes,
+)
+from .measure import storage_key
 
 __all__ = ["CheckpointPlan", "CheckpointPlanner", "plan_for_config", "LayerBytes", "MemoryBudgetError", "PLAN_MODES", "available_bytes",
            "default_margin", "head_bytes", "layer_bytes", "parse_memory_budget", "plan_checkpointing",
@@ -55,10 +66,6 @@ PLAN_MODES = ("keep", "recompute", "offload")
 MODEL_MODE = {"keep": False, "recompute": True, "offload": "offload"}  # what run_layers takes
 OFFLOAD_COST = 1.05  # a recomputed layer's forward = 1; offloading adds a host copy that mostly overlaps the work
 F32 = 4
-
-
-def _size(dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
 
 
 class MemoryBudgetError(ValueError):
@@ -105,13 +112,6 @@ def _reference_keep(config: ModelConfig, a: int, r: int, adapter: int) -> tuple[
     return per_token, (2 + config.num_attention_heads) * F32
 
 
-def lora_bytes_per_layer(config: ModelConfig, r: int, target_modules=None) -> int:
-    """Values of A and B (r·(in + out)) of one layer's adapted projections."""
-    shapes = block_linear_shapes(config)
-    targets = target_modules or list(shapes)
-    return sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
-
-
 def layer_bytes(config: ModelConfig, tokens: int, *, dtype=torch.bfloat16, fast: bool = True, r: int = 16,
                 adapter_dtype=torch.float32, offload_frees: bool = True, nf4: bool = True) -> LayerBytes:
     """What one decoder layer holds for `tokens` tokens under each mode (see the module docstring).
@@ -119,11 +119,11 @@ def layer_bytes(config: ModelConfig, tokens: int, *, dtype=torch.bfloat16, fast:
     fast: the fast path (CUDA kernels) or the reference ops; offload_frees: False on a CPU, where an offloaded
     input stays in the same memory; nf4: the base weights are dequantized just in time in the backward (one dense
     weight on top of the workspace)."""
-    a = _size(dtype)
-    per_token, per_token_f32 = (_fast_keep if fast else _reference_keep)(config, a, r, _size(adapter_dtype))
+    a = dtype_bytes(dtype)
+    per_token, per_token_f32 = (_fast_keep if fast else _reference_keep)(config, a, r, dtype_bytes(adapter_dtype))
     C, I = config.hidden_size, config.intermediate_size
     # fast LoRA saves bf16 copies of float32 adapters, one set per layer
-    casts = lora_bytes_per_layer(config, r) * a if (fast and _size(adapter_dtype) != a) else 0
+    casts = lora_param_count(config, r) // config.num_hidden_layers * a if (fast and dtype_bytes(adapter_dtype) != a) else 0
     keep = tokens * (per_token + per_token_f32) + casts
     layer_input = tokens * C * a
     biggest_weight = max(o * i for o, i in block_linear_shapes(config).values()) * a if nf4 else 0
@@ -138,7 +138,7 @@ def head_bytes(config: ModelConfig, tokens: int, batch: int, *, dtype=torch.bflo
     """(held, transient) bytes of the part after the layers: the final norm keeps its input (and, unfused, the head
     its input and the logits); the fused loss computes d(hidden) in the forward and keeps it; the transient is the
     loss's working buffer (one chunk of logits, or float32 copies of all of them). Plus RoPE's cos/sin tables."""
-    a = _size(dtype)
+    a = dtype_bytes(dtype)
     C, V, hd = config.hidden_size, config.vocab_size, config.head_dim
     rope_tables = 2 * tokens * hd * a
     norm = tokens * C * a + tokens * F32
@@ -263,13 +263,8 @@ def available_bytes(device: torch.device, model_bytes: int = 0) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return free + cached + model_bytes
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024 + model_bytes
-    except (OSError, KeyError, ValueError):
-        import os
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") + model_bytes
+    from ..models.offload_store import host_available_bytes
+    return (host_available_bytes() or 0) + model_bytes
 
 
 def resolve_budget(memory_budget, available: int) -> int:
@@ -286,11 +281,11 @@ def _model_tensors(model) -> tuple[int, int, list]:
     """(bytes of every parameter and buffer, bytes of trainable parameters, numel of each trainable tensor)."""
     seen, total, trainable, sizes = set(), 0, 0, []
     for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        key = storage_key(t)
         if key in seen:
             continue
         seen.add(key)
-        total += key[1]
+        total += key[-1]
         if t.requires_grad:
             trainable += t.numel() * t.element_size()
             sizes.append(t.numel())
@@ -330,7 +325,7 @@ def plan_for_config(config: ModelConfig, batch: int, seq: int, budget: int, *, m
                         nf4=method == "qlora")
     head = head_bytes(config, tokens, batch, dtype=dtype, fused_loss=fused_loss)
     return plan_checkpointing(config.num_hidden_layers, layer, static, head, budget,
-                              tokens * config.hidden_size * _size(dtype), batch, seq)
+                              tokens * config.hidden_size * dtype_bytes(dtype), batch, seq)
 
 
 class CheckpointPlanner:
@@ -362,12 +357,12 @@ class CheckpointPlanner:
         budget = resolve_budget(self.memory_budget, available_bytes(device, tensors))
         tokens = batch * seq
         adapter = next((p.dtype for p in model.parameters() if p.requires_grad), dtype)
-        nf4 = any(type(m).__name__ == "Linear4bit" for m in model.modules())
+        nf4 = any(isinstance(m, Linear4bit) for m in model.modules())
         layer = layer_bytes(config, tokens, dtype=dtype, fast=fast, r=_lora_rank(model), adapter_dtype=adapter,
                             offload_frees=device.type == "cuda", nf4=nf4)
         head = head_bytes(config, tokens, batch, dtype=dtype, fused_loss=self.fused_loss)
         self.plan = plan_checkpointing(config.num_hidden_layers, layer, static, head, budget,
-                                       tokens * config.hidden_size * _size(dtype), batch, seq)
+                                       tokens * config.hidden_size * dtype_bytes(dtype), batch, seq)
         if self.log:
             self.log(self.plan.summary())
         return self.plan
@@ -383,5 +378,4 @@ class CheckpointPlanner:
 
 
 def _lora_rank(model) -> int:
-    ranks = [m.lora_A.weight.shape[0] for m in model.modules() if hasattr(m, "lora_A")]
-    return max(ranks) if ranks else 0
+    return max((layer.r for _, layer in lora_layers(model)), default=0)
