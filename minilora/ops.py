@@ -208,12 +208,6 @@ def dequantize_nf4(state: NF4State, dtype: torch.dtype | None = None) -> torch.T
 
 
 # --- attention over packed rows ----------------------------------------------------------------------------------
-def segment_mask(segment_ids: torch.Tensor, allowed) -> PackedSegments:
-    """Describe packed rows for `segment_attention`: ids (B, T), one per example, and the model's rule
-    ``allowed(q_pos, k_pos)``. Built once per forward; the GPU path adds its block mask on first use."""
-    return PackedSegments(segment_ids, allowed)
-
-
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: PackedSegments) -> torch.Tensor:
     """q (B, nh, T, hd), k/v (B, nkv, T, hd) → (B, nh, T, hd); each example attends only within itself.
 
@@ -291,9 +285,7 @@ def fast_lora_on(x: torch.Tensor, block: str | None = None) -> bool:
 
     Which layers qualify is the layers' business (`minilora.lora.fast_lora_weights`); when this is False, or a
     layer doesn't qualify, the model calls its layers one by one."""
-    if _mode == "reference" or (_mode == "auto" and not x.is_cuda):
-        return False
-    return block not in _off and use_triton(x)
+    return _on(block, x)
 
 
 def _fast_lora_kernels(x: torch.Tensor) -> Kernels:

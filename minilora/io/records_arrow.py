@@ -53,15 +53,11 @@ def _rows(table_batch, name: str, first_row: int) -> Batch:
 
 
 def parquet_file(path: str):
-    pa = _pyarrow()
+    _pyarrow()
     import pyarrow.parquet as pq
-    try:
+    with _damage_named(lambda: f"{path} is not a readable Parquet file"):
         pf = pq.ParquetFile(path, memory_map=True)
         _check_parquet_claims(path, pf.metadata)
-    except DataError:
-        raise
-    except _damage_errors(pa) as e:
-        raise DataError(f"{path} is not a readable Parquet file ({one_line(e)})") from None
     return pf
 
 

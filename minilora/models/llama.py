@@ -171,7 +171,7 @@ class LlamaForCausalLM(nn.Module):
     def packed_mask(self, segment_ids: torch.Tensor):
         """Packed rows (segment_ids (B, T): one id per example): a token may attend to a token of its own example
         that `allowed_positions` allows — the same rule as for the example alone, never a (B, 1, T, T) mask."""
-        return ops.segment_mask(segment_ids, self.allowed_positions)
+        return ops.PackedSegments(segment_ids, self.allowed_positions)  # built once per forward
 
     def attention_mask(self, T: int, past: int, attention_mask: torch.Tensor | None, device):
         """Return (mask, is_causal) for SDPA. mask is bool (B or 1, 1, T, S), True = may attend.

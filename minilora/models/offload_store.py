@@ -24,11 +24,13 @@ On a CPU (tests, learners) the same code runs without streams: the "device" copi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -148,7 +150,7 @@ class SpillFile:
 
     def write(self, slot: int, chunk: torch.Tensor, nbytes: int) -> None:
         view, offset, done = memoryview(chunk.numpy())[:nbytes], slot * self.slot_bytes, 0
-        start = _clock()
+        start = time.perf_counter()
         try:
             while done < nbytes:
                 done += os.pwrite(self.fd, view[done:], offset + done)
@@ -156,24 +158,19 @@ class SpillFile:
             raise OSError(err.errno, f"writing offloaded activations to a spill file in {self.directory} failed "
                                      f"({err.strerror}): free disk space there, point MINILORA_OFFLOAD_DIR at "
                                      "another local disk, or raise the host budget") from err
-        self.write_s += _clock() - start
+        self.write_s += time.perf_counter() - start
         self.bytes_written += nbytes
 
     def read(self, slot: int, chunk: torch.Tensor, nbytes: int) -> None:
         view, offset, done = memoryview(chunk.numpy())[:nbytes], slot * self.slot_bytes, 0
-        start = _clock()
+        start = time.perf_counter()
         while done < nbytes:
             got = os.preadv(self.fd, [view[done:]], offset + done)
             if got == 0:
                 raise OSError(f"the offload spill file in {self.directory} ended early (slot {slot}): was it truncated?")
             done += got
-        self.read_s += _clock() - start
+        self.read_s += time.perf_counter() - start
         self.bytes_read += nbytes
-
-
-def _clock() -> float:
-    import time
-    return time.perf_counter()
 
 
 class _Staging:
@@ -323,7 +320,7 @@ class OffloadStore:
         device, cuda = stored.device, stored.device.type == "cuda"
         nbytes = math.prod(stored.shape) * stored.dtype.itemsize
         copy = self.copy_stream(device) if cuda else None
-        with torch.cuda.stream(copy) if cuda else _nothing():
+        with torch.cuda.stream(copy) if cuda else contextlib.nullcontext():
             out = torch.empty(nbytes, dtype=torch.uint8, device=device)
             on_disk = []
             for start, n, chunk, slot in stored.pieces:
@@ -371,14 +368,6 @@ class OffloadStore:
         stored.pieces = []
         if slots:
             self.disk_thread.submit(lambda: [self.spill.release(s) for s in slots])  # after the pending writes
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 _STORE: OffloadStore | None = None

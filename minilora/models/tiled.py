@@ -45,7 +45,7 @@ def tiled_forward(fn, h: torch.Tensor, tile: int | None) -> torch.Tensor:
     return out.view(*h.shape[:-1], out.shape[-1])
 
 
-def tiled_backward(fn, h: torch.Tensor, grad_out: torch.Tensor, tile: int | None, params=()) -> tuple:
+def tiled_backward(fn, h: torch.Tensor, grad_out: torch.Tensor, tile: int, params=()) -> tuple:
     """Gradients of sum(fn(h) * grad_out), recomputing fn one tile at a time: returns (grad of h, {param: grad}) for
     the trainable `params` fn uses. The parameter gradients are summed over the tiles here and handed to autograd
     once by the caller, so hooks that expect one gradient per parameter and step (DDP's) see one.
@@ -55,13 +55,12 @@ def tiled_backward(fn, h: torch.Tensor, grad_out: torch.Tensor, tile: int | None
     grad_h = torch.empty_like(flat)
     params = [p for p in params if p.requires_grad]
     sums: dict = {}
-    step = flat.shape[0] if tile is None else tile
-    for start in _tile_starts(flat.shape[0], step):
-        part = flat[start:start + step].detach().requires_grad_(True)
+    for start in _tile_starts(flat.shape[0], tile):
+        part = flat[start:start + tile].detach().requires_grad_(True)
         with torch.enable_grad():
             out = fn(part)
-        grads = torch.autograd.grad(out, [part, *params], grad_flat[start:start + step], allow_unused=True)
-        grad_h[start:start + step] = grads[0]
+        grads = torch.autograd.grad(out, [part, *params], grad_flat[start:start + tile], allow_unused=True)
+        grad_h[start:start + tile] = grads[0]
         for p, g in zip(params, grads[1:]):
             if g is not None:
                 sums[p] = g if p not in sums else sums[p].add_(g)
