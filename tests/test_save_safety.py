@@ -238,3 +238,15 @@ def test_two_processes_saving_to_one_path_never_break_each_other(tmp_path):
     contents = {(tmp_path / "model" / f"part{i}").read_text() for i in range(20)}
     assert len(contents) == 1  # one whole save, never a mix of the two
     assert leftovers(target) == []
+
+
+def test_a_live_writers_copy_is_kept_whatever_the_folder_is_called(tmp_path):
+    """The writer's id is read after the copy's own prefix: a folder named like a staging copy no longer made a live
+    writer's set-aside copy look like a dead one's (and so removable)."""
+    folder = tmp_path / "runs.partial-7"
+    folder.mkdir()
+    live = folder / f".model.previous-{os.getpid()}-x1"
+    live.mkdir()
+    dead = folder / ".model.previous-abc"
+    dead.mkdir()
+    assert leftovers(str(folder / "model")) == [str(dead)]

@@ -40,9 +40,9 @@ def _staging_prefix(name: str, marker: str) -> str:
     return f".{name}{marker}{os.getpid()}-"
 
 
-def _writer_alive(leftover: str) -> bool:
-    """Whether the process that made this staged or set-aside copy still runs (it may still be using it)."""
-    tail = os.path.basename(leftover).split(".partial-" if ".partial-" in leftover else ".previous-", 1)[-1]
+def _writer_alive(tail: str) -> bool:
+    """Whether the process that made a staged or set-aside copy still runs (it may still be using it); ``tail`` is
+    the copy's name after its prefix (``<pid>-<random>``)."""
     pid = tail.split("-", 1)[0]
     if not pid.isdigit():
         return False  # a name without a writer's id: an older save's leftover
@@ -62,8 +62,12 @@ def leftovers(path: str) -> list[str]:
     if not os.path.isdir(parent):
         return []
     prefixes = _leftover_prefixes(path)
-    found = (os.path.join(parent, e) for e in os.listdir(parent) if e.startswith(prefixes))
-    return sorted(p for p in found if not _writer_alive(p))
+    found = []
+    for entry in os.listdir(parent):
+        prefix = next((p for p in prefixes if entry.startswith(p)), None)
+        if prefix is not None and not _writer_alive(entry[len(prefix):]):
+            found.append(os.path.join(parent, entry))
+    return sorted(found)
 
 
 def recover(path: str) -> str | None:
