@@ -90,9 +90,14 @@ class ModelConfig:
         if self.rope_scaling:
             self._check_rope_scaling(bad)
 
+    @property
+    def rope_type(self) -> str:
+        """The RoPE variant rope_scaling names ("default" without one; older configs call the key "type")."""
+        scaling = self.rope_scaling or {}
+        return scaling.get("rope_type", scaling.get("type", "default"))
+
     def _check_rope_scaling(self, bad) -> None:
-        scaling = self.rope_scaling
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        scaling, rope_type = self.rope_scaling, self.rope_type
         if not isinstance(rope_type, str) or rope_type not in ROPE_TYPES:
             raise bad("rope_scaling.rope_type", rope_type, f"one of {', '.join(ROPE_TYPES)} (others are not supported)")
         if rope_type != "llama3":

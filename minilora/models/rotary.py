@@ -33,10 +33,8 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         dim = config.head_dim
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        scaling = config.rope_scaling or {}
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))  # checked by ModelConfig
-        if rope_type == "llama3":
-            inv_freq = llama3_scaled_inv_freq(inv_freq, scaling)
+        if config.rope_type == "llama3":  # checked by ModelConfig
+            inv_freq = llama3_scaled_inv_freq(inv_freq, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     @torch.no_grad()
