@@ -23,7 +23,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.shapes import SHAPES, smoke_config
-from benchmarks.train_step import STAGES, add_throughput, minilora_stage, model_flops_per_token
+from benchmarks.train_step import STAGES, add_resident, add_throughput, minilora_stage, model_flops_per_token
 from minilora.io.atomic import write_text
 
 
@@ -84,10 +84,7 @@ def run(args) -> harness.Results:
     flops = model_flops_per_token(config)
     for row in rows:
         step = steps[row["impl"]]
-        row["resident_gib"] = step.resident_bytes / harness.GiB if device == "cuda" else None
-        if row["peak_gib"] is not None:
-            row["step_peak_gib"] = row["peak_gib"]
-            row["peak_gib"] = row["peak_gib"] + row["resident_gib"]
+        add_resident(row, step.resident_bytes, device)
         add_throughput(row, step.tokens, flops, peak_tflops)
         loss = step.loss_value()
         row["loss"] = loss if loss is None or math.isfinite(loss) else None

@@ -24,7 +24,15 @@ import torch
 
 from benchmarks import harness
 from benchmarks.bench_e2e import SHAPES, shape_of
-from benchmarks.train_step import Step, Variant, add_throughput, build_stage_model, built, model_flops_per_token
+from benchmarks.train_step import (
+    Step,
+    Variant,
+    add_resident,
+    add_throughput,
+    build_stage_model,
+    built,
+    model_flops_per_token,
+)
 from minilora import ops
 from minilora.memory import SavedTensorMeter
 from minilora.memory.plan import (
@@ -164,10 +172,7 @@ def run(args) -> tuple[harness.Results, harness.Results | None]:
         resident = step.resident_bytes
         if row["impl"].endswith("adamw-8bit") and opt8_ready:
             resident = base.resident_bytes - fp32_state + state8
-        row["resident_gib"] = resident / GiB if device == "cuda" else None
-        if row["peak_gib"] is not None:
-            row["step_peak_gib"] = row["peak_gib"]
-            row["peak_gib"] = row["peak_gib"] + row["resident_gib"]
+        add_resident(row, resident, device)
         add_throughput(row, step.tokens, flops, None)
         if row.get("predicted_peak_gib") and row["peak_gib"]:
             row["predicted_vs_measured"] = row["predicted_peak_gib"] / row["peak_gib"]

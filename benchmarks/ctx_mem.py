@@ -24,7 +24,15 @@ import time
 import torch
 
 from benchmarks import harness
-from benchmarks.train_step import STAGES, Variant, add_throughput, minilora_stage, model_flops_per_token, release
+from benchmarks.train_step import (
+    STAGES,
+    Variant,
+    add_resident,
+    add_throughput,
+    minilora_stage,
+    model_flops_per_token,
+    release,
+)
 
 START = time.monotonic()
 CARDS_GB = {"80 GB (H100)": 81559 * 2**20, "141 GB (H200)": 143771 * 2**20}  # what nvidia-smi reports
@@ -137,10 +145,7 @@ def run(args) -> harness.Results:
         for row in rows:
             step = steps[row["impl"]]
             row["seq"] = seq
-            row["resident_gib"] = step.resident_bytes / harness.GiB if device == "cuda" else None
-            if row["peak_gib"] is not None:
-                row["step_peak_gib"] = row["peak_gib"]
-                row["peak_gib"] += row["resident_gib"]
+            add_resident(row, step.resident_bytes, device)
             add_throughput(row, seq, flops, None)
             row["loss"] = step.loss_value()
             if row.get("error"):

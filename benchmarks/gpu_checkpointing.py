@@ -17,7 +17,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.shapes import smoke_config
-from benchmarks.train_step import add_throughput, checkpointing_mode, model_flops_per_token
+from benchmarks.train_step import add_resident, add_throughput, checkpointing_mode, model_flops_per_token
 
 MODES = ("offload", "recompute", False)
 
@@ -58,10 +58,7 @@ def main(argv=None) -> int:
         step = steps.get(row["impl"])
         if step is None:
             continue
-        row["resident_gib"] = step.resident_bytes / harness.GiB if device == "cuda" else None
-        if row["peak_gib"] is not None:
-            row["step_peak_gib"] = row["peak_gib"]
-            row["peak_gib"] += row["resident_gib"]
+        add_resident(row, step.resident_bytes, device)
         add_throughput(row, step.tokens, model_flops_per_token(config), None)
     harness.finish(res, args.out, harness.result_stem("gpu-checkpointing", device, args.smoke))
     return 0

@@ -189,6 +189,15 @@ def model_flops_per_token(config: ModelConfig) -> float:
     return 6.0 * param_counts(config)["total"]
 
 
+def add_resident(row: dict, resident_bytes: int, device: str) -> None:
+    """A row's peak as a process holding only this stack would report it: the step's own peak (measured above what
+    the stack keeps allocated between steps, kept as ``step_peak_gib``) plus those resident bytes."""
+    row["resident_gib"] = resident_bytes / GiB if str(device).startswith("cuda") else None
+    if row["peak_gib"] is not None:
+        row["step_peak_gib"] = row["peak_gib"]
+        row["peak_gib"] += row["resident_gib"]
+
+
 def add_throughput(row: dict, tokens: int, flops_per_token: float, peak_tflops: float | None) -> None:
     """tokens/s and model-FLOPs utilisation (against peak_tflops) from a row's median step time."""
     if not row["reps"]:
