@@ -24,11 +24,10 @@ import time
 import torch
 
 from benchmarks import harness
-from benchmarks.shapes import SHAPES, smoke_config
+from benchmarks.shapes import SHAPES, shape_of
 from benchmarks.train_step import Step, built
 from minilora.io.atomic import write_dir
 from minilora.models.config import ModelConfig
-from minilora.models.registry import catalogue_config
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -165,15 +164,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=2048)
     harness.add_run_args(ap, reps=2, warmup=1)
     args = ap.parse_args(argv)
-    device = "cpu" if args.smoke else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
+    if not args.smoke and not torch.cuda.is_available():
         ap.error("the anchor needs a CUDA GPU for its real shapes; --smoke runs a tiny one on the CPU")
-    name, batch = SHAPES[args.shape]
-    config = smoke_config() if args.smoke else catalogue_config(name)
-    name = "tiny (smoke)" if args.smoke else name
-    batch = args.batch or (2 if args.smoke else batch)
-    seq = 32 if args.smoke else args.seq
-    dtype = torch.float32 if args.smoke else torch.bfloat16
+    device, name, config, batch, seq, dtype = shape_of(args)
     res = harness.Results("anchor-hf", device, notes=f"HF + PEFT + bitsandbytes anchor alone, {name} shape, "
                                                       f"B{batch} S{seq}, {args.mode}")
     step = anchor_step(config, batch, seq, device, mode=args.mode, dtype=dtype, log=res.log)

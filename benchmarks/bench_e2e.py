@@ -22,7 +22,7 @@ import pathlib
 import torch
 
 from benchmarks import harness
-from benchmarks.shapes import SHAPES, smoke_config
+from benchmarks.shapes import SHAPES, shape_of
 from benchmarks.train_step import STAGES, add_resident, add_throughput, minilora_stage, model_flops_per_token
 from minilora.io.atomic import write_text
 
@@ -36,20 +36,6 @@ def profile_table(step, device: str) -> str:
             torch.cuda.synchronize()
     key = "cuda_time_total" if device == "cuda" else "cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=30)
-
-
-def shape_of(args):
-    """(device, model name, config, batch, seq, dtype) of --shape, or of the tiny smoke model (which also sets
-    one rep and no warm-up: the timings of a smoke run mean nothing)."""
-    device = "cpu" if args.smoke else "cuda"
-    name, batch = SHAPES[args.shape]
-    if args.smoke:
-        config, batch, seq, dtype = smoke_config(), 2, 32, torch.float32
-        name, args.reps, args.warmup = "tiny (smoke)", 1, 0
-    else:
-        from minilora.models.registry import catalogue_config
-        config, seq, dtype = catalogue_config(name), args.seq, torch.bfloat16
-    return device, name, config, getattr(args, "batch", None) or batch, seq, dtype
 
 
 def run(args) -> harness.Results:

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 from benchmarks import harness
-from benchmarks.bench_e2e import SHAPES, shape_of
+from benchmarks.shapes import SHAPES, shape_of
 from benchmarks.train_step import (
     Step,
     Variant,

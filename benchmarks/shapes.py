@@ -2,6 +2,8 @@
 time the same catalogue shapes, and both shrink to the same tiny model for --smoke runs on a CPU."""
 from __future__ import annotations
 
+import torch
+
 from minilora.models.config import ModelConfig
 from minilora.models.registry import catalogue_config
 
@@ -14,3 +16,16 @@ def smoke_config() -> ModelConfig:
     fields.update(num_hidden_layers=2, vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16)
     return ModelConfig.from_dict(fields)
+
+
+def shape_of(args):
+    """(device, model name, config, batch, seq, dtype) of --shape, or of the tiny smoke model (which also sets
+    one rep and no warm-up: the timings of a smoke run mean nothing)."""
+    device = "cpu" if args.smoke else "cuda"
+    name, batch = SHAPES[args.shape]
+    if args.smoke:
+        config, batch, seq, dtype = smoke_config(), 2, 32, torch.float32
+        name, args.reps, args.warmup = "tiny (smoke)", 1, 0
+    else:
+        config, seq, dtype = catalogue_config(name), args.seq, torch.bfloat16
+    return device, name, config, getattr(args, "batch", None) or batch, seq, dtype
