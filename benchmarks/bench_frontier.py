@@ -42,6 +42,7 @@ from minilora.memory.plan import (
     head_bytes,
     layer_bytes,
     predict_peak,
+    static_bytes,
 )
 
 GiB = harness.GiB
@@ -145,16 +146,14 @@ def run(args) -> tuple[harness.Results, harness.Results | None]:
     fp32_state = sum(p.numel() * p.element_size() * 2 for p in trainable)
     keyed = sorted(plans.items(), key=lambda kv: kv[1].predicted_peak)
     eight = [keyed[0], keyed[-1]] if len(keyed) > 1 else keyed
-    planner8 = CheckpointPlanner(model, 1.0, optim="adamw_8bit")
+    static8 = static_bytes(model, batch, seq, "adamw_8bit")[0]  # the plan's static bytes with 8-bit moments
     for impl, plan in eight:
-        planner8.memory_budget = plan.budget / GiB
-        plan8 = planner8.prepare(batch, seq)
         impl8 = impl + " + adamw-8bit"
         modes = plan.model_modes
         steps[impl8] = Variant(impl8, base, lambda s, m=modes: setattr(s.model, "gradient_checkpointing", m),
                                optimizer=opt8)
         extras[impl8] = {**extras[impl], "optim": "adamw_8bit", "role": extras[impl]["role"] + " + adamw-8bit",
-                         "predicted_peak_gib": predict_peak(plan8.static, plan.layer, plan.modes,
+                         "predicted_peak_gib": predict_peak(static8, plan.layer, plan.modes,
                                                             head_bytes(config, batch * seq, batch, dtype=dtype),
                                                             batch * seq * config.hidden_size * dtype.itemsize) / GiB}
 
