@@ -203,11 +203,9 @@ def build_examples(records: list[dict], tokenizer, max_seq_length: int, train_on
     """Records already in memory → tokenized examples with the prompts masked (see `load_examples`)."""
     if not records:
         raise DataError("the dataset is empty: an empty dataset cannot train anything")
-    return _said_if_truncated([example_from_record(r, tokenizer, max_seq_length, i, text_field=text_field,
-                                                   train_on_responses_only=train_on_responses_only,
-                                                   response_marker=response_marker,
-                                                   instruction_marker=instruction_marker)
-                               for i, r in enumerate(records)], max_seq_length)
+    return load_examples(records, tokenizer, max_seq_length, text_field=text_field, progress=False,
+                         train_on_responses_only=train_on_responses_only, response_marker=response_marker,
+                         instruction_marker=instruction_marker)
 
 
 def load_examples(source, tokenizer, max_seq_length: int, *, text_field: str | None = None,
